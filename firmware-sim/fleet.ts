@@ -1,0 +1,164 @@
+import { randomBytes } from 'node:crypto';
+import mqtt, { type MqttClient } from 'mqtt';
+
+export interface FleetOptions {
+  /** Broker URL, e.g. mqtt://127.0.0.1:1883 */
+  readonly url: string;
+  readonly devices: number;
+  /** Messages per second per device. */
+  readonly rate: number;
+  /** Stop publishing after this many seconds (unless `count` is reached first). */
+  readonly durationSec?: number;
+  /** Stop after this many messages per device. */
+  readonly count?: number;
+  readonly qos?: 0 | 1 | 2;
+  /** Device IDs are `<prefix>-0001` ... */
+  readonly prefix?: string;
+  /** `{deviceId}` is replaced by the device ID. */
+  readonly topicTemplate?: string;
+  /** Pads each reading with a `pad` field to roughly this many bytes. */
+  readonly payloadBytes?: number;
+  /** How long to wait for outstanding acknowledgements once publishing stopped. */
+  readonly drainTimeoutMs?: number;
+  readonly signal?: AbortSignal;
+  readonly onProgress?: (stats: FleetStats) => void;
+}
+
+export interface DeviceResult {
+  readonly deviceId: string;
+  readonly bootId: string;
+  /** seq numbers whose PUBACK (or PUBCOMP) the device received, in ack order. */
+  readonly ackedSeqs: number[];
+  published: number;
+}
+
+export interface FleetStats {
+  published: number;
+  acked: number;
+  errors: number;
+  connected: number;
+  reconnects: number;
+}
+
+export interface FleetResult extends FleetStats {
+  readonly devices: DeviceResult[];
+  readonly durationMs: number;
+}
+
+export interface Reading {
+  deviceId: string;
+  bootId: string;
+  seq: number;
+  ts: number;
+  temperature: number;
+  humidity: number;
+  battery: number;
+  pad?: string;
+}
+
+export function deviceIdFor(prefix: string, index: number): string {
+  return `${prefix}-${String(index + 1).padStart(4, '0')}`;
+}
+
+/**
+ * A simulated fleet of firmware: each device holds a persistent MQTT session (clean=false),
+ * publishes JSON readings at a fixed rate, and like real firmware keeps unacknowledged QoS 1/2
+ * messages and retransmits them after a reconnect (mqtt.js's outgoing store).
+ */
+export async function runFleet(options: FleetOptions): Promise<FleetResult> {
+  const qos = options.qos ?? 1;
+  const prefix = options.prefix ?? 'dev';
+  const template = options.topicTemplate ?? 'devices/{deviceId}/telemetry';
+  const stats: FleetStats = { published: 0, acked: 0, errors: 0, connected: 0, reconnects: 0 };
+  const started = Date.now();
+  const results: DeviceResult[] = [];
+  const clients: MqttClient[] = [];
+  const timers: NodeJS.Timeout[] = [];
+  let outstanding = 0;
+  let onSettled: (() => void) | undefined;
+
+  const intervalMs = 1000 / options.rate;
+  const deadline = options.durationSec === undefined ? Infinity : started + options.durationSec * 1000;
+  let stopPublishing: () => void = () => undefined;
+  const publishingDone = new Promise<void>((resolve) => (stopPublishing = resolve));
+  let active = options.devices;
+
+  for (let i = 0; i < options.devices; i++) {
+    const deviceId = deviceIdFor(prefix, i);
+    const result: DeviceResult = { deviceId, bootId: randomBytes(4).toString('hex'), ackedSeqs: [], published: 0 };
+    results.push(result);
+    const client = mqtt.connect(options.url, {
+      clientId: `sim-${deviceId}`,
+      clean: false,
+      keepalive: 30,
+      reconnectPeriod: 500,
+      connectTimeout: 5000,
+      protocolVersion: 4,
+    });
+    clients.push(client);
+    client.on('connect', () => stats.connected++);
+    client.on('close', () => (stats.connected = Math.max(0, stats.connected - 1)));
+    client.on('reconnect', () => stats.reconnects++);
+    client.on('error', () => stats.errors++);
+    const topic = template.replace('{deviceId}', deviceId);
+
+    let seq = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const tick = (): void => {
+      if (options.signal?.aborted || Date.now() >= deadline || (options.count !== undefined && seq >= options.count)) {
+        clearInterval(timer);
+        if (--active === 0) stopPublishing();
+        return;
+      }
+      seq++;
+      const reading: Reading = {
+        deviceId,
+        bootId: result.bootId,
+        seq,
+        ts: Date.now(),
+        temperature: Math.round((20 + 5 * Math.sin(seq / 10) + Math.random()) * 100) / 100,
+        humidity: Math.round((40 + 10 * Math.random()) * 10) / 10,
+        battery: Math.max(0, 100 - seq / 1000),
+      };
+      let body = JSON.stringify(reading);
+      if (options.payloadBytes && body.length < options.payloadBytes) {
+        reading.pad = 'x'.repeat(options.payloadBytes - body.length - 9);
+        body = JSON.stringify(reading);
+      }
+      const mySeq = seq;
+      result.published++;
+      stats.published++;
+      outstanding++;
+      client.publish(topic, body, { qos }, (err) => {
+        if (!err) {
+          result.ackedSeqs.push(mySeq);
+          stats.acked++;
+        }
+        if (--outstanding === 0) onSettled?.();
+      });
+    };
+    // Stagger devices across one interval so the fleet does not publish in lock-step.
+    timers.push(
+      setTimeout(() => {
+        timer = setInterval(tick, intervalMs);
+        timers.push(timer);
+      }, (i * intervalMs) / options.devices),
+    );
+  }
+
+  const progress = options.onProgress ? setInterval(() => options.onProgress!({ ...stats }), 1000) : undefined;
+  options.signal?.addEventListener('abort', () => stopPublishing(), { once: true });
+  await publishingDone;
+  for (const t of timers) clearTimeout(t);
+
+  // Wait for outstanding acknowledgements (retransmitted across reconnects by mqtt.js).
+  if (outstanding > 0 && qos > 0) {
+    await new Promise<void>((resolve) => {
+      onSettled = resolve;
+      setTimeout(resolve, options.drainTimeoutMs ?? 30_000).unref();
+    });
+  }
+  if (progress) clearInterval(progress);
+  await Promise.all(clients.map((c) => c.endAsync(true).catch(() => undefined)));
+  return { ...stats, devices: results, durationMs: Date.now() - started };
+}

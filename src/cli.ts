@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { stringify } from 'yaml';
+import { loadConfig } from './config/load.js';
+import { consume } from './consume.js';
+import { EdgebridgeError, describeError } from './errors.js';
+import { Gateway } from './gateway.js';
+import { createLogger } from './logger.js';
+
+const DEFAULT_CONFIG = process.env.EDGEBRIDGE_CONFIG ?? 'config/edgebridge.yaml';
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+function fail(err: unknown): never {
+  const code = err instanceof EdgebridgeError ? err.code : 'EB_ERR_UNEXPECTED';
+  process.stderr.write(`edgebridge: ${code}: ${describeError(err)}\n`);
+  process.exit(err instanceof EdgebridgeError && code.startsWith('EB_ERR_CONFIG') ? 2 : 1);
+}
+
+const program = new Command('edgebridge')
+  .description('Edge IoT telemetry gateway: MQTT in, durable SQLite commit log, Kafka out')
+  .version(packageVersion());
+
+program
+  .command('start')
+  .description('run the gateway: MQTT listener, commit log and Kafka forwarder')
+  .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
+  .action(async (opts: { config: string }) => {
+    let gateway: Gateway;
+    try {
+      const config = loadConfig(opts.config);
+      gateway = await Gateway.start(config, { logger: createLogger(config.log.level) });
+    } catch (err) {
+      fail(err);
+    }
+    let signals = 0;
+    const stop = (signal: NodeJS.Signals): void => {
+      if (++signals > 1) {
+        gateway.logger.warn({ signal }, 'second signal: exiting without a clean shutdown');
+        process.exit(1);
+      }
+      gateway.logger.info({ signal }, 'shutting down');
+      gateway.close().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          gateway.logger.error({ err: describeError(err) }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+
+program
+  .command('check-config')
+  .description('validate a config file and print it with every default filled in')
+  .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
+  .action((opts: { config: string }) => {
+    try {
+      process.stdout.write(stringify(loadConfig(opts.config)));
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+program
+  .command('consume')
+  .description('print committed records of a Kafka topic (read_committed, with a consumer group)')
+  .requiredOption('-t, --topic <topic>', 'Kafka topic to read')
+  .option('-g, --group <group>', 'consumer group id (default: a new group per run)')
+  .option('--from-beginning', 'start at the earliest offset when the group has no committed offset', false)
+  .option('-b, --brokers <list>', 'comma-separated host:port list (default: kafka.brokers of --config)')
+  .option('-c, --config <file>', 'take the brokers from this config file', DEFAULT_CONFIG)
+  .option('-n, --max-messages <n>', 'exit after this many records', positiveInt)
+  .addOption(new Option('--json', 'one JSON object per record, with headers and timestamp').default(false))
+  .action(
+    async (opts: {
+      topic: string;
+      group?: string;
+      fromBeginning: boolean;
+      brokers?: string;
+      config: string;
+      maxMessages?: number;
+      json: boolean;
+    }) => {
+      try {
+        const brokers = opts.brokers
+          ? opts.brokers.split(',').map((b) => b.trim())
+          : [...loadConfig(opts.config).kafka.brokers];
+        const abort = new AbortController();
+        process.once('SIGINT', () => abort.abort());
+        process.once('SIGTERM', () => abort.abort());
+        await consume({
+          brokers,
+          topic: opts.topic,
+          fromBeginning: opts.fromBeginning,
+          json: opts.json,
+          logger: createLogger(process.env.EDGEBRIDGE_LOG_LEVEL ?? 'warn', 'edgebridge-consume'),
+          signal: abort.signal,
+          ...(opts.group === undefined ? {} : { group: opts.group }),
+          ...(opts.maxMessages === undefined ? {} : { maxMessages: opts.maxMessages }),
+        });
+        process.exit(0);
+      } catch (err) {
+        fail(err);
+      }
+    },
+  );
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,35 @@
+/**
+ * Typed errors with stable codes (EB_ERR_<STAGE>_<PROBLEM>), in the manner of fastify's registry.
+ * Every code is documented in docs/errors.md; test/unit/errors.test.ts keeps the two in sync.
+ * Codes are never reused once retired.
+ */
+export const ERROR_CODES = {
+  EB_ERR_CONFIG_READ: { retryable: false, summary: 'the config file could not be read or parsed as YAML' },
+  EB_ERR_CONFIG_INVALID: { retryable: false, summary: 'the config does not match the schema (the message names the key path)' },
+  EB_ERR_LOG_OPEN: { retryable: false, summary: 'the commit log database could not be opened or created' },
+  EB_ERR_LOG_CORRUPT: { retryable: false, summary: 'the commit log database is corrupt; it was moved aside' },
+  EB_ERR_LOG_WRITE: { retryable: true, summary: 'a write to the commit log failed (disk full, I/O error); nothing was acknowledged' },
+  EB_ERR_LOG_CLOSED: { retryable: false, summary: 'the commit log is closed (the gateway is shutting down)' },
+  EB_ERR_INGRESS_LISTEN: { retryable: false, summary: 'the MQTT listener could not bind its address' },
+  EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },
+} as const satisfies Record<string, { retryable: boolean; summary: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class EdgebridgeError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'EdgebridgeError';
+    this.code = code;
+    this.retryable = ERROR_CODES[code].retryable;
+  }
+}
+
+/** A short, single-line description of any thrown value, for log lines and CLI output. */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

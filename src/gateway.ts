@@ -1,0 +1,145 @@
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { Config } from './config/schema.js';
+import { createKafka } from './forward/kafka-client.js';
+import { KafkaSink, type RecordSink } from './forward/kafka-sink.js';
+import { Forwarder, type ForwarderState } from './forward/forwarder.js';
+import { MqttIngress } from './ingress/mqtt-ingress.js';
+import { RouteTable } from './ingress/routes.js';
+import { CommitLog } from './log/commit-log.js';
+import { GroupCommit } from './log/group-commit.js';
+import { createLogger } from './logger.js';
+
+export interface GatewayStatus {
+  readonly gatewayId: string;
+  readonly forwarder: ForwarderState;
+  readonly mqttClients: number;
+  /** Publishes committed to the log since start. */
+  readonly received: number;
+  /** Records acknowledged by Kafka since start. */
+  readonly forwarded: number;
+  /** Records in the log not yet acknowledged by Kafka. */
+  readonly backlog: number;
+  readonly lastOffset: number;
+  readonly forwardPosition: number;
+  readonly refused: number;
+}
+
+export interface GatewayOptions {
+  readonly logger?: Logger;
+  /** Replaces the Kafka sink (unit tests only; the product always forwards to Kafka). */
+  readonly sink?: RecordSink;
+  /** Interval of the periodic status line; 0 disables it. */
+  readonly statusIntervalMs?: number;
+}
+
+/**
+ * The one place where the stages meet. Lifecycle: open log -> start forwarder (it connects to
+ * Kafka in the background, buffering meanwhile) -> open the MQTT listener. Shutdown runs in
+ * reverse, once: stop accepting, finish the in-flight group commit, stop forwarding, close the DB.
+ */
+export class Gateway {
+  private closing: Promise<void> | undefined;
+  private readonly statusTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly config: Config,
+    readonly logger: Logger,
+    readonly log: CommitLog,
+    private readonly groupCommit: GroupCommit,
+    readonly forwarder: Forwarder,
+    private readonly ingress: MqttIngress,
+    readonly mqttAddress: AddressInfo,
+    statusIntervalMs: number,
+  ) {
+    if (statusIntervalMs > 0) {
+      this.statusTimer = setInterval(() => this.logger.info(this.status(), 'status'), statusIntervalMs);
+      this.statusTimer.unref();
+    }
+  }
+
+  static async start(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
+    const logger = options.logger ?? createLogger(config.log.level);
+    const routes = new RouteTable(config.routes);
+    const log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous });
+    logger.info(
+      { file: log.file, lastOffset: log.lastOffset, synchronous: config.storage.synchronous },
+      'commit log open',
+    );
+
+    const sink =
+      options.sink ??
+      new KafkaSink({
+        kafka: createKafka({
+          brokers: config.kafka.brokers,
+          clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
+          connectionTimeoutMs: config.kafka.connectionTimeoutMs,
+          requestTimeoutMs: config.kafka.requestTimeoutMs,
+          logger,
+        }),
+        gatewayId: config.gateway.id,
+        topics: routes.kafkaTopics,
+        topicDefaults: config.kafka.topicDefaults,
+      });
+    const forwarder = new Forwarder(log, sink, {
+      batchMaxRecords: config.forward.batchMaxRecords,
+      lingerMs: config.forward.lingerMs,
+      retry: config.forward.retry,
+      logger: logger.child({ stage: 'forward' }),
+    });
+    const groupCommit = new GroupCommit(log, { onCommit: () => forwarder.notify() });
+    forwarder.start();
+
+    const ingress = new MqttIngress({
+      host: config.mqtt.host,
+      port: config.mqtt.port,
+      routes,
+      sink: groupCommit,
+      logger: logger.child({ stage: 'ingress' }),
+    });
+    let address: AddressInfo;
+    try {
+      address = await ingress.start();
+    } catch (err) {
+      await forwarder.close(1000);
+      log.close();
+      throw err;
+    }
+    logger.info(
+      { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
+      'gateway started',
+    );
+    return new Gateway(config, logger, log, groupCommit, forwarder, ingress, address, options.statusIntervalMs ?? 60_000);
+  }
+
+  status(): GatewayStatus {
+    return {
+      gatewayId: this.config.gateway.id,
+      forwarder: this.forwarder.state,
+      mqttClients: this.ingress.connectedClients,
+      received: this.ingress.counters.routed,
+      forwarded: this.forwarder.counters.forwarded,
+      backlog: this.forwarder.backlog,
+      lastOffset: this.log.lastOffset,
+      forwardPosition: this.forwarder.position,
+      refused: this.ingress.counters.refused,
+    };
+  }
+
+  /** Shuts down once; later calls return the same promise. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    this.logger.info('gateway stopping');
+    await this.ingress.close();
+    this.groupCommit.close();
+    await this.forwarder.close();
+    const final = { lastOffset: this.log.lastOffset, backlog: this.forwarder.backlog };
+    this.log.close();
+    this.logger.info(final, 'gateway stopped');
+  }
+}

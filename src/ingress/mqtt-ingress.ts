@@ -1,0 +1,166 @@
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { Aedes, type Client, type PublishPacket } from 'aedes';
+import type { Logger } from 'pino';
+import { EdgebridgeError, describeError } from '../errors.js';
+import type { AppendSink } from '../log/group-commit.js';
+import type { RouteTable } from './routes.js';
+
+export interface MqttIngressOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly routes: RouteTable;
+  readonly sink: AppendSink;
+  readonly logger: Logger;
+}
+
+export interface IngressCounters {
+  /** Publishes that matched a route and were committed to the log. */
+  routed: number;
+  /** Publishes that matched no route: delivered to local subscribers only. */
+  unrouted: number;
+  /** QoS 2 retransmissions of a packet already stored (not appended again). */
+  qos2Duplicates: number;
+  /** Publishes refused because the log could not store them (the client is disconnected). */
+  refused: number;
+}
+
+const SYS_PREFIX = '$SYS/';
+
+interface IncomingStore {
+  incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
+}
+
+/**
+ * The MQTT listener (aedes, MQTT 3.1.1, QoS 0/1/2). A publish that matches a route is appended to
+ * the commit log inside `authorizePublish`: aedes writes PUBACK (QoS 1) or PUBREC (QoS 2) only
+ * after that callback, so an acknowledgement is never sent for a message that is not on disk.
+ * Publishes that match no route are ordinary broker traffic for local subscribers.
+ */
+export class MqttIngress {
+  readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0 };
+  private broker: Aedes | undefined;
+  private server: Server | undefined;
+  private storeFailing = false;
+
+  constructor(private readonly options: MqttIngressOptions) {}
+
+  async start(): Promise<AddressInfo> {
+    const { logger } = this.options;
+    const broker = await Aedes.createBroker({
+      authorizePublish: (client, packet, callback) => this.authorizePublish(client, packet, callback),
+      // Device IDs are often MAC- or serial-based and longer than the 23 bytes MQTT 3.1.1 requires
+      // brokers to accept at minimum [MQTT-3.1.3-5].
+      maxClientsIdLength: 256,
+    });
+    this.broker = broker;
+    broker.on('clientError', (client: Client, err: Error) => {
+      logger.debug({ clientId: client?.id, err: describeError(err) }, 'mqtt client error');
+    });
+    const server = createServer(broker.handle);
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(
+          new EdgebridgeError(
+            'EB_ERR_INGRESS_LISTEN',
+            `cannot listen for MQTT on ${this.options.host}:${this.options.port}: ${err.message}`,
+            { cause: err },
+          ),
+        ),
+      );
+      server.listen(this.options.port, this.options.host, () => resolve());
+    });
+    const address = server.address() as AddressInfo;
+    logger.info({ host: address.address, port: address.port }, 'mqtt listening');
+    return address;
+  }
+
+  private authorizePublish(
+    client: Client | null,
+    packet: PublishPacket,
+    callback: (error?: Error | null) => void,
+  ): void {
+    if (packet.topic.startsWith(SYS_PREFIX)) {
+      callback(new Error(`${SYS_PREFIX} topics are reserved`));
+      return;
+    }
+    const match = this.options.routes.match(packet.topic);
+    if (match === undefined) {
+      this.counters.unrouted++;
+      callback(null);
+      return;
+    }
+    // aedes calls this hook for every PUBLISH, including a QoS 2 retransmission of a packet whose
+    // PUBREC was lost. That packet is already in the log: store it once [MQTT-4.3.3-2].
+    if (packet.qos === 2 && packet.dup && client !== null && this.broker) {
+      // aedes exposes its persistence at run time but not in its type declarations.
+      const persistence = (this.broker as unknown as { persistence: IncomingStore }).persistence;
+      persistence.incomingGetPacket(client, packet).then(
+        () => {
+          this.counters.qos2Duplicates++;
+          callback(null);
+        },
+        () => this.append(match.route.pattern, match.route.kafkaTopic, match.deviceId, packet, callback),
+      );
+      return;
+    }
+    this.append(match.route.pattern, match.route.kafkaTopic, match.deviceId, packet, callback);
+  }
+
+  private append(
+    route: string,
+    kafkaTopic: string,
+    deviceId: string,
+    packet: PublishPacket,
+    callback: (error?: Error | null) => void,
+  ): void {
+    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload);
+    this.options.sink.append(
+      {
+        receivedAt: Date.now(),
+        route,
+        kafkaTopic,
+        deviceId,
+        mqttTopic: packet.topic,
+        qos: packet.qos,
+        payload,
+      },
+      (err) => {
+        if (err) {
+          this.counters.refused++;
+          // One line per state change, not one per refused message.
+          if (!this.storeFailing) {
+            this.storeFailing = true;
+            this.options.logger.error(
+              { err: describeError(err), code: (err as EdgebridgeError).code },
+              'commit log cannot store messages: publishes are refused (no PUBACK) until it recovers',
+            );
+          }
+          callback(err);
+          return;
+        }
+        if (this.storeFailing) {
+          this.storeFailing = false;
+          this.options.logger.info('commit log stores messages again');
+        }
+        this.counters.routed++;
+        callback(null);
+      },
+    );
+  }
+
+  get connectedClients(): number {
+    return this.broker?.connectedClients ?? 0;
+  }
+
+  /** Stops accepting connections and disconnects clients. */
+  async close(): Promise<void> {
+    const server = this.server;
+    const broker = this.broker;
+    this.server = undefined;
+    this.broker = undefined;
+    const serverClosed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    if (broker) await new Promise<void>((resolve) => broker.close(() => resolve()));
+    await serverClosed;
+  }
+}
