@@ -20,8 +20,12 @@ export interface FleetOptions {
   readonly payloadBytes?: number;
   /** How long to wait for outstanding acknowledgements once publishing stopped. */
   readonly drainTimeoutMs?: number;
+  /** Keep each published body (tests compare them byte for byte with what reached Kafka). */
+  readonly keepPayloads?: boolean;
   readonly signal?: AbortSignal;
   readonly onProgress?: (stats: FleetStats) => void;
+  /** Called once every device exists (IDs and bootIds known), before the first publish. */
+  readonly onStart?: (devices: readonly DeviceResult[], liveStats: Readonly<FleetStats>) => void;
 }
 
 export interface DeviceResult {
@@ -29,6 +33,8 @@ export interface DeviceResult {
   readonly bootId: string;
   /** seq numbers whose PUBACK (or PUBCOMP) the device received, in ack order. */
   readonly ackedSeqs: number[];
+  /** seq -> exact body published, when `keepPayloads` is set. */
+  readonly payloads: Map<number, string>;
   published: number;
 }
 
@@ -85,7 +91,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
 
   for (let i = 0; i < options.devices; i++) {
     const deviceId = deviceIdFor(prefix, i);
-    const result: DeviceResult = { deviceId, bootId: randomBytes(4).toString('hex'), ackedSeqs: [], published: 0 };
+    const result: DeviceResult = { deviceId, bootId: randomBytes(4).toString('hex'), ackedSeqs: [], payloads: new Map(), published: 0 };
     results.push(result);
     const client = mqtt.connect(options.url, {
       clientId: `sim-${deviceId}`,
@@ -126,6 +132,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
         body = JSON.stringify(reading);
       }
       const mySeq = seq;
+      if (options.keepPayloads) result.payloads.set(mySeq, body);
       result.published++;
       stats.published++;
       outstanding++;
@@ -146,6 +153,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
     );
   }
 
+  options.onStart?.(results, stats);
   const progress = options.onProgress ? setInterval(() => options.onProgress!({ ...stats }), 1000) : undefined;
   options.signal?.addEventListener('abort', () => stopPublishing(), { once: true });
   await publishingDone;

@@ -87,7 +87,10 @@ export class Gateway {
       retry: config.forward.retry,
       logger: logger.child({ stage: 'forward' }),
     });
-    const groupCommit = new GroupCommit(log, { onCommit: () => forwarder.notify() });
+    const groupCommit = new GroupCommit(log, {
+      maxBatch: config.storage.groupCommitMaxRecords,
+      onCommit: () => forwarder.notify(),
+    });
     forwarder.start();
 
     const ingress = new MqttIngress({

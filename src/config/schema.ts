@@ -67,6 +67,8 @@ export const configSchema = z.strictObject({
     dir: z.string().min(1),
     /** SQLite synchronous mode: full makes every acknowledged message survive a power cut. */
     synchronous: z.enum(['full', 'normal']).default('full'),
+    /** Most publishes written in one group-commit transaction (bounds how long one write blocks). */
+    groupCommitMaxRecords: z.number().int().min(1).max(100000).default(5000),
   }),
   routes: z.array(route).min(1),
   log: z

@@ -9,7 +9,8 @@ import type { RecordSink } from './kafka-sink.js';
 export interface ForwardSource {
   readAfter(after: number, limit: number): LogRecord[];
   position(name: string): number;
-  commitPosition(name: string, offset: number, deleteThrough?: boolean): void;
+  commitPosition(name: string, offset: number): void;
+  removeThrough(offset: number): number;
   readonly lastOffset: number;
 }
 
@@ -33,6 +34,8 @@ export interface ForwarderCounters {
 }
 
 export const FORWARD_POSITION = 'forward';
+const REMOVE_EVERY_RECORDS = 50_000;
+const REMOVE_EVERY_MS = 1_000;
 
 /**
  * Reads the commit log in offset order and hands batches to the sink. The forward position is
@@ -52,6 +55,8 @@ export class Forwarder {
   private unreachableSince = 0;
   private lastSummaryAt = 0;
   private lastError = '';
+  private removedThrough = 0;
+  private lastRemoveAt = 0;
 
   constructor(
     private readonly source: ForwardSource,
@@ -93,10 +98,25 @@ export class Forwarder {
     if (batch.length === 0) return 0;
     await this.sink.send(batch);
     // Kafka has acknowledged every record of the batch: only now may the position move past them.
-    this.source.commitPosition(FORWARD_POSITION, batch[batch.length - 1]!.offset, true);
+    const last = batch[batch.length - 1]!.offset;
+    this.source.commitPosition(FORWARD_POSITION, last);
     this.counters.forwarded += batch.length;
     this.counters.batches++;
+    this.removeForwarded(last, false);
     return batch.length;
+  }
+
+  /**
+   * Deletes forwarded records in bulk rather than per batch: one DELETE per second (or per
+   * REMOVE_EVERY_RECORDS) costs far less than one per batch, and the records are already in Kafka.
+   */
+  private removeForwarded(position: number, force: boolean): void {
+    const now = Date.now();
+    if (position <= this.removedThrough) return;
+    if (!force && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
+    this.source.removeThrough(position);
+    this.removedThrough = position;
+    this.lastRemoveAt = now;
   }
 
   private setState(next: ForwarderState, fields: Record<string, unknown> = {}): void {
@@ -128,6 +148,7 @@ export class Forwarder {
         if (this.stateValue !== 'forwarding') this.setState('forwarding');
         attempt = 0;
         if (sent === 0) {
+          this.removeForwarded(this.source.position(FORWARD_POSITION), true);
           await this.waitForRecords();
           // Let a burst accumulate into one batch rather than sending many small ones.
           if (this.options.lingerMs > 0 && this.backlog < this.options.batchMaxRecords) {

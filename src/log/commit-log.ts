@@ -56,6 +56,13 @@ interface RecordRow {
 export class CommitLog {
   readonly file: string;
   private readonly db: Database.Database;
+  /**
+   * The forwarder's connection (reads, positions, removals) runs with synchronous=NORMAL: its
+   * commits are made durable by the next FULL commit of an append, which fsyncs the shared WAL.
+   * A position lost in a power cut only means re-reading records that are still in the log
+   * (they are removed only after their position was stored), so it need not cost an fsync per batch.
+   */
+  private readonly reader: Database.Database;
   private readonly insertStmt: Database.Statement;
   private readonly readStmt: Database.Statement;
   private readonly getPositionStmt: Database.Statement;
@@ -84,19 +91,22 @@ export class CommitLog {
       throw openError(this.file, err);
     }
 
+    this.reader = openDatabase(this.file);
+    this.reader.pragma('synchronous = NORMAL');
+
     this.insertStmt = this.db.prepare(
       `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload)
        VALUES (?, ?, ?, ?, ?, ?, ?)`,
     );
-    this.readStmt = this.db.prepare(
+    this.readStmt = this.reader.prepare(
       `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
        FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
     );
-    this.getPositionStmt = this.db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck();
-    this.setPositionStmt = this.db.prepare(
+    this.getPositionStmt = this.reader.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck();
+    this.setPositionStmt = this.reader.prepare(
       'INSERT INTO positions (name, log_offset) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset',
     );
-    this.deleteThroughStmt = this.db.prepare('DELETE FROM records WHERE log_offset <= ?');
+    this.deleteThroughStmt = this.reader.prepare('DELETE FROM records WHERE log_offset <= ?');
     this.appendAll = this.db.transaction((entries: readonly LogEntry[]) =>
       entries.map((e) =>
         Number(
@@ -175,16 +185,19 @@ export class CommitLog {
     return (this.getPositionStmt.get(name) as number | undefined) ?? 0;
   }
 
-  /**
-   * Stores a named position and, when `deleteThrough` is set, removes the records up to and
-   * including `offset` in the same transaction (the forwarder's commit once Kafka acknowledged).
-   */
-  commitPosition(name: string, offset: number, deleteThrough = false): void {
+  /** Stores a named position (the forwarder's, once Kafka acknowledged up to `offset`). */
+  commitPosition(name: string, offset: number): void {
     this.assertOpen();
-    this.db.transaction(() => {
-      this.setPositionStmt.run(name, offset);
-      if (deleteThrough) this.deleteThroughStmt.run(offset);
-    })();
+    this.setPositionStmt.run(name, offset);
+  }
+
+  /**
+   * Removes the records up to and including `offset` (already forwarded), so the space is reused.
+   * Returns how many were removed.
+   */
+  removeThrough(offset: number): number {
+    this.assertOpen();
+    return this.deleteThroughStmt.run(offset).changes;
   }
 
   get lastOffset(): number {
@@ -208,6 +221,7 @@ export class CommitLog {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.reader.close();
     this.db.close();
   }
 }

@@ -1,0 +1,77 @@
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import mqtt from 'mqtt';
+import { afterEach, describe, expect, it } from 'vitest';
+import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { waitForTopic } from '../helpers/kafka.js';
+import { CLI } from '../helpers/process.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+
+const exec = promisify(execFile);
+
+async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await exec(process.execPath, [CLI, ...args], { timeout: 60_000 });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('edgebridge CLI', () => {
+  const tmp = useTmpDirs();
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+
+  it('--help lists the commands', async () => {
+    const { code, stdout } = await run(['--help']);
+    expect(code).toBe(0);
+    for (const cmd of ['start', 'consume', 'check-config']) expect(stdout).toContain(cmd);
+  });
+
+  it('check-config prints the shipped config with defaults filled in', async () => {
+    const { code, stdout } = await run(['check-config', '--config', 'config/edgebridge.yaml']);
+    expect(code).toBe(0);
+    expect(stdout).toContain('id: gw-site-1');
+    expect(stdout).toContain('synchronous: full');
+    expect(stdout).toContain('batchMaxRecords: 2000');
+  });
+
+  it('start refuses an invalid config with exit code 2 and the key path', async () => {
+    const file = join(tmp(), 'bad.yaml');
+    writeFileSync(file, 'gateway: { id: gw }\nmqtt: { port: 99999, colour: red }\nkafka: { brokers: [] }\nstorage: { dir: ./d }\nroutes: []\n');
+    const { code, stderr } = await run(['start', '--config', file]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('EB_ERR_CONFIG_INVALID');
+    expect(stderr).toContain('mqtt.port');
+    expect(stderr).toContain('unknown key mqtt.colour');
+    expect(stderr).toContain('kafka.brokers');
+    const missing = await run(['start', '--config', join(tmp(), 'nope.yaml')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('EB_ERR_CONFIG_READ');
+  });
+
+  it('consume prints key, partition, offset and value of what the gateway forwarded', async () => {
+    const topic = uniqueName('iot.cli');
+    const gw = await startTestGateway({ dir: tmp(), topic });
+    cleanups.push(() => gw.close());
+    const client = await mqtt.connectAsync(gw.url, { clientId: 'cli-pub' });
+    for (let i = 1; i <= 3; i++) await client.publishAsync(`devices/cli-dev/telemetry`, `{"seq":${i}}`, { qos: 1 });
+    await client.endAsync();
+    await waitForTopic(kafkaBrokers(), topic);
+    const { code, stdout } = await run([
+      'consume', '--topic', topic, '--from-beginning', '--brokers', kafkaBrokers().join(','), '--max-messages', '3',
+    ]);
+    expect(code).toBe(0);
+    const lines = stdout.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    lines.forEach((line, i) => {
+      expect(line).toMatch(new RegExp(`^cli-dev\\tpartition=\\d\\toffset=${i}\\t\\{"seq":${i + 1}\\}$`));
+    });
+  });
+});

@@ -1,0 +1,107 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig } from '../../src/config/load.js';
+import { EdgebridgeError } from '../../src/errors.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+
+const MINIMAL = `
+gateway:
+  id: gw-site-1          # stable identity of this gateway
+mqtt:
+  port: 1883
+kafka:
+  brokers: ["127.0.0.1:9092"]
+storage:
+  dir: ./data            # the commit log lives here
+routes:
+  - mqtt: "devices/{deviceId}/telemetry/#"   # named wildcard = the device ID
+    kafka: iot.telemetry
+`;
+
+function errorOf(fn: () => unknown): EdgebridgeError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(EdgebridgeError);
+    return err as EdgebridgeError;
+  }
+  throw new Error('expected an error');
+}
+
+describe('config', () => {
+  const tmp = useTmpDirs();
+  const write = (text: string): string => {
+    const file = join(tmp(), 'edgebridge.yaml');
+    writeFileSync(file, text);
+    return file;
+  };
+
+  it('accepts the minimal file from the docs and fills in defaults', () => {
+    const config = loadConfig(write(MINIMAL), {});
+    expect(config.gateway.id).toBe('gw-site-1');
+    expect(config.mqtt).toEqual({ host: '0.0.0.0', port: 1883 });
+    expect(config.kafka.brokers).toEqual(['127.0.0.1:9092']);
+    expect(config.kafka.topicDefaults).toEqual({ partitions: 3, replicationFactor: 1 });
+    expect(config.storage.synchronous).toBe('full');
+    expect(config.forward.batchMaxRecords).toBe(2000);
+    expect(config.routes).toEqual([{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: 'iot.telemetry' }]);
+    expect(config.log.level).toBe('info');
+  });
+
+  it('freezes the result', () => {
+    const config = loadConfig(write(MINIMAL), {});
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.kafka.brokers)).toBe(true);
+    expect(() => ((config.mqtt as { port: number }).port = 1)).toThrow();
+  });
+
+  it('rejects unknown keys, naming their path', () => {
+    const err = errorOf(() => loadConfig(write(MINIMAL.replace('port: 1883', 'port: 1883\n  prot: 1'))));
+    expect(err.code).toBe('EB_ERR_CONFIG_INVALID');
+    expect(err.message).toContain('unknown key mqtt.prot');
+  });
+
+  it('rejects wrong types, naming the key path', () => {
+    const err = errorOf(() => loadConfig(write(MINIMAL.replace('port: 1883', 'port: "eighteen"')), {}));
+    expect(err.message).toMatch(/mqtt\.port: .*number/);
+    const err2 = errorOf(() => loadConfig(write(MINIMAL.replace('kafka: iot.telemetry', 'kafka: [1]')), {}));
+    expect(err2.message).toContain('routes[0].kafka');
+  });
+
+  it('reports every problem at once', () => {
+    const err = errorOf(() =>
+      parseConfig({ gateway: { id: 'bad id!' }, kafka: { brokers: [] }, storage: {}, routes: [] }, 'x.yaml'),
+    );
+    expect(err.message).toContain('invalid config x.yaml');
+    for (const path of ['gateway.id', 'kafka.brokers', 'storage.dir', 'routes']) expect(err.message).toContain(path);
+  });
+
+  it('validates route patterns at start', () => {
+    const err = errorOf(() => loadConfig(write(MINIMAL.replace('devices/{deviceId}/telemetry/#', 'devices/+/telemetry')), {}));
+    expect(err.message).toContain('routes[0].mqtt');
+    expect(err.message).toContain('{deviceId}');
+  });
+
+  it('applies environment overrides and names them in errors', () => {
+    const config = loadConfig(write(MINIMAL), {
+      EDGEBRIDGE_KAFKA_BROKERS: 'k1:9092, k2:9092',
+      EDGEBRIDGE_MQTT_PORT: '11883',
+      EDGEBRIDGE_STORAGE_SYNCHRONOUS: 'normal',
+    });
+    expect(config.kafka.brokers).toEqual(['k1:9092', 'k2:9092']);
+    expect(config.mqtt.port).toBe(11883);
+    expect(config.storage.synchronous).toBe('normal');
+    const err = errorOf(() => loadConfig(write(MINIMAL), { EDGEBRIDGE_MQTT_PORT: 'abc' }));
+    expect(err.message).toContain('mqtt.port');
+    expect(err.message).toContain('EDGEBRIDGE_MQTT_PORT');
+  });
+
+  it('explains an unreadable or malformed file', () => {
+    expect(errorOf(() => loadConfig(join(tmp(), 'missing.yaml'))).code).toBe('EB_ERR_CONFIG_READ');
+    const err = errorOf(() => loadConfig(write('gateway: [unclosed\n')));
+    expect(err.code).toBe('EB_ERR_CONFIG_READ');
+    expect(err.message).toMatch(/not valid YAML at line \d+/);
+    expect(errorOf(() => loadConfig(write('- a list\n'))).message).toContain('top level must be a mapping');
+  });
+});

@@ -1,0 +1,111 @@
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { backoffDelay } from '../../src/forward/backoff.js';
+import { FORWARD_POSITION, Forwarder } from '../../src/forward/forwarder.js';
+import type { RecordSink } from '../../src/forward/kafka-sink.js';
+import { CommitLog, type LogRecord } from '../../src/log/commit-log.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+import { entry } from './commit-log.test.js';
+
+/** An in-memory sink whose failures the test scripts. */
+class MemorySink implements RecordSink {
+  readonly delivered: LogRecord[] = [];
+  failNext = 0;
+  connects = 0;
+  resets = 0;
+  async connect(): Promise<void> {
+    this.connects++;
+  }
+  async send(records: readonly LogRecord[]): Promise<void> {
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new Error('broker not available');
+    }
+    this.delivered.push(...records);
+  }
+  async reset(): Promise<void> {
+    this.resets++;
+  }
+  async close(): Promise<void> {}
+}
+
+const silent = pino({ level: 'silent' });
+const options = { batchMaxRecords: 3, lingerMs: 0, retry: { initialMs: 5, maxMs: 20 }, logger: silent, idlePollMs: 20 };
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('forwarder', () => {
+  const tmp = useTmpDirs();
+
+  it('drainOnce sends one batch in offset order and only then commits the position', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([1, 2, 3, 4, 5].map((i) => entry(`d${i % 2}`, i)));
+    const sink = new MemorySink();
+    const fwd = new Forwarder(log, sink, options);
+    expect(await fwd.drainOnce()).toBe(3);
+    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2, 3]);
+    expect(log.position(FORWARD_POSITION)).toBe(3);
+    expect(await fwd.drainOnce()).toBe(2);
+    expect(await fwd.drainOnce()).toBe(0);
+    log.close();
+  });
+
+  it('removes forwarded records once the log is drained', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([1, 2, 3, 4, 5].map((i) => entry('d', i)));
+    const sink = new MemorySink();
+    const fwd = new Forwarder(log, sink, options);
+    fwd.start();
+    await until(() => log.stats().records === 0);
+    expect(sink.delivered).toHaveLength(5);
+    expect(log.position(FORWARD_POSITION)).toBe(5);
+    await fwd.close();
+    log.close();
+  });
+
+  it('a failed batch leaves the position where it was', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1), entry('a', 2)]);
+    const sink = new MemorySink();
+    sink.failNext = 1;
+    const fwd = new Forwarder(log, sink, options);
+    await expect(fwd.drainOnce()).rejects.toThrow('broker not available');
+    expect(log.position(FORWARD_POSITION)).toBe(0);
+    expect(log.stats().records).toBe(2);
+    log.close();
+  });
+
+  it('keeps retrying through failures without skipping or repeating a range, then follows new appends', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append(Array.from({ length: 10 }, (_, i) => entry('a', i)));
+    const sink = new MemorySink();
+    sink.failNext = 4;
+    const fwd = new Forwarder(log, sink, options);
+    fwd.start();
+    await until(() => sink.delivered.length === 10);
+    expect(fwd.counters.failures).toBe(4);
+    expect(sink.resets).toBe(4); // a fresh producer after each failure
+    log.append([entry('a', 11), entry('a', 12)]);
+    fwd.notify();
+    await until(() => sink.delivered.length === 12);
+    expect(sink.delivered.map((r) => r.offset)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(fwd.state).toBe('forwarding');
+    await fwd.close();
+    expect(fwd.state).toBe('stopped');
+    log.close();
+  });
+
+  it('backoff grows exponentially, is capped, and is jittered', () => {
+    expect(backoffDelay(0, 100, 10_000, () => 1)).toBe(100);
+    expect(backoffDelay(0, 100, 10_000, () => 0)).toBe(50);
+    expect(backoffDelay(3, 100, 10_000, () => 1)).toBe(800);
+    expect(backoffDelay(20, 100, 10_000, () => 1)).toBe(10_000);
+    expect(backoffDelay(1000, 100, 10_000, () => 0.5)).toBe(7500);
+  });
+});

@@ -1,0 +1,15 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    // Starts a real Kafka broker unless KAFKA_BROKERS points at one.
+    globalSetup: ['test/setup/kafka.ts'],
+    // The integration suites share one broker and a 2-core machine: run files one at a time.
+    fileParallelism: false,
+    pool: 'forks',
+    testTimeout: 120_000,
+    hookTimeout: 180_000,
+    reporters: ['default', './test/setup/summary-reporter.ts'],
+  },
+});
