@@ -3,11 +3,12 @@ import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
 import { createKafka } from './forward/kafka-client.js';
 import { KafkaSink, type RecordSink } from './forward/kafka-sink.js';
-import { Forwarder, type ForwarderState } from './forward/forwarder.js';
+import { FORWARD_POSITION, Forwarder, type ForwarderState } from './forward/forwarder.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
 import { CommitLog } from './log/commit-log.js';
 import { GroupCommit } from './log/group-commit.js';
+import { Retention } from './log/retention.js';
 import { createLogger } from './logger.js';
 
 export interface GatewayStatus {
@@ -16,13 +17,21 @@ export interface GatewayStatus {
   readonly mqttClients: number;
   /** Publishes committed to the log since start. */
   readonly received: number;
-  /** Records acknowledged by Kafka since start. */
+  /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
+  readonly duplicates: number;
+  /** Records committed to Kafka since start. */
   readonly forwarded: number;
-  /** Records in the log not yet acknowledged by Kafka. */
+  /** Records in the log not yet committed to Kafka. */
   readonly backlog: number;
   readonly lastOffset: number;
   readonly forwardPosition: number;
+  /** Publishes refused (not acknowledged) because the log could not store them. */
   readonly refused: number;
+  /** True while acknowledgements are held because storage.maxBytes is reached. */
+  readonly holding: boolean;
+  readonly droppedOverflow: number;
+  readonly droppedExpired: number;
+  readonly storageBytes: number;
 }
 
 export interface GatewayOptions {
@@ -46,7 +55,8 @@ export class Gateway {
     readonly config: Config,
     readonly logger: Logger,
     readonly log: CommitLog,
-    private readonly groupCommit: GroupCommit,
+    readonly groupCommit: GroupCommit,
+    private readonly retention: Retention,
     readonly forwarder: Forwarder,
     private readonly ingress: MqttIngress,
     readonly mqttAddress: AddressInfo,
@@ -63,9 +73,10 @@ export class Gateway {
     const routes = new RouteTable(config.routes);
     const log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous });
     logger.info(
-      { file: log.file, lastOffset: log.lastOffset, synchronous: config.storage.synchronous },
+      { file: log.file, lastOffset: log.lastOffset, logId: log.logId, synchronous: config.storage.synchronous },
       'commit log open',
     );
+    const forwardPosition = () => log.position(FORWARD_POSITION);
 
     const sink =
       options.sink ??
@@ -79,23 +90,38 @@ export class Gateway {
         }),
         gatewayId: config.gateway.id,
         topics: routes.kafkaTopics,
+        checkpointTopic: config.forward.checkpointTopic,
         topicDefaults: config.kafka.topicDefaults,
+        transactionTimeoutMs: config.forward.transactionTimeoutMs,
       });
+    // The forwarder and the group commit wake each other: one of them is referenced before it exists.
+    let groupCommit: GroupCommit;
     const forwarder = new Forwarder(log, sink, {
       batchMaxRecords: config.forward.batchMaxRecords,
-      lingerMs: config.forward.lingerMs,
+      batchMaxBytes: config.forward.batchMaxBytes,
+      commitIntervalMs: config.forward.commitIntervalMs,
       retry: config.forward.retry,
       logger: logger.child({ stage: 'forward' }),
+      onRemoved: () => groupCommit.release(),
     });
-    const groupCommit = new GroupCommit(log, {
+    groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
       onCommit: () => forwarder.notify(),
+      storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition },
+      logger: logger.child({ stage: 'log' }),
+    });
+    const retention = new Retention(log, {
+      maxAgeMs: config.storage.maxAge,
+      forwardPosition,
+      groupCounters: groupCommit.counters,
+      logger: logger.child({ stage: 'log' }),
     });
     forwarder.start();
 
     const ingress = new MqttIngress({
       host: config.mqtt.host,
       port: config.mqtt.port,
+      maxPayloadBytes: config.mqtt.maxPayloadBytes,
       routes,
       sink: groupCommit,
       logger: logger.child({ stage: 'ingress' }),
@@ -104,6 +130,7 @@ export class Gateway {
     try {
       address = await ingress.start();
     } catch (err) {
+      retention.close();
       await forwarder.close(1000);
       log.close();
       throw err;
@@ -112,7 +139,17 @@ export class Gateway {
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
     );
-    return new Gateway(config, logger, log, groupCommit, forwarder, ingress, address, options.statusIntervalMs ?? 60_000);
+    return new Gateway(
+      config,
+      logger,
+      log,
+      groupCommit,
+      retention,
+      forwarder,
+      ingress,
+      address,
+      options.statusIntervalMs ?? 60_000,
+    );
   }
 
   status(): GatewayStatus {
@@ -121,11 +158,16 @@ export class Gateway {
       forwarder: this.forwarder.state,
       mqttClients: this.ingress.connectedClients,
       received: this.ingress.counters.routed,
+      duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,
       forwarded: this.forwarder.counters.forwarded,
       backlog: this.forwarder.backlog,
       lastOffset: this.log.lastOffset,
       forwardPosition: this.forwarder.position,
       refused: this.ingress.counters.refused,
+      holding: this.groupCommit.holding,
+      droppedOverflow: this.groupCommit.counters.droppedOverflow,
+      droppedExpired: this.retention.counters.droppedExpired,
+      storageBytes: this.log.usedBytes(),
     };
   }
 
@@ -140,6 +182,7 @@ export class Gateway {
     this.logger.info('gateway stopping');
     await this.ingress.close();
     this.groupCommit.close();
+    this.retention.close();
     await this.forwarder.close();
     const final = { lastOffset: this.log.lastOffset, backlog: this.forwarder.backlog };
     this.log.close();

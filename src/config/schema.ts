@@ -1,5 +1,28 @@
 import { z } from 'zod';
 import { compileRoute } from '../ingress/routes.js';
+import { parseBytes, parseDurationMs } from './units.js';
+
+/** A size: bytes as a number, or a string with a unit ("512MB", "1GiB"). */
+const bytes = (min = 0) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const n = parseBytes(value);
+    if (n === undefined || n < min) {
+      ctx.addIssue({ code: 'custom', message: `must be a size of at least ${min} bytes, e.g. 1048576, "512MB" or "1GiB"` });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+/** A duration: milliseconds as a number, or a string with a unit ("100ms", "30s", "24h", "7d"). */
+const duration = (min = 0) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const n = parseDurationMs(value);
+    if (n === undefined || n < min) {
+      ctx.addIssue({ code: 'custom', message: `must be a duration of at least ${min} ms, e.g. 500, "30s", "24h" or "7d"` });
+      return z.NEVER;
+    }
+    return n;
+  });
 
 /**
  * The one config schema: unknown keys are rejected, every default lives here (with its unit in the
@@ -9,10 +32,26 @@ const kafkaTopicName = z
   .string()
   .regex(/^[a-zA-Z0-9._-]{1,249}$/, 'must be a Kafka topic name: 1-249 of a-z A-Z 0-9 . _ -');
 
+const dedup = z
+  .strictObject({
+    /**
+     * Payload fields (top-level JSON) that, with the device ID, identify a reading. Absent fields
+     * count as empty; a payload with none of them is deduplicated only on MQTT DUP retransmits.
+     */
+    fields: z.array(z.string().min(1)).default(['bootId', 'seq']),
+    /** How long a reading's identity is remembered. */
+    window: duration(1000).default(24 * 3600e3),
+  })
+  .prefault({});
+
 const route = z
   .strictObject({
     mqtt: z.string().min(1),
     kafka: kafkaTopicName,
+    /** Drop device retransmits and firmware replays; `false` turns it off for this route. */
+    dedup: z.union([z.literal(false), dedup]).default(() => ({ fields: ['bootId', 'seq'], window: 24 * 3600e3 })),
+    /** Keep only the latest not-yet-forwarded message per device (state-like topics). */
+    compact: z.boolean().default(false),
   })
   .superRefine((value, ctx) => {
     try {
@@ -33,6 +72,8 @@ export const configSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).default('0.0.0.0'),
       port: port.default(1883),
+      /** Larger publishes are refused (the client is disconnected) so one cannot block forwarding. */
+      maxPayloadBytes: bytes(1).default(256 * 1024),
     })
     .prefault({}),
   kafka: z.strictObject({
@@ -50,10 +91,16 @@ export const configSchema = z.strictObject({
   }),
   forward: z
     .strictObject({
-      /** Most log records sent to Kafka in one batch. */
-      batchMaxRecords: z.number().int().min(1).max(100000).default(2000),
-      /** How long the forwarder waits for more records before sending a batch that is not full. */
-      lingerMs: z.number().int().min(0).max(10000).default(5),
+      /** Most log records in one Kafka transaction. */
+      batchMaxRecords: z.number().int().min(1).max(100000).default(5000),
+      /** Most payload bytes in one Kafka transaction (keep below the broker's message.max.bytes). */
+      batchMaxBytes: bytes(1024).default(900_000),
+      /** Longest a record waits for its transaction to fill before it is committed anyway. */
+      commitIntervalMs: duration(0).default(100),
+      /** Compacted topic holding each gateway's last committed log offset (KIP-618 style). */
+      checkpointTopic: kafkaTopicName.default('edgebridge.checkpoints'),
+      /** Kafka transaction timeout: a crashed gateway's open transaction is aborted after this. */
+      transactionTimeoutMs: duration(1000).default(60_000),
       retry: z
         .strictObject({
           initialMs: z.number().int().positive().default(250),
@@ -69,6 +116,15 @@ export const configSchema = z.strictObject({
     synchronous: z.enum(['full', 'normal']).default('full'),
     /** Most publishes written in one group-commit transaction (bounds how long one write blocks). */
     groupCommitMaxRecords: z.number().int().min(1).max(100000).default(5000),
+    /** Largest the commit log may grow (records not yet forwarded). */
+    maxBytes: bytes(1024 * 1024).default(1024 ** 3),
+    /** Records older than this that are still not forwarded are dropped (counted and logged). */
+    maxAge: duration(1000).default(7 * 86400e3),
+    /**
+     * When maxBytes is reached: `backpressure` holds PUBACKs (devices keep their data and resend;
+     * nothing acknowledged is ever dropped), `drop-oldest` drops the oldest unforwarded records.
+     */
+    overflow: z.enum(['backpressure', 'drop-oldest']).default('backpressure'),
   }),
   routes: z.array(route).min(1),
   log: z

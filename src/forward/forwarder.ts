@@ -3,60 +3,74 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import type { LogRecord } from '../log/commit-log.js';
 import { backoffDelay } from './backoff.js';
-import type { RecordSink } from './kafka-sink.js';
+import { isFencedError, type Checkpoint, type RecordSink } from './kafka-sink.js';
 
 /** The forwarder's view of the commit log. */
 export interface ForwardSource {
+  readonly logId: string;
+  readonly lastOffset: number;
+  readonly isClosed: boolean;
   readAfter(after: number, limit: number): LogRecord[];
   position(name: string): number;
   commitPosition(name: string, offset: number): void;
   removeThrough(offset: number): number;
-  readonly lastOffset: number;
+  shrink(): void;
 }
 
 export interface ForwarderOptions {
   readonly batchMaxRecords: number;
-  readonly lingerMs: number;
+  readonly batchMaxBytes: number;
+  /** Longest a record waits for its transaction to fill before it is committed anyway. */
+  readonly commitIntervalMs: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
   readonly logger: Logger;
-  /** How often a summary line is logged while Kafka is unreachable. */
+  /** Called after forwarded records were removed from the log (held appends may now fit). */
+  readonly onRemoved?: () => void;
+  /** How often a summary line is logged while Kafka is unreachable or this gateway is fenced. */
   readonly summaryIntervalMs?: number;
   /** Idle poll, a safety net in case a wake-up is missed. */
   readonly idlePollMs?: number;
 }
 
-export type ForwarderState = 'stopped' | 'connecting' | 'forwarding' | 'retrying';
+export type ForwarderState = 'stopped' | 'connecting' | 'forwarding' | 'retrying' | 'fenced';
 
 export interface ForwarderCounters {
   forwarded: number;
-  batches: number;
+  transactions: number;
   failures: number;
+  /** Log records found already committed in Kafka (by the checkpoint) and so not sent again. */
+  skippedByCheckpoint: number;
 }
 
 export const FORWARD_POSITION = 'forward';
+/** Where in the checkpoint partition this gateway's last checkpoint record was (a read hint). */
+export const CHECKPOINT_KAFKA_OFFSET = 'checkpoint-kafka-offset';
 const REMOVE_EVERY_RECORDS = 50_000;
 const REMOVE_EVERY_MS = 1_000;
 
 /**
- * Reads the commit log in offset order and hands batches to the sink. The forward position is
- * committed only after the sink resolved (Kafka acknowledged with acks=all), and the forwarded
- * records are deleted in the same SQLite transaction; a failed batch is retried from the same
- * position, so nothing is skipped. Failures back off exponentially with jitter, and the log gets
- * one line per state change plus a periodic summary, never one line per attempt.
+ * Reads the commit log in offset order and forwards it in Kafka transactions, each carrying a
+ * checkpoint of the last offset it contains. On every (re)connect the sink fences earlier
+ * producers and returns the last committed checkpoint; the forwarder resumes right after it,
+ * whatever the local position says, so a batch whose commit outcome was unknown (a crash or a
+ * lost response) is neither skipped nor sent twice. The local position is advanced after each
+ * commit and forwarded records are then removed in bulk. Failures back off exponentially with
+ * jitter; the log gets one line per state change plus a periodic summary, never one per attempt.
  */
 export class Forwarder {
-  readonly counters: ForwarderCounters = { forwarded: 0, batches: 0, failures: 0 };
+  readonly counters: ForwarderCounters = { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
   private stateValue: ForwarderState = 'stopped';
   private running: Promise<void> | undefined;
   private stopping = false;
   private wake: (() => void) | undefined;
   private stopWake: (() => void) | undefined;
   private wakePending = false;
-  private unreachableSince = 0;
+  private troubleSince = 0;
   private lastSummaryAt = 0;
   private lastError = '';
   private removedThrough = 0;
   private lastRemoveAt = 0;
+  private lastCommitAt = 0;
 
   constructor(
     private readonly source: ForwardSource,
@@ -76,6 +90,10 @@ export class Forwarder {
     return Math.max(0, this.source.lastOffset - this.position);
   }
 
+  get lastErrorMessage(): string {
+    return this.lastError;
+  }
+
   start(): void {
     if (this.running) return;
     this.stopping = false;
@@ -89,34 +107,85 @@ export class Forwarder {
   }
 
   /**
-   * Forwards at most one batch: read after the forward position, send, commit the position.
-   * Returns the number of records forwarded (0 when the log is drained).
+   * Connects (fencing earlier producers) and moves the local position to the committed
+   * checkpoint of this log, if Kafka has one.
+   */
+  async connect(): Promise<void> {
+    const hint = this.source.position(CHECKPOINT_KAFKA_OFFSET);
+    const checkpoint = await this.sink.connect(hint > 0 ? hint : undefined);
+    this.alignTo(checkpoint);
+  }
+
+  private alignTo(checkpoint: Checkpoint | undefined): void {
+    const local = this.source.position(FORWARD_POSITION);
+    const { logger } = this.options;
+    if (!checkpoint) return;
+    if (checkpoint.logId !== this.source.logId) {
+      // Written from another log file (this one was recreated, or another gateway uses this id).
+      logger.warn(
+        { checkpointLogId: checkpoint.logId, logId: this.source.logId, position: local },
+        'the checkpoint in Kafka belongs to another commit log: resuming from the local position',
+      );
+      return;
+    }
+    if (checkpoint.kafkaOffset !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, checkpoint.kafkaOffset);
+    if (checkpoint.offset === local) return;
+    if (checkpoint.offset > local) {
+      // Kafka committed records the local position had not caught up with (a crash or a lost
+      // commit response): they must not be sent again.
+      this.counters.skippedByCheckpoint += Math.max(0, Math.min(checkpoint.offset, this.source.lastOffset) - local);
+      logger.info({ position: local, checkpoint: checkpoint.offset }, 'resuming after the checkpoint committed in Kafka');
+    } else {
+      logger.warn(
+        { position: local, checkpoint: checkpoint.offset },
+        'the checkpoint in Kafka is behind the local position (Kafka lost committed data?): re-sending what the log still holds',
+      );
+    }
+    this.source.commitPosition(FORWARD_POSITION, checkpoint.offset);
+  }
+
+  /**
+   * Forwards at most one transaction: read after the forward position, send with its checkpoint,
+   * commit the position. Returns the number of records forwarded (0 when the log is drained).
    */
   async drainOnce(): Promise<number> {
     const from = this.source.position(FORWARD_POSITION);
-    const batch = this.source.readAfter(from, this.options.batchMaxRecords);
+    const batch = this.limitBytes(this.source.readAfter(from, this.options.batchMaxRecords));
     if (batch.length === 0) return 0;
-    await this.sink.send(batch);
-    // Kafka has acknowledged every record of the batch: only now may the position move past them.
     const last = batch[batch.length - 1]!.offset;
+    this.lastCommitAt = Date.now();
+    const checkpointKafkaOffset = await this.sink.send(batch, { logId: this.source.logId, offset: last });
+    // The transaction (records + checkpoint) is committed: only now may the position move.
     this.source.commitPosition(FORWARD_POSITION, last);
+    if (checkpointKafkaOffset !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, checkpointKafkaOffset);
     this.counters.forwarded += batch.length;
-    this.counters.batches++;
+    this.counters.transactions++;
     this.removeForwarded(last, false);
     return batch.length;
   }
 
+  private limitBytes(batch: LogRecord[]): LogRecord[] {
+    let bytes = 0;
+    for (let i = 0; i < batch.length; i++) {
+      bytes += batch[i]!.payload.length + batch[i]!.mqttTopic.length + 64;
+      if (bytes > this.options.batchMaxBytes && i > 0) return batch.slice(0, i);
+    }
+    return batch;
+  }
+
   /**
    * Deletes forwarded records in bulk rather than per batch: one DELETE per second (or per
-   * REMOVE_EVERY_RECORDS) costs far less than one per batch, and the records are already in Kafka.
+   * REMOVE_EVERY_RECORDS) costs far less than one per transaction, and the records are in Kafka.
    */
-  private removeForwarded(position: number, force: boolean): void {
+  private removeForwarded(position: number, idle: boolean): void {
     const now = Date.now();
     if (position <= this.removedThrough) return;
-    if (!force && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
+    if (!idle && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
     this.source.removeThrough(position);
+    if (idle) this.source.shrink();
     this.removedThrough = position;
     this.lastRemoveAt = now;
+    this.options.onRemoved?.();
   }
 
   private setState(next: ForwarderState, fields: Record<string, unknown> = {}): void {
@@ -126,9 +195,14 @@ export class Forwarder {
     const { logger } = this.options;
     if (next === 'retrying') {
       logger.warn({ ...fields, backlog: this.backlog }, 'kafka unreachable: buffering in the commit log and retrying');
+    } else if (next === 'fenced') {
+      logger.error(
+        { ...fields, backlog: this.backlog },
+        'fenced: another gateway started with the same gateway.id and took over its Kafka transactions. ' +
+          'This gateway stops forwarding (its log keeps what it acknowledged); give each gateway its own gateway.id and restart',
+      );
     } else if (next === 'forwarding' && previous === 'retrying') {
-      const downForMs = Date.now() - this.unreachableSince;
-      logger.info({ downForMs, backlog: this.backlog }, 'kafka reachable again: draining the backlog');
+      logger.info({ downForMs: Date.now() - this.troubleSince, backlog: this.backlog }, 'kafka reachable again: draining the backlog');
     } else if (next === 'forwarding') {
       logger.info({ backlog: this.backlog }, 'forwarding to kafka');
     }
@@ -141,7 +215,7 @@ export class Forwarder {
     while (!this.stopping) {
       try {
         if (!connected) {
-          await this.sink.connect();
+          await this.connect();
           connected = true;
         }
         const sent = await this.drainOnce();
@@ -150,38 +224,52 @@ export class Forwarder {
         if (sent === 0) {
           this.removeForwarded(this.source.position(FORWARD_POSITION), true);
           await this.waitForRecords();
-          // Let a burst accumulate into one batch rather than sending many small ones.
-          if (this.options.lingerMs > 0 && this.backlog < this.options.batchMaxRecords) {
-            await delay(this.options.lingerMs);
-          }
         }
+        // Amortise the transaction cost: unless a full batch is waiting, let records gather
+        // until commitIntervalMs after the previous transaction began.
+        const wait = this.lastCommitAt + this.options.commitIntervalMs - Date.now();
+        if (wait > 0 && this.backlog < this.options.batchMaxRecords) await this.sleep(wait, false);
       } catch (err) {
-        if (this.stopping) break;
+        if (this.stopping || this.source.isClosed) break;
         this.counters.failures++;
         this.lastError = describeError(err);
+        connected = false;
+        await this.sink.reset();
+        if (isFencedError(err)) {
+          this.troubleSince = Date.now();
+          this.setState('fenced', { err: this.lastError });
+          await this.idleWhileFenced();
+          break;
+        }
         if (this.stateValue !== 'retrying') {
-          this.unreachableSince = Date.now();
+          this.troubleSince = Date.now();
           this.lastSummaryAt = Date.now();
           this.setState('retrying', { err: this.lastError });
         } else {
-          this.logSummary();
+          this.logSummary('kafka still unreachable');
         }
-        // A fresh producer after any failure: kafkajs can leave one in an unusable state.
-        connected = false;
-        await this.sink.reset();
         await this.sleep(backoffDelay(attempt++, this.options.retry.initialMs, this.options.retry.maxMs), false);
       }
     }
   }
 
-  private logSummary(): void {
+  /** A fenced gateway must not retry (it would fence the other one in turn): it only reports. */
+  private async idleWhileFenced(): Promise<void> {
+    this.lastSummaryAt = Date.now();
+    while (!this.stopping) {
+      await this.sleep(this.options.summaryIntervalMs ?? 60_000, false);
+      if (!this.stopping && !this.source.isClosed) this.logSummary('fenced: not forwarding');
+    }
+  }
+
+  private logSummary(message: string): void {
     const every = this.options.summaryIntervalMs ?? 60_000;
     const now = Date.now();
     if (now - this.lastSummaryAt < every) return;
     this.lastSummaryAt = now;
     this.options.logger.warn(
-      { downForMs: now - this.unreachableSince, backlog: this.backlog, failures: this.counters.failures, err: this.lastError },
-      'kafka still unreachable',
+      { sinceMs: now - this.troubleSince, backlog: this.backlog, failures: this.counters.failures, err: this.lastError },
+      message,
     );
   }
 
@@ -211,15 +299,15 @@ export class Forwarder {
   }
 
   /**
-   * Stops after the batch in flight (waiting at most `timeoutMs` for it) and closes the sink.
-   * A batch that did not finish is sent again on the next start, from the stored position.
+   * Stops after the transaction in flight (waiting at most `timeoutMs` for it) and closes the
+   * sink. A transaction that did not finish is aborted by Kafka (or fenced on the next start),
+   * and its records are sent again from the checkpoint.
    */
   async close(timeoutMs = 10_000): Promise<void> {
     this.stopping = true;
     this.stopWake?.();
     if (this.running) {
-      const timer = delay(timeoutMs, undefined, { ref: false });
-      await Promise.race([this.running, timer]);
+      await Promise.race([this.running, delay(timeoutMs, undefined, { ref: false })]);
       this.running = undefined;
     }
     await this.sink.close();

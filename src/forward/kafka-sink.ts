@@ -1,13 +1,30 @@
+import { randomUUID } from 'node:crypto';
 import { Partitioners, type Admin, type Kafka, type Message, type Producer } from 'kafkajs';
 import type { LogRecord } from '../log/commit-log.js';
 
+/** The last log offset a gateway committed to Kafka, and which log it came from. */
+export interface Checkpoint {
+  readonly logId: string;
+  readonly offset: number;
+  /** Offset of the checkpoint record in the checkpoint topic partition. */
+  readonly kafkaOffset?: number;
+}
+
 /** The forwarder's view of Kafka: small enough to replace with an in-memory sink in unit tests. */
 export interface RecordSink {
-  /** Connects and makes sure the target topics exist. */
-  connect(): Promise<void>;
-  /** Resolves once Kafka acknowledged every record (acks=all); rejects if any was not. */
-  send(records: readonly LogRecord[]): Promise<void>;
-  /** Drops the connection so the next `connect` starts from a fresh producer. */
+  /**
+   * Connects, fences any earlier producer with this gateway's transactional id (aborting its open
+   * transaction), makes sure the topics exist, and returns this gateway's last committed
+   * checkpoint, if any. `hint` is where a recent checkpoint record was, to read from there.
+   */
+  connect(hint?: number): Promise<Checkpoint | undefined>;
+  /**
+   * Writes the records and a checkpoint (`checkpoint.offset` = last record's offset) in one Kafka
+   * transaction. Resolves once committed, with the checkpoint record's offset; rejects otherwise
+   * (the outcome of a failed commit is learned from the checkpoint on the next connect).
+   */
+  send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined>;
+  /** Drops the producer so the next `connect` starts from a fresh one. */
   reset(): Promise<void>;
   close(): Promise<void>;
 }
@@ -16,39 +33,57 @@ export interface KafkaSinkOptions {
   readonly kafka: Kafka;
   readonly gatewayId: string;
   readonly topics: readonly string[];
+  readonly checkpointTopic: string;
   readonly topicDefaults: { readonly partitions: number; readonly replicationFactor: number };
+  readonly transactionTimeoutMs: number;
+  /** How long reading the checkpoint may take before connect fails (and is retried). */
+  readonly checkpointReadTimeoutMs?: number;
 }
 
 /**
- * Produces log records with an idempotent producer (acks=all, one request in flight so a retry
- * cannot reorder a device's records). Partitioning is kafkajs's DefaultPartitioner: the Java
- * client's murmur2(key) so Java, Go and Streams apps co-partition with these topics.
+ * Forwards with a transactional producer: each batch is one Kafka transaction that also writes
+ * the checkpoint record (key = gateway id, value = last log offset) to a compacted topic: the
+ * pattern of Kafka Connect's exactly-once source support (KIP-618). A read_committed consumer
+ * sees a batch's records exactly when the checkpoint covering them is visible, so resuming after
+ * the checkpoint neither skips nor repeats a record. Partitioning is kafkajs's
+ * DefaultPartitioner: the Java client's murmur2(key), so Java, Go and Streams apps co-partition.
  */
 export class KafkaSink implements RecordSink {
   private producer: Producer | undefined;
   private topicsReady = false;
+  readonly transactionalId: string;
 
-  constructor(private readonly options: KafkaSinkOptions) {}
+  constructor(private readonly options: KafkaSinkOptions) {
+    this.transactionalId = `edgebridge-${options.gatewayId}`;
+  }
 
-  async connect(): Promise<void> {
+  async connect(hint?: number): Promise<Checkpoint | undefined> {
     if (!this.topicsReady) {
       await this.ensureTopics();
       this.topicsReady = true;
     }
-    if (this.producer) return;
-    const producer = this.options.kafka.producer({
-      idempotent: true,
-      maxInFlightRequests: 1,
-      createPartitioner: Partitioners.DefaultPartitioner,
-      allowAutoTopicCreation: false,
-    });
-    try {
-      await producer.connect();
-    } catch (err) {
-      await producer.disconnect().catch(() => undefined);
-      throw err;
+    if (!this.producer) {
+      const producer = this.options.kafka.producer({
+        transactionalId: this.transactionalId,
+        idempotent: true,
+        maxInFlightRequests: 1, // required by kafkajs for idempotence; keeps each device in order
+        transactionTimeout: this.options.transactionTimeoutMs,
+        createPartitioner: Partitioners.DefaultPartitioner,
+        allowAutoTopicCreation: false,
+      });
+      try {
+        await producer.connect();
+        // The first transaction() runs InitProducerId: it bumps the epoch, which fences any
+        // zombie with this transactional id and aborts (or completes) its open transaction.
+        const fence = await producer.transaction();
+        await fence.abort(); // nothing was sent: ends locally
+      } catch (err) {
+        await producer.disconnect().catch(() => undefined);
+        throw err;
+      }
+      this.producer = producer;
     }
-    this.producer = producer;
+    return this.readCheckpoint(hint);
   }
 
   private async ensureTopics(): Promise<void> {
@@ -56,15 +91,28 @@ export class KafkaSink implements RecordSink {
     await admin.connect();
     try {
       const existing = new Set(await admin.listTopics());
-      const missing = this.options.topics.filter((t) => !existing.has(t));
+      const { partitions, replicationFactor } = this.options.topicDefaults;
+      const missing = this.options.topics
+        .filter((t) => !existing.has(t))
+        .map((topic) => ({ topic, numPartitions: partitions, replicationFactor }));
+      if (!existing.has(this.options.checkpointTopic)) {
+        missing.push({
+          topic: this.options.checkpointTopic,
+          numPartitions: 1,
+          replicationFactor,
+          // Only the latest checkpoint per gateway matters; small segments let compaction keep
+          // the topic (and the read at start) short.
+          configEntries: [
+            { name: 'cleanup.policy', value: 'compact' },
+            { name: 'segment.ms', value: String(3600_000) },
+            { name: 'min.cleanable.dirty.ratio', value: '0.1' },
+          ],
+        } as (typeof missing)[number]);
+      }
       if (missing.length > 0) {
-        await admin.createTopics({
-          waitForLeaders: true,
-          topics: missing.map((topic) => ({
-            topic,
-            numPartitions: this.options.topicDefaults.partitions,
-            replicationFactor: this.options.topicDefaults.replicationFactor,
-          })),
+        await admin.createTopics({ waitForLeaders: true, topics: missing }).catch((err: { type?: string }) => {
+          // another gateway created it in between: fine
+          if (err.type !== 'TOPIC_ALREADY_EXISTS') throw err;
         });
       }
     } finally {
@@ -72,7 +120,78 @@ export class KafkaSink implements RecordSink {
     }
   }
 
-  async send(records: readonly LogRecord[]): Promise<void> {
+  /** Reads this gateway's latest committed checkpoint (read_committed), up to the current end. */
+  private async readCheckpoint(hint?: number): Promise<Checkpoint | undefined> {
+    const { kafka, checkpointTopic, gatewayId } = this.options;
+    const admin = kafka.admin();
+    await admin.connect();
+    let partition: number;
+    let low: number;
+    let high: number;
+    try {
+      const meta = await admin.fetchTopicMetadata({ topics: [checkpointTopic] });
+      const partitionMetadata = meta.topics[0]!.partitions;
+      partition = Partitioners.DefaultPartitioner()({
+        topic: checkpointTopic,
+        partitionMetadata,
+        message: { key: gatewayId, value: null },
+      });
+      const offsets = await admin.fetchTopicOffsets(checkpointTopic);
+      const p = offsets.find((o) => o.partition === partition)!;
+      low = Number(p.low);
+      high = Number(p.high);
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
+    if (high <= low) return undefined;
+    const from = hint !== undefined && hint >= low && hint < high ? hint : low;
+
+    const consumer = kafka.consumer({
+      // A fresh group per read: nothing is committed, and a stale member of a killed process
+      // can never delay the join.
+      groupId: `edgebridge-checkpoint-${gatewayId}-${randomUUID().slice(0, 8)}`,
+      readUncommitted: false,
+      maxWaitTimeInMs: 100,
+      sessionTimeout: 10_000,
+    });
+    let latest: Checkpoint | undefined;
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topic: checkpointTopic, fromBeginning: true });
+      const reachedEnd = new Promise<void>((resolve) => {
+        consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+          if (payload.partition === partition && Number(payload.lastOffset) >= high - 1) resolve();
+        });
+      });
+      await consumer.run({
+        autoCommit: false,
+        eachMessage: async ({ partition: p, message }) => {
+          if (p !== partition || message.key?.toString() !== gatewayId || !message.value) return;
+          const parsed = parseCheckpoint(message.value);
+          if (parsed) latest = { ...parsed, kafkaOffset: Number(message.offset) };
+        },
+      });
+      consumer.seek({ topic: checkpointTopic, partition, offset: String(from) });
+      const timeoutMs = this.options.checkpointReadTimeoutMs ?? 60_000;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`reading the checkpoint from ${checkpointTopic} took more than ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      });
+      try {
+        await Promise.race([reachedEnd, timedOut]);
+      } finally {
+        clearTimeout(timer);
+      }
+    } finally {
+      await consumer.disconnect().catch(() => undefined);
+    }
+    return latest;
+  }
+
+  async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined> {
     if (!this.producer) throw new Error('kafka sink is not connected');
     const byTopic = new Map<string, Message[]>();
     for (const r of records) {
@@ -80,10 +199,26 @@ export class KafkaSink implements RecordSink {
       if (!messages) byTopic.set(r.kafkaTopic, (messages = []));
       messages.push(toMessage(r, this.options.gatewayId));
     }
-    await this.producer.sendBatch({
-      acks: -1,
-      topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
-    });
+    const checkpointMessage: Message = {
+      key: this.options.gatewayId,
+      value: JSON.stringify({ logId: checkpoint.logId, offset: checkpoint.offset, records: records.length, at: Date.now() }),
+    };
+    const txn = await this.producer.transaction();
+    try {
+      const result = await txn.sendBatch({
+        acks: -1,
+        topicMessages: [
+          ...[...byTopic].map(([topic, messages]) => ({ topic, messages })),
+          { topic: this.options.checkpointTopic, messages: [checkpointMessage] },
+        ],
+      });
+      await txn.commit();
+      const cp = result.find((r) => r.topicName === this.options.checkpointTopic);
+      return cp?.baseOffset === undefined ? undefined : Number(cp.baseOffset);
+    } catch (err) {
+      if (txn.isActive()) await txn.abort().catch(() => undefined);
+      throw err;
+    }
   }
 
   async reset(): Promise<void> {
@@ -98,6 +233,18 @@ export class KafkaSink implements RecordSink {
   }
 }
 
+export function parseCheckpoint(value: Buffer): Omit<Checkpoint, 'kafkaOffset'> | undefined {
+  try {
+    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; offset?: unknown };
+    if (typeof v.logId === 'string' && typeof v.offset === 'number' && Number.isInteger(v.offset)) {
+      return { logId: v.logId, offset: v.offset };
+    }
+  } catch {
+    // not ours, or damaged: ignore it
+  }
+  return undefined;
+}
+
 export function toMessage(record: LogRecord, gatewayId: string): Message {
   return {
     key: record.deviceId,
@@ -105,4 +252,19 @@ export function toMessage(record: LogRecord, gatewayId: string): Message {
     timestamp: String(record.receivedAt),
     headers: { 'mqtt-topic': record.mqttTopic, 'gateway-id': gatewayId },
   };
+}
+
+const FENCED_TYPES = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED', 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED']);
+
+/** Whether a kafkajs error (possibly wrapped by its retrier) says another producer fenced this one. */
+export function isFencedError(err: unknown, depth = 0): boolean {
+  if (err === null || typeof err !== 'object' || depth > 5) return false;
+  const e = err as { type?: string; cause?: unknown; originalError?: unknown; errors?: unknown[]; message?: string };
+  if (e.type && FENCED_TYPES.has(e.type)) return true;
+  if (typeof e.message === 'string' && /fenced|producer epoch/i.test(e.message)) return true;
+  return (
+    isFencedError(e.cause, depth + 1) ||
+    isFencedError(e.originalError, depth + 1) ||
+    (Array.isArray(e.errors) && e.errors.some((x) => isFencedError(x, depth + 1)))
+  );
 }

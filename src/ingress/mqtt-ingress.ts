@@ -3,7 +3,8 @@ import { Aedes, type Client, type PublishPacket } from 'aedes';
 import type { Logger } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
 import type { AppendSink } from '../log/group-commit.js';
-import type { RouteTable } from './routes.js';
+import { dedupMark } from './dedup.js';
+import type { RouteMatch, RouteTable } from './routes.js';
 
 export interface MqttIngressOptions {
   readonly host: string;
@@ -11,6 +12,8 @@ export interface MqttIngressOptions {
   readonly routes: RouteTable;
   readonly sink: AppendSink;
   readonly logger: Logger;
+  /** Larger publishes are refused: the client is disconnected without an acknowledgement. */
+  readonly maxPayloadBytes: number;
 }
 
 export interface IngressCounters {
@@ -22,6 +25,10 @@ export interface IngressCounters {
   qos2Duplicates: number;
   /** Publishes refused because the log could not store them (the client is disconnected). */
   refused: number;
+  /** Retransmits and replays recognised by dedup: acknowledged, not stored again. */
+  duplicates: number;
+  /** Publishes refused for exceeding mqtt.maxPayloadBytes. */
+  oversized: number;
 }
 
 const SYS_PREFIX = '$SYS/';
@@ -37,7 +44,8 @@ interface IncomingStore {
  * Publishes that match no route are ordinary broker traffic for local subscribers.
  */
 export class MqttIngress {
-  readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0 };
+  readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0, duplicates: 0, oversized: 0 };
+  private lastOversizedLogAt = 0;
   private broker: Aedes | undefined;
   private server: Server | undefined;
   private storeFailing = false;
@@ -90,6 +98,20 @@ export class MqttIngress {
       callback(null);
       return;
     }
+    const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
+    if (size > this.options.maxPayloadBytes) {
+      this.counters.oversized++;
+      const now = Date.now();
+      if (now - this.lastOversizedLogAt > 60_000) {
+        this.lastOversizedLogAt = now;
+        this.options.logger.warn(
+          { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
+          'publish larger than mqtt.maxPayloadBytes refused (client disconnected); further ones are counted, logged at most once a minute',
+        );
+      }
+      callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.options.maxPayloadBytes})`));
+      return;
+    }
     // aedes calls this hook for every PUBLISH, including a QoS 2 retransmission of a packet whose
     // PUBREC was lost. That packet is already in the log: store it once [MQTT-4.3.3-2].
     if (packet.qos === 2 && packet.dup && client !== null && this.broker) {
@@ -100,32 +122,41 @@ export class MqttIngress {
           this.counters.qos2Duplicates++;
           callback(null);
         },
-        () => this.append(match.route.pattern, match.route.kafkaTopic, match.deviceId, packet, callback),
+        () => this.append(match, client, packet, callback),
       );
       return;
     }
-    this.append(match.route.pattern, match.route.kafkaTopic, match.deviceId, packet, callback);
+    this.append(match, client, packet, callback);
   }
 
   private append(
-    route: string,
-    kafkaTopic: string,
-    deviceId: string,
+    match: RouteMatch,
+    client: Client | null,
     packet: PublishPacket,
     callback: (error?: Error | null) => void,
   ): void {
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload);
+    const { route, deviceId } = match;
+    const dedup = dedupMark(route, deviceId, {
+      clientId: client?.id,
+      messageId: packet.messageId,
+      qos: packet.qos,
+      dup: packet.dup,
+      payload,
+    });
     this.options.sink.append(
       {
         receivedAt: Date.now(),
-        route,
-        kafkaTopic,
+        route: route.pattern,
+        kafkaTopic: route.kafkaTopic,
         deviceId,
         mqttTopic: packet.topic,
         qos: packet.qos,
         payload,
+        compact: route.compact,
+        ...(dedup ? { dedup } : {}),
       },
-      (err) => {
+      (err, result) => {
         if (err) {
           this.counters.refused++;
           // One line per state change, not one per refused message.
@@ -143,7 +174,9 @@ export class MqttIngress {
           this.storeFailing = false;
           this.options.logger.info('commit log stores messages again');
         }
-        this.counters.routed++;
+        if (result === 'duplicate') this.counters.duplicates++;
+        else this.counters.routed++;
+        // A duplicate is acknowledged like the original, so the device stops resending it.
         callback(null);
       },
     );

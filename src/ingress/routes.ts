@@ -3,15 +3,24 @@
  * level may be the named wildcard `{deviceId}`: it matches one level like `+`, and its value is the
  * device ID (the Kafka record key). `+` and a trailing `#` keep their MQTT meaning [MQTT-4.7.1].
  */
+export interface RouteDedup {
+  readonly fields: readonly string[];
+  readonly window: number;
+}
+
 export interface RouteSpec {
   readonly mqtt: string;
   readonly kafka: string;
+  readonly dedup?: RouteDedup | false;
+  readonly compact?: boolean;
 }
 
 export interface CompiledRoute {
   readonly index: number;
   readonly pattern: string;
   readonly kafkaTopic: string;
+  readonly dedup: RouteDedup | false;
+  readonly compact: boolean;
   /** Position of `{deviceId}` among the topic levels. */
   readonly deviceLevel: number;
   match(levels: readonly string[]): string | undefined;
@@ -59,6 +68,8 @@ export function compileRoute(spec: RouteSpec, index = 0): CompiledRoute {
     index,
     pattern,
     kafkaTopic: spec.kafka,
+    dedup: spec.dedup ?? false,
+    compact: spec.compact ?? false,
     deviceLevel,
     match(topicLevels) {
       // "a/#" also matches "a" itself [MQTT-4.7.1-2]
@@ -66,7 +77,7 @@ export function compileRoute(spec: RouteSpec, index = 0): CompiledRoute {
       for (let i = 0; i < fixedLevels; i++) {
         const want = levels[i]!;
         const got = topicLevels[i]!;
-        if (want === '+' ) continue;
+        if (want === '+') continue;
         if (i === deviceLevel) {
           if (got.length === 0) return undefined; // an empty level is no device ID
           continue;

@@ -1,7 +1,19 @@
-import { mkdirSync, renameSync, existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
+
+/**
+ * How an entry takes part in deduplication. `check`: store the entry only if its key is not
+ * already live in the index (a retransmit or replay is dropped). `remember`: always store it and
+ * (re)arm the key, so that a later DUP retransmit of the same packet is recognised.
+ */
+export interface DedupMark {
+  readonly key: Buffer;
+  readonly mode: 'check' | 'remember';
+  readonly windowMs: number;
+}
 
 /** What ingress hands to the log: one MQTT publish that matched a route. */
 export interface LogEntry {
@@ -14,12 +26,25 @@ export interface LogEntry {
   readonly mqttTopic: string;
   readonly qos: 0 | 1 | 2;
   readonly payload: Buffer;
+  readonly dedup?: DedupMark;
+  /** Compacted route: older unforwarded records of this route and device are dropped. */
+  readonly compact?: boolean;
 }
 
-export interface LogRecord extends LogEntry {
+export interface LogRecord {
   /** Monotonically increasing; never reused, even after the records before it are removed. */
   readonly offset: number;
+  readonly receivedAt: number;
+  readonly route: string;
+  readonly kafkaTopic: string;
+  readonly deviceId: string;
+  readonly mqttTopic: string;
+  readonly qos: 0 | 1 | 2;
+  readonly payload: Buffer;
 }
+
+/** The outcome of one appended entry: its offset, or `duplicate` when dedup dropped it. */
+export type AppendResult = number | 'duplicate';
 
 export interface CommitLogOptions {
   readonly dir: string;
@@ -35,6 +60,8 @@ export interface CommitLogStats {
 
 const SCHEMA_VERSION = 1;
 export const DB_FILE = 'edgebridge.db';
+/** The WAL is truncated back to this after checkpoints, so a drained log returns near baseline. */
+const JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024;
 
 interface RecordRow {
   log_offset: number;
@@ -49,27 +76,27 @@ interface RecordRow {
 
 /**
  * The durable local commit log: an append-only SQLite table with AUTOINCREMENT offsets (so an
- * offset is never handed out twice, even once forwarded records are deleted) and named positions,
- * like consumer offsets. WAL mode; synchronous=FULL by default so a committed append survives
- * a power cut, which is what lets ingress acknowledge after append.
+ * offset is never handed out twice, even once forwarded records are deleted), named positions
+ * like consumer offsets, and the dedup index. WAL mode; synchronous=FULL by default so a
+ * committed append survives a power cut, which is what lets ingress acknowledge after append.
  */
 export class CommitLog {
   readonly file: string;
+  /** Random identity of this log file, carried in Kafka checkpoints: a checkpoint written from
+   * another log (a replaced or recreated database) must never move this log's position. */
+  readonly logId: string;
   private readonly db: Database.Database;
   /**
    * The forwarder's connection (reads, positions, removals) runs with synchronous=NORMAL: its
    * commits are made durable by the next FULL commit of an append, which fsyncs the shared WAL.
-   * A position lost in a power cut only means re-reading records that are still in the log
-   * (they are removed only after their position was stored), so it need not cost an fsync per batch.
+   * A position lost in a power cut costs nothing: records are removed only after their position
+   * was stored, and on start the forwarder resumes from the checkpoint committed in Kafka.
    */
   private readonly reader: Database.Database;
-  private readonly insertStmt: Database.Statement;
-  private readonly readStmt: Database.Statement;
-  private readonly getPositionStmt: Database.Statement;
-  private readonly setPositionStmt: Database.Statement;
-  private readonly deleteThroughStmt: Database.Statement;
-  private readonly appendAll: (entries: readonly LogEntry[]) => number[];
+  private readonly stmts: ReturnType<CommitLog['prepare']>;
+  private readonly appendAll: (entries: readonly LogEntry[], now: number) => AppendResult[];
   private lastOffsetCache: number;
+  private readonly pageSize: number;
   private closed = false;
 
   constructor(options: CommitLogOptions) {
@@ -85,45 +112,36 @@ export class CommitLog {
     this.db = openDatabase(this.file);
     try {
       this.db.pragma(`synchronous = ${options.synchronous.toUpperCase()}`);
+      this.db.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT}`);
       this.migrate();
+      this.reader = openDatabase(this.file);
+      this.reader.pragma('synchronous = NORMAL');
+      this.reader.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT}`);
+      this.stmts = this.prepare();
+      this.logId = this.readOrCreateLogId();
     } catch (err) {
       this.db.close();
-      throw openError(this.file, err);
+      throw err instanceof EdgebridgeError ? err : openError(this.file, err);
     }
-
-    this.reader = openDatabase(this.file);
-    this.reader.pragma('synchronous = NORMAL');
-
-    this.insertStmt = this.db.prepare(
-      `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload)
-       VALUES (?, ?, ?, ?, ?, ?, ?)`,
+    this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
+    this.appendAll = this.db.transaction((entries: readonly LogEntry[], now: number) =>
+      entries.map((e) => this.appendOne(e, now)),
     );
-    this.readStmt = this.reader.prepare(
-      `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
-       FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
-    );
-    this.getPositionStmt = this.reader.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck();
-    this.setPositionStmt = this.reader.prepare(
-      'INSERT INTO positions (name, log_offset) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset',
-    );
-    this.deleteThroughStmt = this.reader.prepare('DELETE FROM records WHERE log_offset <= ?');
-    this.appendAll = this.db.transaction((entries: readonly LogEntry[]) =>
-      entries.map((e) =>
-        Number(
-          this.insertStmt.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.payload)
-            .lastInsertRowid,
-        ),
-      ),
-    );
-    this.lastOffsetCache = this.readLastOffset();
+    this.lastOffsetCache = (this.stmts.lastSeq.get() as number | undefined) ?? 0;
   }
 
   private migrate(): void {
     const version = this.db.pragma('user_version', { simple: true }) as number;
     if (version > SCHEMA_VERSION) {
-      throw new Error(`schema version ${version} is newer than this edgebridge understands (${SCHEMA_VERSION})`);
+      throw new EdgebridgeError(
+        'EB_ERR_LOG_OPEN',
+        `commit log ${this.file} has schema version ${version}, newer than this edgebridge understands (${SCHEMA_VERSION}); upgrade edgebridge`,
+      );
     }
     if (version === SCHEMA_VERSION) return;
+    // auto_vacuum must be chosen before the first table exists: it lets a drained log give its
+    // pages back to the filesystem (incremental_vacuum) instead of keeping its high-water mark.
+    this.db.pragma('auto_vacuum = INCREMENTAL');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS records (
         log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -133,21 +151,88 @@ export class CommitLog {
         device_id   TEXT    NOT NULL,
         mqtt_topic  TEXT    NOT NULL,
         qos         INTEGER NOT NULL,
+        compact     INTEGER NOT NULL DEFAULT 0,
         payload     BLOB    NOT NULL
       );
+      CREATE INDEX IF NOT EXISTS records_compact ON records (route, device_id) WHERE compact = 1;
       CREATE TABLE IF NOT EXISTS positions (
         name       TEXT PRIMARY KEY,
         log_offset INTEGER NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS dedup (
+        key        BLOB PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+      ) WITHOUT ROWID;
+      CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup (expires_at);
+      CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
       );
       PRAGMA user_version = ${SCHEMA_VERSION};
     `);
   }
 
-  private readLastOffset(): number {
-    const seq = this.db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck().get() as
-      | number
-      | undefined;
-    return seq ?? 0;
+  private prepare() {
+    const { db, reader } = this;
+    return {
+      insert: db.prepare(
+        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      compactDevice: db.prepare('DELETE FROM records WHERE compact = 1 AND route = ? AND device_id = ?'),
+      // Inserts the key, or re-arms it if it expired; changes = 0 means it is live: a duplicate.
+      dedupCheck: db.prepare(
+        `INSERT INTO dedup (key, expires_at) VALUES (?, ?)
+         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedup.expires_at <= ?`,
+      ),
+      dedupRemember: db.prepare(
+        'INSERT INTO dedup (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at',
+      ),
+      dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE expires_at <= ? LIMIT ?)'),
+      dedupPruneOldest: db.prepare(
+        'DELETE FROM dedup WHERE key IN (SELECT key FROM dedup ORDER BY expires_at LIMIT ?)',
+      ),
+      dropOldest: db.prepare(
+        'DELETE FROM records WHERE log_offset IN (SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?)',
+      ),
+      dropExpired: db.prepare('DELETE FROM records WHERE log_offset > ? AND received_at < ?'),
+      lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
+      read: reader.prepare(
+        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
+         FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
+      ),
+      getPosition: reader.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
+      setPosition: reader.prepare(
+        'INSERT INTO positions (name, log_offset) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset',
+      ),
+      removeThrough: reader.prepare('DELETE FROM records WHERE log_offset <= ?'),
+      counts: reader.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
+      pendingCount: reader.prepare('SELECT count(*) FROM records WHERE log_offset > ?').pluck(),
+    };
+  }
+
+  private readOrCreateLogId(): string {
+    const existing = this.db.prepare("SELECT value FROM meta WHERE key = 'log_id'").pluck().get() as string | undefined;
+    if (existing) return existing;
+    const id = randomUUID();
+    this.db.prepare("INSERT INTO meta (key, value) VALUES ('log_id', ?)").run(id);
+    return id;
+  }
+
+  private appendOne(e: LogEntry, now: number): AppendResult {
+    if (e.dedup) {
+      const expires = now + e.dedup.windowMs;
+      if (e.dedup.mode === 'check') {
+        if (this.stmts.dedupCheck.run(e.dedup.key, expires, now).changes === 0) return 'duplicate';
+      } else {
+        this.stmts.dedupRemember.run(e.dedup.key, expires);
+      }
+    }
+    if (e.compact) this.stmts.compactDevice.run(e.route, e.deviceId);
+    return Number(
+      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload)
+        .lastInsertRowid,
+    );
   }
 
   private assertOpen(): void {
@@ -155,49 +240,108 @@ export class CommitLog {
   }
 
   /**
-   * Appends entries in one transaction and returns their offsets. When this returns the entries
-   * are durable (per `synchronous`); when it throws, none of them were stored.
+   * Appends entries in one transaction (one fsync with synchronous=FULL) and returns, per entry,
+   * its offset or `duplicate`. When this returns the entries are durable; when it throws, none
+   * of them were stored.
    */
-  append(entries: readonly LogEntry[]): number[] {
+  append(entries: readonly LogEntry[], now = Date.now()): AppendResult[] {
     this.assertOpen();
     if (entries.length === 0) return [];
-    let offsets: number[];
+    let results: AppendResult[];
     try {
-      offsets = this.appendAll(entries);
+      results = this.appendAll(entries, now);
     } catch (err) {
       throw new EdgebridgeError('EB_ERR_LOG_WRITE', `append to ${this.file} failed: ${(err as Error).message}`, {
         cause: err,
       });
     }
-    this.lastOffsetCache = offsets[offsets.length - 1]!;
-    return offsets;
+    for (let i = results.length - 1; i >= 0; i--) {
+      const r = results[i]!;
+      if (r !== 'duplicate') {
+        this.lastOffsetCache = r;
+        break;
+      }
+    }
+    return results;
   }
 
   /** Records with offset > `after`, in offset order, at most `limit`. */
   readAfter(after: number, limit: number): LogRecord[] {
     this.assertOpen();
-    return (this.readStmt.all(after, limit) as RecordRow[]).map(toRecord);
+    return (this.stmts.read.all(after, limit) as RecordRow[]).map(toRecord);
   }
 
   /** A named position (like a consumer offset); 0 when never set. */
   position(name: string): number {
     this.assertOpen();
-    return (this.getPositionStmt.get(name) as number | undefined) ?? 0;
+    return (this.stmts.getPosition.get(name) as number | undefined) ?? 0;
   }
 
-  /** Stores a named position (the forwarder's, once Kafka acknowledged up to `offset`). */
+  /** Stores a named position (the forwarder's, once Kafka committed up to `offset`). */
   commitPosition(name: string, offset: number): void {
     this.assertOpen();
-    this.setPositionStmt.run(name, offset);
+    this.stmts.setPosition.run(name, offset);
+  }
+
+  /** Removes the records up to and including `offset` (already forwarded); returns how many. */
+  removeThrough(offset: number): number {
+    this.assertOpen();
+    return this.stmts.removeThrough.run(offset).changes;
+  }
+
+  /** Drops up to `count` of the oldest records after `position` (overflow: drop-oldest). */
+  dropOldest(position: number, count: number): number {
+    this.assertOpen();
+    return this.stmts.dropOldest.run(position, count).changes;
+  }
+
+  /** Drops records after `position` received before `before` (storage.maxAge). */
+  dropExpired(position: number, before: number): number {
+    this.assertOpen();
+    return this.stmts.dropExpired.run(position, before).changes;
+  }
+
+  /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */
+  pruneDedup(now = Date.now(), limit = 50_000): number {
+    this.assertOpen();
+    return this.stmts.dedupPrune.run(now, limit).changes;
+  }
+
+  /** Forgets the `count` dedup keys closest to expiry (only when storage is full of them). */
+  pruneDedupOldest(count: number): number {
+    this.assertOpen();
+    return this.stmts.dedupPruneOldest.run(count).changes;
+  }
+
+  /** Bytes the database uses (pages in use, not free pages waiting for reuse). */
+  usedBytes(): number {
+    this.assertOpen();
+    const pages = this.db.pragma('page_count', { simple: true }) as number;
+    const free = this.db.pragma('freelist_count', { simple: true }) as number;
+    return (pages - free) * this.pageSize;
+  }
+
+  /** Size of the database file plus its WAL, as the filesystem sees it. */
+  fileBytes(): number {
+    this.assertOpen();
+    return (this.db.pragma('page_count', { simple: true }) as number) * this.pageSize;
   }
 
   /**
-   * Removes the records up to and including `offset` (already forwarded), so the space is reused.
-   * Returns how many were removed.
+   * Gives free pages back to the filesystem and truncates the WAL, so that after a backlog drained
+   * the database returns near its baseline size. Cheap when there is nothing to give back.
    */
-  removeThrough(offset: number): number {
+  shrink(maxPages = 4096): void {
     this.assertOpen();
-    return this.deleteThroughStmt.run(offset).changes;
+    const free = this.db.pragma('freelist_count', { simple: true }) as number;
+    if (free > 0) this.db.pragma(`incremental_vacuum(${Math.min(free, maxPages)})`);
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
+  }
+
+  /** Records after `position` (the backlog). */
+  pendingAfter(position: number): number {
+    this.assertOpen();
+    return this.stmts.pendingCount.get(position) as number;
   }
 
   get lastOffset(): number {
@@ -206,16 +350,17 @@ export class CommitLog {
 
   stats(positionName = 'forward'): CommitLogStats {
     this.assertOpen();
-    const row = this.db.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records').get() as {
-      n: number;
-      first: number | null;
-    };
+    const row = this.stmts.counts.get() as { n: number; first: number | null };
     return {
       records: row.n,
       firstOffset: row.first,
       lastOffset: this.lastOffsetCache,
       forwardPosition: this.position(positionName),
     };
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   close(): void {
@@ -247,7 +392,10 @@ function openError(file: string, err: unknown): EdgebridgeError {
     try {
       if (existsSync(file)) {
         renameSync(file, aside);
-        moved = ` It was moved to ${aside}; a new empty log is created on the next start. Inspect or restore it with the sqlite3 tool.`;
+        for (const suffix of ['-wal', '-shm']) {
+          if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
+        }
+        moved = ` It was moved to ${aside}; a new empty log is created on the next start. Inspect or recover it with: sqlite3 ${aside} .recover`;
       }
     } catch {
       moved = ` Move it aside by hand (e.g. mv ${file} ${aside}) and start again.`;

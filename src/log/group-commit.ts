@@ -1,17 +1,46 @@
-import type { CommitLog, LogEntry } from './commit-log.js';
+import type { Logger } from 'pino';
+import { describeError } from '../errors.js';
+import type { AppendResult, CommitLog, LogEntry } from './commit-log.js';
 
-export type AppendCallback = (err: Error | null, offset?: number) => void;
+/** `offset` is the record's log offset, or `duplicate` when dedup dropped it (still acknowledged). */
+export type AppendCallback = (err: Error | null, result?: AppendResult) => void;
 
 /** What ingress needs from the log: append now, learn the outcome later. */
 export interface AppendSink {
   append(entry: LogEntry, done: AppendCallback): void;
 }
 
+export interface StoragePolicy {
+  readonly maxBytes: number;
+  readonly overflow: 'backpressure' | 'drop-oldest';
+  /** The forwarder's position: records at or before it are in Kafka and may go at any time. */
+  readonly forwardPosition: () => number;
+}
+
 export interface GroupCommitOptions {
   /** Largest transaction; a bigger burst is split (bounds the time one write blocks the loop). */
   readonly maxBatch?: number;
-  /** Called after every committed group with its offsets (the forwarder's wake-up). */
+  /** Called after every committed group (the forwarder's wake-up). */
   readonly onCommit?: (lastOffset: number, count: number) => void;
+  readonly storage?: StoragePolicy;
+  readonly logger?: Logger;
+  /** How often a held group re-checks for space. */
+  readonly holdRetryMs?: number;
+}
+
+export interface GroupCommitCounters {
+  groups: number;
+  appended: number;
+  duplicates: number;
+  /** Oldest unforwarded records dropped to make room (overflow: drop-oldest). */
+  droppedOverflow: number;
+  /** Dedup keys forgotten before their window ended because storage was full. */
+  dedupEvicted: number;
+}
+
+interface Pending {
+  entry: LogEntry;
+  done: AppendCallback;
 }
 
 /**
@@ -19,13 +48,19 @@ export interface GroupCommitOptions {
  * transaction (one fsync), then releases the callbacks in arrival order. Durability then costs
  * one fsync per turn rather than one per message. Callbacks run only after the transaction is
  * committed, so the acknowledgement that follows them is never ahead of the disk.
+ *
+ * With a storage policy, a group that would take the log past `maxBytes` is held (backpressure:
+ * no acknowledgement until the forwarder frees space) or makes room by dropping the oldest
+ * unforwarded records (drop-oldest). Nothing acknowledged is dropped under backpressure.
  */
 export class GroupCommit implements AppendSink {
-  private pending: { entry: LogEntry; done: AppendCallback }[] = [];
+  readonly counters: GroupCommitCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0 };
+  private pending: Pending[] = [];
   private scheduled = false;
+  private holdTimer: NodeJS.Timeout | undefined;
   private readonly maxBatch: number;
   private closed = false;
-  groups = 0;
+  private fullSince = 0;
 
   constructor(
     private readonly log: CommitLog,
@@ -40,7 +75,7 @@ export class GroupCommit implements AppendSink {
       return;
     }
     this.pending.push({ entry, done });
-    if (!this.scheduled) {
+    if (!this.scheduled && !this.holdTimer) {
       this.scheduled = true;
       // setImmediate runs after this turn's I/O callbacks: everything parsed from the sockets
       // in this turn lands in the same transaction.
@@ -48,27 +83,115 @@ export class GroupCommit implements AppendSink {
     }
   }
 
-  /** Writes everything pending now. Safe to call at any time (used by shutdown). */
+  /** True while acknowledgements are held because storage is full. */
+  get holding(): boolean {
+    return this.holdTimer !== undefined;
+  }
+
+  /** Space may have been freed (the forwarder removed records): retry a held group now. */
+  release(): void {
+    if (!this.holdTimer) return;
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
+    this.flush();
+  }
+
+  /** Writes everything pending now (unless storage is full under backpressure). */
   flush(): void {
     this.scheduled = false;
-    while (this.pending.length > 0) {
-      const group = this.pending.splice(0, this.maxBatch);
-      let offsets: number[];
+    while (this.pending.length > 0 && !this.holdTimer) {
+      const group = this.pending.slice(0, this.maxBatch);
+      if (!this.makeRoom(group)) {
+        this.hold();
+        return;
+      }
+      this.pending.splice(0, group.length);
+      let results: AppendResult[];
       try {
-        offsets = this.log.append(group.map((p) => p.entry));
+        results = this.log.append(group.map((p) => p.entry));
       } catch (err) {
         for (const p of group) p.done(err as Error);
         continue;
       }
-      this.groups++;
-      for (let i = 0; i < group.length; i++) group[i]!.done(null, offsets[i]);
-      this.options.onCommit?.(offsets[offsets.length - 1]!, offsets.length);
+      this.counters.groups++;
+      let last = 0;
+      let stored = 0;
+      for (let i = 0; i < group.length; i++) {
+        const r = results[i]!;
+        if (r === 'duplicate') this.counters.duplicates++;
+        else {
+          last = r;
+          stored++;
+        }
+        group[i]!.done(null, r);
+      }
+      this.counters.appended += stored;
+      if (stored > 0) this.options.onCommit?.(last, stored);
     }
   }
 
-  /** Flushes what is in flight and refuses new appends. */
+  private hold(): void {
+    this.holdTimer = setTimeout(() => this.release(), this.options.holdRetryMs ?? 200);
+    this.holdTimer.unref();
+  }
+
+  /** Whether the group fits under storage.maxBytes, after applying the overflow policy. */
+  private makeRoom(group: readonly Pending[]): boolean {
+    const storage = this.options.storage;
+    if (!storage || this.log.isClosed) return true;
+    const need = group.reduce((n, p) => n + p.entry.payload.length + p.entry.mqttTopic.length + 96, 0);
+    const fits = (): boolean => this.log.usedBytes() + need <= storage.maxBytes;
+    if (fits()) {
+      this.setFull(false);
+      return true;
+    }
+    try {
+      if (storage.overflow === 'drop-oldest') {
+        const position = storage.forwardPosition();
+        for (let round = 0; round < 64 && !fits(); round++) {
+          const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
+          if (dropped === 0) break;
+          this.counters.droppedOverflow += dropped;
+        }
+      }
+      // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
+      // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
+      for (let round = 0; round < 64 && !fits(); round++) {
+        if (this.log.pendingAfter(storage.forwardPosition()) > 0 && storage.overflow === 'backpressure') break;
+        const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
+        if (evicted === 0) break;
+        this.counters.dedupEvicted += evicted;
+      }
+    } catch (err) {
+      this.options.logger?.error({ err: describeError(err) }, 'making room in the commit log failed');
+    }
+    const ok = fits();
+    this.setFull(!ok);
+    return ok;
+  }
+
+  private setFull(full: boolean): void {
+    const logger = this.options.logger;
+    if (full && this.fullSince === 0) {
+      this.fullSince = Date.now();
+      logger?.warn(
+        { usedBytes: this.log.usedBytes(), maxBytes: this.options.storage?.maxBytes, overflow: this.options.storage?.overflow },
+        'commit log full: holding acknowledgements until the forwarder frees space',
+      );
+    } else if (!full && this.fullSince !== 0) {
+      logger?.info({ heldForMs: Date.now() - this.fullSince }, 'commit log has space again: acknowledging');
+      this.fullSince = 0;
+    }
+  }
+
+  /** Flushes what is in flight and refuses new appends. Held groups are failed (not acknowledged). */
   close(): void {
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     this.flush();
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     this.closed = true;
+    for (const p of this.pending.splice(0)) p.done(new Error('the gateway is shutting down; the message was not stored'));
   }
 }

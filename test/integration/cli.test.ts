@@ -39,7 +39,8 @@ describe('edgebridge CLI', () => {
     expect(code).toBe(0);
     expect(stdout).toContain('id: gw-site-1');
     expect(stdout).toContain('synchronous: full');
-    expect(stdout).toContain('batchMaxRecords: 2000');
+    expect(stdout).toContain('batchMaxRecords: 5000');
+    expect(stdout).toContain('checkpointTopic: edgebridge.checkpoints');
   });
 
   it('start refuses an invalid config with exit code 2 and the key path', async () => {

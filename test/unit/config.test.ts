@@ -40,13 +40,39 @@ describe('config', () => {
   it('accepts the minimal file from the docs and fills in defaults', () => {
     const config = loadConfig(write(MINIMAL), {});
     expect(config.gateway.id).toBe('gw-site-1');
-    expect(config.mqtt).toEqual({ host: '0.0.0.0', port: 1883 });
+    expect(config.mqtt).toEqual({ host: '0.0.0.0', port: 1883, maxPayloadBytes: 262144 });
     expect(config.kafka.brokers).toEqual(['127.0.0.1:9092']);
     expect(config.kafka.topicDefaults).toEqual({ partitions: 3, replicationFactor: 1 });
     expect(config.storage.synchronous).toBe('full');
-    expect(config.forward.batchMaxRecords).toBe(2000);
-    expect(config.routes).toEqual([{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: 'iot.telemetry' }]);
+    expect(config.forward).toMatchObject({ batchMaxRecords: 5000, commitIntervalMs: 100, checkpointTopic: 'edgebridge.checkpoints' });
+    expect(config.storage).toMatchObject({ maxBytes: 1024 ** 3, maxAge: 7 * 86400e3, overflow: 'backpressure' });
+    expect(config.routes).toEqual([
+      {
+        mqtt: 'devices/{deviceId}/telemetry/#',
+        kafka: 'iot.telemetry',
+        dedup: { fields: ['bootId', 'seq'], window: 86400e3 },
+        compact: false,
+      },
+    ]);
     expect(config.log.level).toBe('info');
+  });
+
+  it('reads sizes and durations with units', () => {
+    const config = loadConfig(
+      write(
+        MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: 512MB\n  maxAge: 36h').replace(
+          'kafka: iot.telemetry',
+          'kafka: iot.telemetry\n    dedup: { fields: [msgId], window: 90m }\n  - mqtt: "state/{deviceId}"\n    kafka: iot.state\n    dedup: false\n    compact: true',
+        ),
+      ),
+      {},
+    );
+    expect(config.storage.maxBytes).toBe(512e6);
+    expect(config.storage.maxAge).toBe(36 * 3600e3);
+    expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], window: 90 * 60e3 });
+    expect(config.routes[1]).toMatchObject({ dedup: false, compact: true });
+    const err = errorOf(() => loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: lots')), {}));
+    expect(err.message).toMatch(/storage\.maxBytes: must be a size/);
   });
 
   it('freezes the result', () => {

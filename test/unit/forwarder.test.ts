@@ -2,26 +2,39 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { backoffDelay } from '../../src/forward/backoff.js';
 import { FORWARD_POSITION, Forwarder } from '../../src/forward/forwarder.js';
-import type { RecordSink } from '../../src/forward/kafka-sink.js';
+import type { Checkpoint, RecordSink } from '../../src/forward/kafka-sink.js';
 import { CommitLog, type LogRecord } from '../../src/log/commit-log.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from './commit-log.test.js';
 
-/** An in-memory sink whose failures the test scripts. */
+/**
+ * An in-memory stand-in for Kafka with transactional semantics: a send either commits its records
+ * and checkpoint together or not at all. `failNext` fails sends before commit; `loseAckNext`
+ * commits and then fails (a lost commit response: the outcome is only known from the checkpoint).
+ */
 class MemorySink implements RecordSink {
   readonly delivered: LogRecord[] = [];
+  checkpoint: Checkpoint | undefined;
   failNext = 0;
+  loseAckNext = 0;
   connects = 0;
   resets = 0;
-  async connect(): Promise<void> {
+  async connect(): Promise<Checkpoint | undefined> {
     this.connects++;
+    return this.checkpoint;
   }
-  async send(records: readonly LogRecord[]): Promise<void> {
+  async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number> {
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error('broker not available');
     }
     this.delivered.push(...records);
+    this.checkpoint = { ...checkpoint, kafkaOffset: this.delivered.length };
+    if (this.loseAckNext > 0) {
+      this.loseAckNext--;
+      throw new Error('request timed out');
+    }
+    return this.delivered.length;
   }
   async reset(): Promise<void> {
     this.resets++;
@@ -30,7 +43,14 @@ class MemorySink implements RecordSink {
 }
 
 const silent = pino({ level: 'silent' });
-const options = { batchMaxRecords: 3, lingerMs: 0, retry: { initialMs: 5, maxMs: 20 }, logger: silent, idlePollMs: 20 };
+const options = {
+  batchMaxRecords: 3,
+  batchMaxBytes: 1_000_000,
+  commitIntervalMs: 0,
+  retry: { initialMs: 5, maxMs: 20 },
+  logger: silent,
+  idlePollMs: 20,
+};
 
 async function until(cond: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
@@ -98,6 +118,75 @@ describe('forwarder', () => {
     expect(fwd.state).toBe('forwarding');
     await fwd.close();
     expect(fwd.state).toBe('stopped');
+    log.close();
+  });
+
+  it('a commit whose response was lost is not sent again: the checkpoint decides', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append(Array.from({ length: 9 }, (_, i) => entry('a', i)));
+    const sink = new MemorySink();
+    sink.loseAckNext = 2;
+    const fwd = new Forwarder(log, sink, options);
+    fwd.start();
+    await until(() => log.position(FORWARD_POSITION) === 9);
+    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(fwd.counters.skippedByCheckpoint).toBe(6);
+    await fwd.close();
+    log.close();
+  });
+
+  it('resumes after the Kafka checkpoint even when the local position is behind', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append(Array.from({ length: 6 }, (_, i) => entry('a', i)));
+    const sink = new MemorySink();
+    sink.checkpoint = { logId: log.logId, offset: 4, kafkaOffset: 17 };
+    const fwd = new Forwarder(log, sink, options);
+    await fwd.connect();
+    expect(log.position(FORWARD_POSITION)).toBe(4);
+    expect(log.position('checkpoint-kafka-offset')).toBe(17);
+    await fwd.drainOnce();
+    expect(sink.delivered.map((r) => r.offset)).toEqual([5, 6]);
+    log.close();
+  });
+
+  it('ignores a checkpoint written from another commit log', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1), entry('a', 2)]);
+    const sink = new MemorySink();
+    sink.checkpoint = { logId: 'some-other-log', offset: 1000 };
+    const fwd = new Forwarder(log, sink, options);
+    await fwd.connect();
+    expect(log.position(FORWARD_POSITION)).toBe(0);
+    expect(await fwd.drainOnce()).toBe(2);
+    log.close();
+  });
+
+  it('stops forwarding, without retrying, once fenced', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1)]);
+    const sink = new MemorySink();
+    sink.send = async () => {
+      throw Object.assign(new Error('There is a newer producer with the same transactionalId which fences the current one'), {
+        type: 'PRODUCER_FENCED',
+      });
+    };
+    const fwd = new Forwarder(log, sink, options);
+    fwd.start();
+    await until(() => fwd.state === 'fenced');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(sink.connects).toBe(1);
+    expect(log.position(FORWARD_POSITION)).toBe(0);
+    await fwd.close();
+    log.close();
+  });
+
+  it('limits a transaction by bytes, but always sends at least one record', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([1, 2, 3].map((i) => ({ ...entry('a', i), payload: Buffer.alloc(600) })));
+    const sink = new MemorySink();
+    const fwd = new Forwarder(log, sink, { ...options, batchMaxBytes: 1000 });
+    expect(await fwd.drainOnce()).toBe(1);
+    expect(await fwd.drainOnce()).toBe(1);
     log.close();
   });
 

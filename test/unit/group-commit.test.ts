@@ -17,7 +17,7 @@ describe('group commit', () => {
       Array.from({ length: 100 }, (_, i) => new Promise<void>((resolve, reject) =>
         gc.append(entry('d', i), (err, offset) => {
           if (err) return reject(err);
-          order.push(offset!);
+          order.push(offset as number);
           resolve();
         }),
       )),
@@ -34,7 +34,7 @@ describe('group commit', () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
     const gc = new GroupCommit(log, { maxBatch: 10 });
     await Promise.all(Array.from({ length: 25 }, (_, i) => new Promise((r) => gc.append(entry('d', i), r))));
-    expect(gc.groups).toBe(3);
+    expect(gc.counters.groups).toBe(3);
     expect(log.lastOffset).toBe(25);
     log.close();
   });
@@ -66,6 +66,100 @@ describe('group commit', () => {
     gc.append(entry('d', 2), late);
     expect(late.mock.calls[0]![0]).toBeInstanceOf(Error);
     expect(log.lastOffset).toBe(1);
+    log.close();
+  });
+});
+
+describe('group commit: dedup and storage limits', () => {
+  const tmp = useTmpDirs();
+  const key = (s: string) => Buffer.from(s.padEnd(16, '.'));
+  const appendAll = (gc: GroupCommit, entries: ReturnType<typeof entry>[]) =>
+    Promise.all(
+      entries.map(
+        (e) => new Promise<unknown>((resolve, reject) => gc.append(e, (err, r) => (err ? reject(err) : resolve(r)))),
+      ),
+    );
+
+  it('drops a live duplicate (acknowledged, not stored) and stores it again once its window ended', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const gc = new GroupCommit(log);
+    const mark = (k: string) => ({ key: key(k), mode: 'check' as const, windowMs: 50 });
+    const results = await appendAll(gc, [
+      { ...entry('d', 1), dedup: mark('a') },
+      { ...entry('d', 2), dedup: mark('b') },
+      { ...entry('d', 1), dedup: mark('a') }, // duplicate within the same group
+    ]);
+    expect(results).toEqual([1, 2, 'duplicate']);
+    expect(await appendAll(gc, [{ ...entry('d', 1), dedup: mark('a') }])).toEqual(['duplicate']);
+    await new Promise((r) => setTimeout(r, 80));
+    expect(await appendAll(gc, [{ ...entry('d', 1), dedup: mark('a') }])).toEqual([3]);
+    expect(gc.counters.duplicates).toBe(2);
+    log.close();
+  });
+
+  it('remember-mode entries are always stored and arm the key for a later DUP', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const gc = new GroupCommit(log);
+    const first = { key: key('p1'), mode: 'remember' as const, windowMs: 60_000 };
+    expect(await appendAll(gc, [{ ...entry('d', 1), dedup: first }, { ...entry('d', 1), dedup: first }])).toEqual([1, 2]);
+    expect(await appendAll(gc, [{ ...entry('d', 1), dedup: { ...first, mode: 'check' } }])).toEqual(['duplicate']);
+    log.close();
+  });
+
+  it('compact keeps only the latest record per route and device', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const gc = new GroupCommit(log);
+    await appendAll(gc, [
+      { ...entry('a', 1), compact: true },
+      { ...entry('b', 2), compact: true },
+      { ...entry('a', 3), compact: true },
+      entry('a', 4), // not compacted
+    ]);
+    expect(log.readAfter(0, 10).map((r) => [r.offset, r.deviceId])).toEqual([
+      [2, 'b'],
+      [3, 'a'],
+      [4, 'a'],
+    ]);
+    log.close();
+  });
+
+  it('backpressure holds acknowledgements while full and releases them once space is freed', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    const seed = await appendAll(new GroupCommit(log), Array.from({ length: 40 }, (_, i) => big(i)));
+    expect(seed).toHaveLength(40);
+    let position = 0;
+    const gc = new GroupCommit(log, {
+      holdRetryMs: 10,
+      storage: { maxBytes: log.usedBytes() + 4000, overflow: 'backpressure', forwardPosition: () => position },
+    });
+    let acked = false;
+    gc.append(big(99), (err) => (acked = !err));
+    await new Promise((r) => setTimeout(r, 60));
+    expect(acked).toBe(false);
+    expect(gc.holding).toBe(true);
+    // the forwarder forwards and removes records: space comes back, the held publish is stored
+    position = 40;
+    log.removeThrough(40);
+    gc.release();
+    expect(acked).toBe(true);
+    expect(gc.holding).toBe(false);
+    expect(log.readAfter(40, 10).map((r) => r.payload[0])).toEqual([99]);
+    log.close();
+  });
+
+  it('drop-oldest makes room by dropping the oldest unforwarded records, and counts them', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    await appendAll(new GroupCommit(log), Array.from({ length: 40 }, (_, i) => big(i)));
+    const gc = new GroupCommit(log, {
+      storage: { maxBytes: log.usedBytes() + 4000, overflow: 'drop-oldest', forwardPosition: () => 0 },
+    });
+    expect(await appendAll(gc, [big(99)])).toEqual([41]);
+    expect(gc.counters.droppedOverflow).toBeGreaterThan(0);
+    const left = log.readAfter(0, 100);
+    expect(left[0]!.offset).toBe(gc.counters.droppedOverflow + 1); // the oldest went first
+    expect(left[left.length - 1]!.offset).toBe(41);
     log.close();
   });
 });

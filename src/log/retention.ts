@@ -1,0 +1,78 @@
+import type { Logger } from 'pino';
+import { describeError } from '../errors.js';
+import type { CommitLog } from './commit-log.js';
+import type { GroupCommitCounters } from './group-commit.js';
+
+export interface RetentionOptions {
+  /** Unforwarded records older than this are dropped (storage.maxAge). */
+  readonly maxAgeMs: number;
+  readonly forwardPosition: () => number;
+  readonly groupCounters: GroupCommitCounters;
+  readonly logger: Logger;
+  readonly intervalMs?: number;
+}
+
+export interface RetentionCounters {
+  droppedExpired: number;
+  dedupPruned: number;
+}
+
+/**
+ * Periodic housekeeping of the log, Kafka-retention style: drops records older than maxAge that
+ * could not be forwarded, forgets dedup keys whose window ended, and reports every loss of data
+ * (expired or dropped for space) in one summary line per interval, never per record.
+ */
+export class Retention {
+  readonly counters: RetentionCounters = { droppedExpired: 0, dedupPruned: 0 };
+  private readonly timer: NodeJS.Timeout;
+  private reportedOverflow = 0;
+  private reportedDedupEvicted = 0;
+
+  constructor(
+    private readonly log: CommitLog,
+    private readonly options: RetentionOptions,
+  ) {
+    this.timer = setInterval(() => this.runOnce(), options.intervalMs ?? 10_000);
+    this.timer.unref();
+  }
+
+  runOnce(now = Date.now()): void {
+    if (this.log.isClosed) return;
+    const { logger, groupCounters } = this.options;
+    try {
+      const expired = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs);
+      if (expired > 0) {
+        this.counters.droppedExpired += expired;
+        logger.warn(
+          { dropped: expired, total: this.counters.droppedExpired, maxAgeMs: this.options.maxAgeMs },
+          'dropped records older than storage.maxAge that could not be forwarded',
+        );
+      }
+      let pruned: number;
+      do {
+        pruned = this.log.pruneDedup(now);
+        this.counters.dedupPruned += pruned;
+      } while (pruned === 50_000);
+    } catch (err) {
+      logger.error({ err: describeError(err) }, 'commit log housekeeping failed; retrying next interval');
+    }
+    if (groupCounters.droppedOverflow > this.reportedOverflow) {
+      logger.warn(
+        { dropped: groupCounters.droppedOverflow - this.reportedOverflow, total: groupCounters.droppedOverflow },
+        'storage full (overflow: drop-oldest): dropped the oldest unforwarded records',
+      );
+      this.reportedOverflow = groupCounters.droppedOverflow;
+    }
+    if (groupCounters.dedupEvicted > this.reportedDedupEvicted) {
+      logger.warn(
+        { evicted: groupCounters.dedupEvicted - this.reportedDedupEvicted, total: groupCounters.dedupEvicted },
+        'storage full of dedup keys: forgot the oldest before their window ended (raise storage.maxBytes or shorten dedup.window)',
+      );
+      this.reportedDedupEvicted = groupCounters.dedupEvicted;
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}
