@@ -20,6 +20,8 @@ export interface FleetOptions {
   readonly payloadBytes?: number;
   /** How long to wait for outstanding acknowledgements once publishing stopped. */
   readonly drainTimeoutMs?: number;
+  /** Unacknowledged publishes a device allows at once (firmware often uses 1). Default 1. */
+  readonly maxInflight?: number;
   /** Keep each published body (tests compare them byte for byte with what reached Kafka). */
   readonly keepPayloads?: boolean;
   readonly signal?: AbortSignal;
@@ -73,6 +75,7 @@ export function deviceIdFor(prefix: string, index: number): string {
  */
 export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   const qos = options.qos ?? 1;
+  const maxInflight = options.maxInflight ?? 1;
   const prefix = options.prefix ?? 'dev';
   const template = options.topicTemplate ?? 'devices/{deviceId}/telemetry';
   const stats: FleetStats = { published: 0, acked: 0, errors: 0, connected: 0, reconnects: 0 };
@@ -131,19 +134,50 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
         reading.pad = 'x'.repeat(options.payloadBytes - body.length - 9);
         body = JSON.stringify(reading);
       }
-      const mySeq = seq;
-      if (options.keepPayloads) result.payloads.set(mySeq, body);
+      if (options.keepPayloads) result.payloads.set(seq, body);
       result.published++;
       stats.published++;
       outstanding++;
-      client.publish(topic, body, { qos }, (err) => {
-        if (!err) {
-          result.ackedSeqs.push(mySeq);
-          stats.acked++;
-        }
-        if (--outstanding === 0) onSettled?.();
-      });
+      outbox.push({ seq, body });
+      pump();
     };
+
+    // The device's own outbox, like firmware's flash buffer: readings leave in seq order, at most
+    // `maxInflight` unacknowledged at a time, and stay until acknowledged. Whatever the client
+    // library fails (a publish caught by a disconnect) is sent again, in order, after reconnect.
+    // A gateway that already stored such a resend drops it by (bootId, seq).
+    const outbox: { seq: number; body: string }[] = [];
+    let inflight = 0;
+    let next = 0; // index in outbox of the next reading to send
+    const pump = (): void => {
+      while (client.connected && inflight < maxInflight && next < outbox.length) {
+        const item = outbox[next++]!;
+        inflight++;
+        client.publish(topic, item.body, { qos }, (err) => {
+          inflight = Math.max(0, inflight - 1);
+          if (err) {
+            // rewind: resend from the oldest unacknowledged reading once connected again
+            next = Math.min(next, outbox.indexOf(item) === -1 ? next : outbox.indexOf(item));
+            return;
+          }
+          const at = outbox.indexOf(item);
+          if (at !== -1) {
+            outbox.splice(at, 1);
+            if (at < next) next--;
+            result.ackedSeqs.push(item.seq);
+            stats.acked++;
+            if (--outstanding === 0) onSettled?.();
+          }
+          pump();
+        });
+      }
+    };
+    client.on('connect', () => {
+      // after a reconnect everything unacknowledged is sent again from the oldest
+      next = 0;
+      inflight = 0;
+      pump();
+    });
     // Stagger devices across one interval so the fleet does not publish in lock-step.
     timers.push(
       setTimeout(() => {
@@ -159,7 +193,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   await publishingDone;
   for (const t of timers) clearTimeout(t);
 
-  // Wait for outstanding acknowledgements (retransmitted across reconnects by mqtt.js).
+  // Wait for outstanding acknowledgements (resent across reconnects).
   if (outstanding > 0 && qos > 0) {
     await new Promise<void>((resolve) => {
       onSettled = resolve;

@@ -57,15 +57,26 @@ export function ensureKafkaJars({ quiet = false } = {}) {
   return LIB;
 }
 
+/** `count` distinct free ports on 127.0.0.1 (all held open together, so none is handed out twice). */
+export async function freePorts(count) {
+  const servers = await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise((resolveServer, reject) => {
+          const server = createServer();
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolveServer(server));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
 export async function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolvePort(port));
-    });
-  });
+  return (await freePorts(1))[0];
 }
 
 function kafkaUuid() {
@@ -133,8 +144,12 @@ export async function startKafka({ dataDir, port, controllerPort, detached = fal
   const lib = ensureKafkaJars();
   dataDir = resolve(dataDir ?? join(STATE, 'data'));
   mkdirSync(dataDir, { recursive: true });
-  port ??= await freePort();
-  controllerPort ??= await freePort();
+  if (port === undefined || controllerPort === undefined) {
+    const [a, b] = await freePorts(2);
+    port ??= a;
+    controllerPort ??= port === b ? a : b;
+  }
+  if (port === controllerPort) throw new KafkaSetupError(`the broker and controller ports must differ (both ${port})`);
   const props = writeServerProperties(dataDir, port, controllerPort);
   const classpath = join(lib, '*');
   const javaBase = ['-cp', classpath, `-Dlog4j2.configurationFile=${LOG4J}`];

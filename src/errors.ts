@@ -10,7 +10,10 @@ export const ERROR_CODES = {
   EB_ERR_LOG_CORRUPT: { retryable: false, summary: 'the commit log database is corrupt; it was moved aside' },
   EB_ERR_LOG_WRITE: { retryable: true, summary: 'a write to the commit log failed (disk full, I/O error); nothing was acknowledged' },
   EB_ERR_LOG_CLOSED: { retryable: false, summary: 'the commit log is closed (the gateway is shutting down)' },
+  EB_ERR_LOG_FULL: { retryable: true, summary: 'storage.maxBytes is reached; acknowledgements are held (backpressure) or the oldest unforwarded records dropped' },
+  EB_ERR_INGRESS_PAYLOAD_TOO_LARGE: { retryable: false, summary: 'a publish exceeded mqtt.maxPayloadBytes and was refused' },
   EB_ERR_INGRESS_LISTEN: { retryable: false, summary: 'the MQTT listener could not bind its address' },
+  EB_ERR_FORWARD_FENCED: { retryable: false, summary: 'another gateway with the same gateway.id took over the Kafka transactions; this one stopped forwarding' },
   EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },
 } as const satisfies Record<string, { retryable: boolean; summary: string }>;
 

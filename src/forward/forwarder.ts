@@ -70,6 +70,7 @@ export class Forwarder {
   private lastError = '';
   private removedThrough = 0;
   private lastRemoveAt = 0;
+  private needsShrink = false;
   private lastCommitAt = 0;
 
   constructor(
@@ -179,13 +180,19 @@ export class Forwarder {
    */
   private removeForwarded(position: number, idle: boolean): void {
     const now = Date.now();
-    if (position <= this.removedThrough) return;
-    if (!idle && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
-    this.source.removeThrough(position);
-    if (idle) this.source.shrink();
-    this.removedThrough = position;
-    this.lastRemoveAt = now;
-    this.options.onRemoved?.();
+    if (position > this.removedThrough) {
+      if (!idle && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
+      this.source.removeThrough(position);
+      this.removedThrough = position;
+      this.lastRemoveAt = now;
+      this.needsShrink = true;
+      this.options.onRemoved?.();
+    }
+    // Drained: give the freed pages back and truncate the WAL, once per drain.
+    if (idle && this.needsShrink) {
+      this.needsShrink = false;
+      this.source.shrink();
+    }
   }
 
   private setState(next: ForwarderState, fields: Record<string, unknown> = {}): void {
@@ -194,10 +201,13 @@ export class Forwarder {
     this.stateValue = next;
     const { logger } = this.options;
     if (next === 'retrying') {
-      logger.warn({ ...fields, backlog: this.backlog }, 'kafka unreachable: buffering in the commit log and retrying');
+      logger.warn(
+        { ...fields, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog },
+        'kafka unreachable: buffering in the commit log and retrying',
+      );
     } else if (next === 'fenced') {
       logger.error(
-        { ...fields, backlog: this.backlog },
+        { ...fields, code: 'EB_ERR_FORWARD_FENCED', backlog: this.backlog },
         'fenced: another gateway started with the same gateway.id and took over its Kafka transactions. ' +
           'This gateway stops forwarding (its log keeps what it acknowledged); give each gateway its own gateway.id and restart',
       );

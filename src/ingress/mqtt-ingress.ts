@@ -105,7 +105,7 @@ export class MqttIngress {
       if (now - this.lastOversizedLogAt > 60_000) {
         this.lastOversizedLogAt = now;
         this.options.logger.warn(
-          { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
+          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
           'publish larger than mqtt.maxPayloadBytes refused (client disconnected); further ones are counted, logged at most once a minute',
         );
       }

@@ -139,9 +139,6 @@ export class CommitLog {
       );
     }
     if (version === SCHEMA_VERSION) return;
-    // auto_vacuum must be chosen before the first table exists: it lets a drained log give its
-    // pages back to the filesystem (incremental_vacuum) instead of keeping its high-water mark.
-    this.db.pragma('auto_vacuum = INCREMENTAL');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS records (
         log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -415,6 +412,10 @@ function openDatabase(file: string): Database.Database {
     throw openError(file, err);
   }
   try {
+    // auto_vacuum takes effect only on a database not yet initialised, so before WAL mode (which
+    // initialises it): a drained log can then give pages back (incremental_vacuum) instead of
+    // keeping its high-water mark. On an existing database this is a no-op.
+    db.pragma('auto_vacuum = INCREMENTAL');
     // WAL lets the forwarder read while ingress appends; the pragma also proves the file is a DB.
     db.pragma('journal_mode = WAL');
   } catch (err) {

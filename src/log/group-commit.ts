@@ -175,7 +175,12 @@ export class GroupCommit implements AppendSink {
     if (full && this.fullSince === 0) {
       this.fullSince = Date.now();
       logger?.warn(
-        { usedBytes: this.log.usedBytes(), maxBytes: this.options.storage?.maxBytes, overflow: this.options.storage?.overflow },
+        {
+          code: 'EB_ERR_LOG_FULL',
+          usedBytes: this.log.usedBytes(),
+          maxBytes: this.options.storage?.maxBytes,
+          overflow: this.options.storage?.overflow,
+        },
         'commit log full: holding acknowledgements until the forwarder frees space',
       );
     } else if (!full && this.fullSince !== 0) {

@@ -1,21 +1,10 @@
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CommitLog, DB_FILE, type LogEntry } from '../../src/log/commit-log.js';
+import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
+import { entry } from '../helpers/entries.js';
 import { EdgebridgeError } from '../../src/errors.js';
 import { useTmpDirs } from '../helpers/tmp.js';
-
-export function entry(deviceId: string, n: number): LogEntry {
-  return {
-    receivedAt: 1_700_000_000_000 + n,
-    route: 'devices/{deviceId}/telemetry/#',
-    kafkaTopic: 'iot.telemetry',
-    deviceId,
-    mqttTopic: `devices/${deviceId}/telemetry`,
-    qos: 1,
-    payload: Buffer.from([0, 255, n & 0xff, 10, 13]),
-  };
-}
 
 describe('commit log', () => {
   const tmp = useTmpDirs();

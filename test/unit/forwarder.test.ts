@@ -5,7 +5,7 @@ import { FORWARD_POSITION, Forwarder } from '../../src/forward/forwarder.js';
 import type { Checkpoint, RecordSink } from '../../src/forward/kafka-sink.js';
 import { CommitLog, type LogRecord } from '../../src/log/commit-log.js';
 import { useTmpDirs } from '../helpers/tmp.js';
-import { entry } from './commit-log.test.js';
+import { entry } from '../helpers/entries.js';
 
 /**
  * An in-memory stand-in for Kafka with transactional semantics: a send either commits its records

@@ -2,7 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { CommitLog } from '../../src/log/commit-log.js';
 import { GroupCommit } from '../../src/log/group-commit.js';
 import { useTmpDirs } from '../helpers/tmp.js';
-import { entry } from './commit-log.test.js';
+import { entry } from '../helpers/entries.js';
 
 describe('group commit', () => {
   const tmp = useTmpDirs();

@@ -1,0 +1,88 @@
+import { connect as netConnect } from 'node:net';
+import mqtt from 'mqtt';
+import { generate } from 'mqtt-packet';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runFleet } from '../../firmware-sim/fleet.js';
+import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { consumeAll } from '../helpers/kafka.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+import { expectExactlyOnce, verifyExactlyOnce } from '../helpers/verify.js';
+
+describe('replays and retransmits are not forwarded twice', () => {
+  const tmp = useTmpDirs();
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+
+  it('(4) firmware replays of already-acked readings (after reboot/reconnect, with and without DUP) are dropped; a new boot is not', async () => {
+    const topic = uniqueName('iot.replay');
+    const dir = tmp();
+    let gw = await startTestGateway({ dir, topic, gatewayId: uniqueName('gw-replay') });
+    const fleet = await runFleet({ url: gw.url, devices: 10, rate: 50, count: 100, qos: 1, keepPayloads: true });
+    expect(fleet.acked).toBe(1000);
+
+    // The gateway restarts in between: the dedup index lives in SQLite and survives it.
+    await gw.close();
+    gw = await startTestGateway({ dir, topic, gatewayId: gw.config.gateway.id });
+    cleanups.push(() => gw.close());
+
+    // Reboot replay: the firmware resends readings 1..60 of each device as new publishes.
+    const replayer = await mqtt.connectAsync(gw.url, { clientId: 'replayer', clean: false });
+    for (const device of fleet.devices) {
+      for (let seq = 1; seq <= 60; seq++) {
+        await replayer.publishAsync(`devices/${device.deviceId}/telemetry`, device.payloads.get(seq)!, { qos: 1 });
+      }
+    }
+    await replayer.endAsync();
+
+    // DUP retransmits on the wire (PUBACK lost), QoS 1 and QoS 2, of readings 61..70 of one device.
+    const d0 = fleet.devices[0]!;
+    const socket = netConnect(gw.mqttAddress.port, '127.0.0.1');
+    cleanups.push(() => void socket.destroy());
+    const acks: string[] = [];
+    socket.on('data', (d) => acks.push(d.toString('hex')));
+    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'raw-dup', keepalive: 30 }));
+    for (let seq = 61; seq <= 70; seq++) {
+      socket.write(
+        generate({
+          cmd: 'publish',
+          topic: `devices/${d0.deviceId}/telemetry`,
+          payload: Buffer.from(d0.payloads.get(seq)!),
+          qos: 1,
+          messageId: seq,
+          dup: true,
+          retain: false,
+        }),
+      );
+    }
+    await expect.poll(() => acks.join('').split('4002').length - 1).toBeGreaterThanOrEqual(10); // 10 PUBACKs
+
+    // A genuinely new boot of device 0: seq starts again at 1 with a new bootId; must be kept.
+    const newBoot = await runFleet({ url: gw.url, devices: 1, rate: 50, count: 20, qos: 1, keepPayloads: true });
+    expect(newBoot.devices[0]!.deviceId).toBe(d0.deviceId);
+
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 1020 });
+    expect(records).toHaveLength(1020);
+    expectExactlyOnce(verifyExactlyOnce(records, [fleet, newBoot]));
+    expect(gw.status().duplicates).toBe(610);
+  });
+
+  it('payloads without identity fields: only DUP retransmits of the same packet are dropped', async () => {
+    const topic = uniqueName('iot.raw');
+    const gw = await startTestGateway({ dir: tmp(), topic });
+    cleanups.push(() => gw.close());
+    const socket = netConnect(gw.mqttAddress.port, '127.0.0.1');
+    cleanups.push(() => void socket.destroy());
+    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'raw-plain', keepalive: 30 }));
+    const pub = (payload: string, messageId: number, dup: boolean) =>
+      socket.write(generate({ cmd: 'publish', topic: 'devices/plain-1/telemetry', payload: Buffer.from(payload), qos: 1, messageId, dup, retain: false }));
+    pub('21.5', 1, false);
+    pub('21.5', 1, true); // retransmit of packet 1: dropped
+    pub('21.5', 2, false); // same reading value, a new packet: kept
+    pub('22.0', 1, false); // packet id 1 reused for a new message: kept
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 3 });
+    expect(records.map((r) => r.value.toString())).toEqual(['21.5', '21.5', '22.0']);
+    expect(gw.status().duplicates).toBe(1);
+  });
+});
