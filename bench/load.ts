@@ -15,7 +15,12 @@ const args = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
 const latency = createHistogram();
 let acked = 0;
 let stopped = false;
-const payload = Buffer.alloc(args.payloadBytes, 'x');
+const bootId = process.pid.toString(16);
+/** A firmware-sim style reading padded to about payloadBytes, so the gateway's dedup path runs. */
+function reading(client: number, seq: number): string {
+  const body = JSON.stringify({ deviceId: `bench-${client}`, bootId, seq, ts: Date.now(), pad: '' });
+  return body.replace('"pad":""', `"pad":"${'x'.repeat(Math.max(0, args.payloadBytes - body.length))}"`);
+}
 
 const clients = await Promise.all(
   Array.from({ length: args.clients }, (_, i) =>
@@ -29,11 +34,12 @@ await Promise.all(
     (client, c) =>
       new Promise<void>((resolve) => {
         let inflight = 0;
+        let seq = 0;
         const pump = (): void => {
           while (!stopped && inflight < args.window) {
             inflight++;
             const t0 = process.hrtime.bigint();
-            client.publish(`devices/bench-${c}/telemetry`, payload, { qos: 1 }, () => {
+            client.publish(`devices/bench-${c}/telemetry`, reading(c, ++seq), { qos: 1 }, () => {
               latency.record(process.hrtime.bigint() - t0);
               acked++;
               inflight--;
