@@ -31,16 +31,10 @@ export interface LogEntry {
   readonly compact?: boolean;
 }
 
-export interface LogRecord {
+/** A stored entry, as the forwarder reads it back. */
+export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact'> {
   /** Monotonically increasing; never reused, even after the records before it are removed. */
   readonly offset: number;
-  readonly receivedAt: number;
-  readonly route: string;
-  readonly kafkaTopic: string;
-  readonly deviceId: string;
-  readonly mqttTopic: string;
-  readonly qos: 0 | 1 | 2;
-  readonly payload: Buffer;
 }
 
 /** The outcome of one appended entry: its offset, or `duplicate` when dedup dropped it. */

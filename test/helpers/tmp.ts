@@ -15,3 +15,12 @@ export function useTmpDirs(): (prefix?: string) => string {
     return dir;
   };
 }
+
+/** Cleanups registered during a test, run (in order) after it, even when it failed. */
+export function useCleanups(): (fn: () => Promise<unknown> | unknown) => void {
+  const cleanups: (() => Promise<unknown> | unknown)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+  return (fn) => void cleanups.push(fn);
+}

@@ -3,11 +3,11 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
 import { waitForTopic } from '../helpers/kafka.js';
 import { CLI } from '../helpers/process.js';
-import { useTmpDirs } from '../helpers/tmp.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 const exec = promisify(execFile);
 
@@ -23,10 +23,7 @@ async function run(args: string[]): Promise<{ code: number; stdout: string; stde
 
 describe('edgebridge CLI', () => {
   const tmp = useTmpDirs();
-  const cleanups: (() => Promise<void>)[] = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
+  const cleanup = useCleanups();
 
   it('--help lists the commands', async () => {
     const { code, stdout } = await run(['--help']);
@@ -60,7 +57,7 @@ describe('edgebridge CLI', () => {
   it('consume prints key, partition, offset and value of what the gateway forwarded', async () => {
     const topic = uniqueName('iot.cli');
     const gw = await startTestGateway({ dir: tmp(), topic });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
     const client = await mqtt.connectAsync(gw.url, { clientId: 'cli-pub' });
     for (let i = 1; i <= 3; i++) await client.publishAsync(`devices/cli-dev/telemetry`, `{"seq":${i}}`, { qos: 1 });
     await client.endAsync();

@@ -1,11 +1,11 @@
 import mqtt from 'mqtt';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { Gateway } from '../../src/gateway.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll } from '../helpers/kafka.js';
-import { useTmpDirs } from '../helpers/tmp.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 async function publishSeq(url: string, deviceId: string, from: number, to: number): Promise<void> {
   const client = await mqtt.connectAsync(url, { clientId: `pub-${deviceId}-${from}` });
@@ -17,10 +17,7 @@ async function publishSeq(url: string, deviceId: string, from: number, to: numbe
 
 describe('fencing: two gateways started with one gateway.id', () => {
   const tmp = useTmpDirs();
-  const cleanups: (() => Promise<void>)[] = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
+  const cleanup = useCleanups();
 
   it('the older one is fenced, stops forwarding and says so; nothing is duplicated', async () => {
     const topic = uniqueName('iot.fence');
@@ -31,13 +28,13 @@ describe('fencing: two gateways started with one gateway.id', () => {
       Gateway.start(parseConfig(testConfig({ dir: tmp(), topic, gatewayId })), { logger, statusIntervalMs: 0 });
 
     const older = await start(capture);
-    cleanups.push(() => older.close());
+    cleanup(() => older.close());
     const olderUrl = `mqtt://127.0.0.1:${older.mqttAddress.port}`;
     await publishSeq(olderUrl, 'a', 1, 50);
     await expect.poll(() => older.status().forwarded, { timeout: 30_000 }).toBe(50);
 
     const newer = await start();
-    cleanups.push(() => newer.close());
+    cleanup(() => newer.close());
     await expect.poll(() => newer.status().forwarder, { timeout: 30_000 }).toBe('forwarding');
     await publishSeq(`mqtt://127.0.0.1:${newer.mqttAddress.port}`, 'b', 1, 50);
     await publishSeq(olderUrl, 'a', 51, 80); // still acknowledged and kept, but never forwarded

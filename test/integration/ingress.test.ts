@@ -1,9 +1,9 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import mqtt from 'mqtt';
 import { generate, parser as mqttParser, type Packet } from 'mqtt-packet';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startTestGateway, uniqueName } from '../helpers/gateway.js';
-import { useTmpDirs } from '../helpers/tmp.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 import { consumeAll } from '../helpers/kafka.js';
 import { kafkaBrokers } from '../helpers/gateway.js';
 
@@ -33,17 +33,15 @@ async function rawClient(port: number, clientId: string): Promise<{ socket: Sock
 
 describe('MQTT ingress', () => {
   const tmp = useTmpDirs();
-  const cleanups: (() => Promise<void> | void)[] = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
+  const cleanup = useCleanups();
 
   it('behaves as a normal broker for topics no route matches, and still delivers routed ones locally', async () => {
     const gw = await startTestGateway({ dir: tmp(), topic: uniqueName('iot.local') });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
     const sub = await mqtt.connectAsync(gw.url, { clientId: 'local-sub' });
     const pub = await mqtt.connectAsync(gw.url, { clientId: 'local-pub' });
-    cleanups.push(() => sub.endAsync(), () => pub.endAsync());
+    cleanup(() => sub.endAsync());
+    cleanup(() => pub.endAsync());
     await sub.subscribeAsync(['site/lights/#', 'devices/+/telemetry'], { qos: 1 });
     const received: string[] = [];
     sub.on('message', (topic, payload) => received.push(`${topic}=${payload.toString()}`));
@@ -56,7 +54,7 @@ describe('MQTT ingress', () => {
 
   it('refuses publishes to $SYS topics', async () => {
     const gw = await startTestGateway({ dir: tmp(), topic: uniqueName('iot.sys') });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
     const client = await mqtt.connectAsync(gw.url, { clientId: 'sys-pub', reconnectPeriod: 0 });
     client.on('error', () => undefined);
     const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
@@ -69,9 +67,9 @@ describe('MQTT ingress', () => {
   it('stores QoS 0, 1 and 2 publishes, and a QoS 2 DUP retransmit only once', async () => {
     const topic = uniqueName('iot.qos');
     const gw = await startTestGateway({ dir: tmp(), topic });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
     const raw = await rawClient(gw.mqttAddress.port, 'raw-qos');
-    cleanups.push(() => void raw.socket.destroy());
+    cleanup(() => void raw.socket.destroy());
 
     raw.send({ cmd: 'publish', topic: 'devices/r1/telemetry', payload: Buffer.from('q0'), qos: 0, dup: false, retain: false });
     raw.send({ cmd: 'publish', topic: 'devices/r1/telemetry', payload: Buffer.from('q1'), qos: 1, messageId: 1, dup: false, retain: false });

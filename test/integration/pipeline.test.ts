@@ -1,21 +1,18 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runFleet, type Reading } from '../../firmware-sim/fleet.js';
 import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
 import { consumeAll, partitionCount } from '../helpers/kafka.js';
 import { javaPartition } from '../helpers/murmur2.js';
-import { useTmpDirs } from '../helpers/tmp.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 describe('pipeline: MQTT -> commit log -> Kafka', () => {
   const tmp = useTmpDirs();
-  const cleanups: (() => Promise<void>)[] = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
+  const cleanup = useCleanups();
 
   it('delivers a 50-device x 200-message QoS 1 fleet: 10,000 records, per-device order, murmur2 partitions, bytes unchanged', async () => {
     const topic = uniqueName('iot.telemetry');
     const gateway = await startTestGateway({ dir: tmp(), topic, gatewayId: 'gw-pipeline' });
-    cleanups.push(() => gateway.close());
+    cleanup(() => gateway.close());
     const started = Date.now();
 
     const fleet = await runFleet({ url: gateway.url, devices: 50, rate: 100, count: 200, qos: 1, keepPayloads: true });

@@ -1,19 +1,16 @@
 import { connect as netConnect } from 'node:net';
 import mqtt from 'mqtt';
 import { generate } from 'mqtt-packet';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runFleet } from '../../firmware-sim/fleet.js';
 import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
 import { consumeAll } from '../helpers/kafka.js';
-import { useTmpDirs } from '../helpers/tmp.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 import { expectExactlyOnce, verifyExactlyOnce } from '../helpers/verify.js';
 
 describe('replays and retransmits are not forwarded twice', () => {
   const tmp = useTmpDirs();
-  const cleanups: (() => Promise<void> | void)[] = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
+  const cleanup = useCleanups();
 
   it('(4) firmware replays of already-acked readings (after reboot/reconnect, with and without DUP) are dropped; a new boot is not', async () => {
     const topic = uniqueName('iot.replay');
@@ -25,7 +22,7 @@ describe('replays and retransmits are not forwarded twice', () => {
     // The gateway restarts in between: the dedup index lives in SQLite and survives it.
     await gw.close();
     gw = await startTestGateway({ dir, topic, gatewayId: gw.config.gateway.id });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
 
     // Reboot replay: the firmware resends readings 1..60 of each device as new publishes.
     const replayer = await mqtt.connectAsync(gw.url, { clientId: 'replayer', clean: false });
@@ -39,7 +36,7 @@ describe('replays and retransmits are not forwarded twice', () => {
     // DUP retransmits on the wire (PUBACK lost), QoS 1 and QoS 2, of readings 61..70 of one device.
     const d0 = fleet.devices[0]!;
     const socket = netConnect(gw.mqttAddress.port, '127.0.0.1');
-    cleanups.push(() => void socket.destroy());
+    cleanup(() => void socket.destroy());
     const acks: string[] = [];
     socket.on('data', (d) => acks.push(d.toString('hex')));
     socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'raw-dup', keepalive: 30 }));
@@ -71,9 +68,9 @@ describe('replays and retransmits are not forwarded twice', () => {
   it('payloads without identity fields: only DUP retransmits of the same packet are dropped', async () => {
     const topic = uniqueName('iot.raw');
     const gw = await startTestGateway({ dir: tmp(), topic });
-    cleanups.push(() => gw.close());
+    cleanup(() => gw.close());
     const socket = netConnect(gw.mqttAddress.port, '127.0.0.1');
-    cleanups.push(() => void socket.destroy());
+    cleanup(() => void socket.destroy());
     socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'raw-plain', keepalive: 30 }));
     const pub = (payload: string, messageId: number, dup: boolean) =>
       socket.write(generate({ cmd: 'publish', topic: 'devices/plain-1/telemetry', payload: Buffer.from(payload), qos: 1, messageId, dup, retain: false }));
