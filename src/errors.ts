@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   EB_ERR_LOG_FULL: { retryable: true, summary: 'storage.maxBytes is reached; acknowledgements are held (backpressure) or the oldest unforwarded records dropped' },
   EB_ERR_INGRESS_PAYLOAD_TOO_LARGE: { retryable: false, summary: 'a publish exceeded mqtt.maxPayloadBytes and was refused' },
   EB_ERR_INGRESS_LISTEN: { retryable: false, summary: 'the MQTT listener could not bind its address' },
+  EB_ERR_ADMIN_LISTEN: { retryable: false, summary: 'the admin HTTP endpoint could not bind its address' },
   EB_ERR_FORWARD_FENCED: { retryable: false, summary: 'another gateway with the same gateway.id took over the Kafka transactions; this one stopped forwarding' },
   EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },
 } as const satisfies Record<string, { retryable: boolean; summary: string }>;

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { AdminServer } from './admin/server.js';
 import type { Config } from './config/schema.js';
 import { createKafka } from './forward/kafka-client.js';
 import { KafkaSink, type RecordSink } from './forward/kafka-sink.js';
@@ -60,6 +61,9 @@ export class Gateway {
     readonly forwarder: Forwarder,
     private readonly ingress: MqttIngress,
     readonly mqttAddress: AddressInfo,
+    private readonly admin: AdminServer | undefined,
+    /** Where /healthz, /status and /metrics are served (undefined when admin.enabled is false). */
+    readonly adminAddress: AddressInfo | undefined,
     statusIntervalMs: number,
   ) {
     if (statusIntervalMs > 0) {
@@ -127,9 +131,22 @@ export class Gateway {
       logger: logger.child({ stage: 'ingress' }),
     });
     let address: AddressInfo;
+    let admin: AdminServer | undefined;
+    let adminAddress: AddressInfo | undefined;
     try {
       address = await ingress.start();
+      if (config.admin.enabled) {
+        admin = new AdminServer({
+          host: config.admin.host,
+          port: config.admin.port,
+          // status() is defined on the instance created below; admin only calls it on requests
+          status: () => gateway.status(),
+          logger: logger.child({ stage: 'admin' }),
+        });
+        adminAddress = await admin.start();
+      }
     } catch (err) {
+      await ingress.close();
       retention.close();
       await forwarder.close(1000);
       log.close();
@@ -139,7 +156,7 @@ export class Gateway {
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
     );
-    return new Gateway(
+    const gateway: Gateway = new Gateway(
       config,
       logger,
       log,
@@ -148,8 +165,11 @@ export class Gateway {
       forwarder,
       ingress,
       address,
+      admin,
+      adminAddress,
       options.statusIntervalMs ?? 60_000,
     );
+    return gateway;
   }
 
   status(): GatewayStatus {
@@ -180,6 +200,7 @@ export class Gateway {
   private async shutdown(): Promise<void> {
     if (this.statusTimer) clearInterval(this.statusTimer);
     this.logger.info('gateway stopping');
+    await this.admin?.close();
     await this.ingress.close();
     this.groupCommit.close();
     this.retention.close();

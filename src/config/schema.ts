@@ -127,6 +127,14 @@ export const configSchema = z.strictObject({
     overflow: z.enum(['backpressure', 'drop-oldest']).default('backpressure'),
   }),
   routes: z.array(route).min(1),
+  admin: z
+    .strictObject({
+      /** HTTP endpoint with /healthz, /status and /metrics (Prometheus). */
+      enabled: z.boolean().default(true),
+      host: z.string().min(1).default('127.0.0.1'),
+      port: port.default(9464),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -31,6 +31,7 @@ export function testConfig(options: TestGatewayOptions): ConfigInput {
     mqtt: { host: '127.0.0.1', port: 0 },
     kafka: { brokers: options.brokers ?? kafkaBrokers() },
     storage: { dir: options.dir },
+    admin: { host: '127.0.0.1', port: 0 },
     routes: [{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: options.topic }],
     ...options.overrides,
   };

@@ -47,6 +47,9 @@ describe('fencing: two gateways started with one gateway.id', () => {
     expect(fencedLines).toHaveLength(1);
     expect(fencedLines[0]!.level).toBe(50); // error
     expect(fencedLines[0]!.msg).toContain('gateway.id');
+    const health = await fetch(`http://127.0.0.1:${older.adminAddress!.port}/healthz`);
+    expect(health.status).toBe(503);
+    expect(await health.json()).toEqual({ status: 'fenced', gatewayId });
 
     const records = await consumeAll(kafkaBrokers(), topic, { expected: 100 });
     const seqs = (device: string) =>

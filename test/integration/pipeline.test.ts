@@ -50,5 +50,18 @@ describe('pipeline: MQTT -> commit log -> Kafka', () => {
 
     await expect.poll(() => gateway.status().backlog).toBe(0);
     expect(gateway.status()).toMatchObject({ received: 10_000, forwarded: 10_000, forwarder: 'forwarding' });
+
+    // the admin endpoint tells the same story
+    const admin = `http://127.0.0.1:${gateway.adminAddress!.port}`;
+    const health = await fetch(`${admin}/healthz`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toMatchObject({ status: 'ok', forwarder: 'forwarding', backlog: 0 });
+    expect(await (await fetch(`${admin}/status`)).json()).toMatchObject({ gatewayId: 'gw-pipeline', received: 10_000 });
+    const metrics = await (await fetch(`${admin}/metrics`)).text();
+    expect(metrics).toMatch(/^edgebridge_forwarded_total 10000$/m);
+    expect(metrics).toMatch(/^edgebridge_received_total 10000$/m);
+    expect(metrics).toMatch(/^edgebridge_backlog_records 0$/m);
+    expect(metrics).toMatch(/^edgebridge_forwarder_state\{state="forwarding"\} 1$/m);
+    expect(metrics).toContain('process_cpu_seconds_total');
   });
 });

@@ -1,0 +1,142 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { EdgebridgeError } from '../errors.js';
+
+/** What the admin endpoint reads; the gateway's status() satisfies it. */
+export interface AdminStatus {
+  readonly gatewayId: string;
+  readonly forwarder: string;
+  readonly mqttClients: number;
+  readonly received: number;
+  readonly duplicates: number;
+  readonly forwarded: number;
+  readonly backlog: number;
+  readonly refused: number;
+  readonly holding: boolean;
+  readonly droppedOverflow: number;
+  readonly droppedExpired: number;
+  readonly storageBytes: number;
+}
+
+export interface AdminServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly status: () => AdminStatus;
+  readonly logger: Logger;
+}
+
+const FORWARDER_STATES = ['connecting', 'forwarding', 'retrying', 'fenced', 'stopped'] as const;
+
+/** A monotonic total read from the gateway's own counters at scrape time. */
+function totalFrom(registry: Registry, name: string, help: string, read: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+/**
+ * Operations endpoint on its own port (loopback by default): `/healthz` for supervisors and
+ * load balancers, `/status` as JSON, `/metrics` for Prometheus. Values are read at request time.
+ */
+export class AdminServer {
+  private server: Server | undefined;
+  private readonly registry = new Registry();
+
+  constructor(private readonly options: AdminServerOptions) {
+    const { registry } = this;
+    collectDefaultMetrics({ register: registry });
+    const status = options.status;
+    totalFrom(registry, 'edgebridge_received_total', 'Publishes committed to the commit log', () => status().received);
+    totalFrom(registry, 'edgebridge_duplicates_total', 'Retransmits and replays dropped by dedup (acknowledged, not stored)', () => status().duplicates);
+    totalFrom(registry, 'edgebridge_forwarded_total', 'Records committed to Kafka', () => status().forwarded);
+    totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);
+    totalFrom(registry, 'edgebridge_dropped_overflow_total', 'Unforwarded records dropped by overflow: drop-oldest', () => status().droppedOverflow);
+    totalFrom(registry, 'edgebridge_dropped_expired_total', 'Unforwarded records dropped by storage.maxAge', () => status().droppedExpired);
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge('edgebridge_backlog_records', 'Records in the commit log not yet committed to Kafka', () => status().backlog);
+    gauge('edgebridge_storage_bytes', 'Bytes the commit log database uses', () => status().storageBytes);
+    gauge('edgebridge_mqtt_clients', 'Connected MQTT clients', () => status().mqttClients);
+    gauge('edgebridge_acks_held', '1 while acknowledgements are held because storage.maxBytes is reached', () => (status().holding ? 1 : 0));
+    new Gauge({
+      name: 'edgebridge_forwarder_state',
+      help: 'Forwarder state (1 for the current one)',
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        const current = status().forwarder;
+        for (const state of FORWARDER_STATES) this.set({ state }, state === current ? 1 : 0);
+      },
+    });
+  }
+
+  async start(): Promise<AddressInfo> {
+    const server = createServer((req, res) => {
+      void this.handle(req.url ?? '/', req.method ?? 'GET').then(({ code, type, body }) => {
+        res.writeHead(code, { 'content-type': type });
+        res.end(body);
+      });
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(
+          new EdgebridgeError(
+            'EB_ERR_ADMIN_LISTEN',
+            `cannot listen for the admin endpoint on ${this.options.host}:${this.options.port}: ${err.message}`,
+            { cause: err },
+          ),
+        ),
+      );
+      server.listen(this.options.port, this.options.host, () => resolve());
+    });
+    const address = server.address() as AddressInfo;
+    this.options.logger.info({ host: address.address, port: address.port }, 'admin endpoint listening');
+    return address;
+  }
+
+  private async handle(url: string, method: string): Promise<{ code: number; type: string; body: string }> {
+    const json = (code: number, value: unknown) => ({ code, type: 'application/json', body: `${JSON.stringify(value)}\n` });
+    if (method !== 'GET') return json(405, { error: 'only GET' });
+    try {
+      switch (url.split('?')[0]) {
+        case '/metrics':
+          return { code: 200, type: this.registry.contentType, body: await this.registry.metrics() };
+        case '/status':
+          return json(200, this.options.status());
+        case '/healthz': {
+          const s = this.options.status();
+          // Unhealthy when this gateway cannot do its job without an operator: fenced.
+          return s.forwarder === 'fenced'
+            ? json(503, { status: 'fenced', gatewayId: s.gatewayId })
+            : json(200, { status: 'ok', forwarder: s.forwarder, backlog: s.backlog });
+        }
+        default:
+          return json(404, { error: 'not found', endpoints: ['/healthz', '/status', '/metrics'] });
+      }
+    } catch (err) {
+      return json(500, { error: (err as Error).message });
+    }
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}

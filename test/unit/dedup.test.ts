@@ -1,0 +1,57 @@
+import { describe, expect, it } from 'vitest';
+import { dedupMark, type PublishIdentity } from '../../src/ingress/dedup.js';
+import { compileRoute } from '../../src/ingress/routes.js';
+
+const route = compileRoute({
+  mqtt: 'devices/{deviceId}/telemetry',
+  kafka: 't',
+  dedup: { fields: ['bootId', 'seq'], window: 60_000 },
+});
+const publish = (payload: string, extra: Partial<PublishIdentity> = {}): PublishIdentity => ({
+  clientId: 'c1',
+  messageId: 7,
+  qos: 1,
+  dup: false,
+  payload: Buffer.from(payload),
+  ...extra,
+});
+const reading = (seq: number, bootId = 'b1', more = '') => `{"bootId":"${bootId}","seq":${seq}${more}}`;
+
+describe('dedup identity', () => {
+  it('is the same for a replay, whatever the packet, client or other fields', () => {
+    const a = dedupMark(route, 'd1', publish(reading(5, 'b1', ',"t":1')))!;
+    const b = dedupMark(route, 'd1', publish(reading(5, 'b1', ',"t":2'), { clientId: 'other', messageId: 99, dup: true }))!;
+    expect(a.mode).toBe('check');
+    expect(a.key.equals(b.key)).toBe(true);
+    expect(a.windowMs).toBe(60_000);
+  });
+
+  it('differs by device, boot and seq, and missing fields count as empty', () => {
+    const key = (deviceId: string, payload: string) => dedupMark(route, deviceId, publish(payload))!.key.toString('hex');
+    const keys = new Set([key('d1', reading(5)), key('d2', reading(5)), key('d1', reading(5, 'b2')), key('d1', reading(6))]);
+    expect(keys.size).toBe(4);
+    expect(key('d1', '{"seq":5}')).toBe(key('d1', '{"bootId":"","seq":5}'));
+  });
+
+  it('orders a device stream by seq, so index inserts stay local', () => {
+    const keys = [1, 2, 9, 10, 11, 100, 1000].map((seq) => dedupMark(route, 'd1', publish(reading(seq)))!.key);
+    const sorted = [...keys].sort(Buffer.compare);
+    expect(sorted).toEqual(keys);
+  });
+
+  it('falls back to DUP-only dedup when no identity field is present', () => {
+    const first = dedupMark(route, 'd1', publish('21.5'))!;
+    const retransmit = dedupMark(route, 'd1', publish('21.5', { dup: true }))!;
+    expect(first.mode).toBe('remember');
+    expect(retransmit.mode).toBe('check');
+    expect(first.key.equals(retransmit.key)).toBe(true);
+    expect(dedupMark(route, 'd1', publish('21.5', { messageId: 8 }))!.key.equals(first.key)).toBe(false);
+    expect(dedupMark(route, 'd1', publish('{"other":1}'))!.mode).toBe('remember');
+    expect(dedupMark(route, 'd1', publish('21.5', { qos: 0, messageId: undefined }))).toBeUndefined();
+  });
+
+  it('is off when the route says dedup: false', () => {
+    const off = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: false });
+    expect(dedupMark(off, 'd1', publish(reading(1)))).toBeUndefined();
+  });
+});
