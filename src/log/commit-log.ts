@@ -52,7 +52,34 @@ export interface CommitLogStats {
   readonly forwardPosition: number;
 }
 
-const SCHEMA_VERSION = 1;
+/** Schema steps; MIGRATIONS[n] takes a database from user_version n to n + 1. Never edit a step. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE records (
+     log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
+     received_at INTEGER NOT NULL,
+     route       TEXT    NOT NULL,
+     kafka_topic TEXT    NOT NULL,
+     device_id   TEXT    NOT NULL,
+     mqtt_topic  TEXT    NOT NULL,
+     qos         INTEGER NOT NULL,
+     payload     BLOB    NOT NULL
+   );
+   CREATE TABLE positions (
+     name       TEXT PRIMARY KEY,
+     log_offset INTEGER NOT NULL
+   );`,
+  `ALTER TABLE records ADD COLUMN compact INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX records_compact ON records (route, device_id) WHERE compact = 1;
+   CREATE TABLE dedup (
+     key        BLOB PRIMARY KEY,
+     expires_at INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE INDEX dedup_expiry ON dedup (expires_at);
+   CREATE TABLE meta (
+     key   TEXT PRIMARY KEY,
+     value TEXT NOT NULL
+   );`,
+];
 export const DB_FILE = 'edgebridge.db';
 /** The WAL is truncated back to this after checkpoints, so a drained log returns near baseline. */
 const JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024;
@@ -126,41 +153,20 @@ export class CommitLog {
 
   private migrate(): void {
     const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version > SCHEMA_VERSION) {
+    if (version > MIGRATIONS.length) {
       throw new EdgebridgeError(
         'EB_ERR_LOG_OPEN',
-        `commit log ${this.file} has schema version ${version}, newer than this edgebridge understands (${SCHEMA_VERSION}); upgrade edgebridge`,
+        `commit log ${this.file} has schema version ${version}, newer than this edgebridge understands (${MIGRATIONS.length}); upgrade edgebridge`,
       );
     }
-    if (version === SCHEMA_VERSION) return;
-    this.db.exec(`
-      CREATE TABLE IF NOT EXISTS records (
-        log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
-        received_at INTEGER NOT NULL,
-        route       TEXT    NOT NULL,
-        kafka_topic TEXT    NOT NULL,
-        device_id   TEXT    NOT NULL,
-        mqtt_topic  TEXT    NOT NULL,
-        qos         INTEGER NOT NULL,
-        compact     INTEGER NOT NULL DEFAULT 0,
-        payload     BLOB    NOT NULL
-      );
-      CREATE INDEX IF NOT EXISTS records_compact ON records (route, device_id) WHERE compact = 1;
-      CREATE TABLE IF NOT EXISTS positions (
-        name       TEXT PRIMARY KEY,
-        log_offset INTEGER NOT NULL
-      );
-      CREATE TABLE IF NOT EXISTS dedup (
-        key        BLOB PRIMARY KEY,
-        expires_at INTEGER NOT NULL
-      ) WITHOUT ROWID;
-      CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup (expires_at);
-      CREATE TABLE IF NOT EXISTS meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-      );
-      PRAGMA user_version = ${SCHEMA_VERSION};
-    `);
+    // Each step runs in its own transaction with the version bump, so a crash mid-upgrade
+    // leaves either the old schema or the new one.
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
   }
 
   private prepare() {

@@ -80,6 +80,41 @@ describe('commit log', () => {
     log.close();
   });
 
+  it('upgrades a schema-1 log (before dedup and compaction) in place, keeping records and positions', async () => {
+    const dir = tmp();
+    const Database = (await import('better-sqlite3')).default;
+    const old = new Database(join(dir, DB_FILE));
+    old.pragma('journal_mode = WAL');
+    old.exec(`
+      CREATE TABLE records (log_offset INTEGER PRIMARY KEY AUTOINCREMENT, received_at INTEGER NOT NULL,
+        route TEXT NOT NULL, kafka_topic TEXT NOT NULL, device_id TEXT NOT NULL, mqtt_topic TEXT NOT NULL,
+        qos INTEGER NOT NULL, payload BLOB NOT NULL);
+      CREATE TABLE positions (name TEXT PRIMARY KEY, log_offset INTEGER NOT NULL);
+      INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload)
+        VALUES (1, 'r', 't', 'd', 'devices/d/telemetry', 1, x'00ff'), (2, 'r', 't', 'd', 'devices/d/telemetry', 1, x'01');
+      INSERT INTO positions VALUES ('forward', 1);
+      PRAGMA user_version = 1;
+    `);
+    old.close();
+    const log = open(dir);
+    expect(log.position('forward')).toBe(1);
+    expect(log.readAfter(0, 10).map((r) => [r.offset, r.payload.toString('hex')])).toEqual([
+      [1, '00ff'],
+      [2, '01'],
+    ]);
+    expect(log.append([{ ...entry('d', 3), compact: true, dedup: { key: Buffer.from('k'), mode: 'check', windowMs: 1000 } }])).toEqual([3]);
+    log.close();
+  });
+
+  it('refuses a log written by a newer edgebridge', async () => {
+    const dir = tmp();
+    const Database = (await import('better-sqlite3')).default;
+    const db = new Database(join(dir, DB_FILE));
+    db.pragma('user_version = 99');
+    db.close();
+    expect(() => open(dir)).toThrow(/schema version 99, newer than this edgebridge understands/);
+  });
+
   it('refuses use after close with a typed error', () => {
     const log = open(tmp());
     log.close();
