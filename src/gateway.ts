@@ -2,9 +2,8 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import type { Config } from './config/schema.js';
-import { createKafka } from './forward/kafka-client.js';
-import { KafkaSink, type RecordSink } from './forward/kafka-sink.js';
-import { FORWARD_POSITION, Forwarder, type ForwarderState } from './forward/forwarder.js';
+import { FORWARD_POSITION, type ForwarderState } from './forward/forwarder.js';
+import { ForwarderThread } from './forward/forwarder-thread.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
 import { CommitLog } from './log/commit-log.js';
@@ -37,8 +36,6 @@ export interface GatewayStatus {
 
 export interface GatewayOptions {
   readonly logger?: Logger;
-  /** Replaces the Kafka sink (unit tests only; the product always forwards to Kafka). */
-  readonly sink?: RecordSink;
   /** Interval of the periodic status line; 0 disables it. */
   readonly statusIntervalMs?: number;
 }
@@ -58,7 +55,7 @@ export class Gateway {
     readonly log: CommitLog,
     readonly groupCommit: GroupCommit,
     private readonly retention: Retention,
-    readonly forwarder: Forwarder,
+    readonly forwarder: ForwarderThread,
     private readonly ingress: MqttIngress,
     readonly mqttAddress: AddressInfo,
     private readonly admin: AdminServer | undefined,
@@ -82,35 +79,12 @@ export class Gateway {
     );
     const forwardPosition = () => log.position(FORWARD_POSITION);
 
-    const sink =
-      options.sink ??
-      new KafkaSink({
-        kafka: createKafka({
-          brokers: config.kafka.brokers,
-          clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
-          connectionTimeoutMs: config.kafka.connectionTimeoutMs,
-          requestTimeoutMs: config.kafka.requestTimeoutMs,
-          logger,
-        }),
-        gatewayId: config.gateway.id,
-        topics: routes.kafkaTopics,
-        checkpointTopic: config.forward.checkpointTopic,
-        topicDefaults: config.kafka.topicDefaults,
-        transactionTimeoutMs: config.forward.transactionTimeoutMs,
-      });
     // The forwarder and the group commit wake each other: one of them is referenced before it exists.
     let groupCommit: GroupCommit;
-    const forwarder = new Forwarder(log, sink, {
-      batchMaxRecords: config.forward.batchMaxRecords,
-      batchMaxBytes: config.forward.batchMaxBytes,
-      commitIntervalMs: config.forward.commitIntervalMs,
-      retry: config.forward.retry,
-      logger: logger.child({ stage: 'forward' }),
-      onRemoved: () => groupCommit.release(),
-    });
+    const forwarder = new ForwarderThread({ config, logger, onRemoved: () => groupCommit.release() });
     groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
-      onCommit: () => forwarder.notify(),
+      onCommit: (lastOffset) => forwarder.notify(lastOffset),
       storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition },
       logger: logger.child({ stage: 'log' }),
     });
@@ -120,7 +94,6 @@ export class Gateway {
       groupCounters: groupCommit.counters,
       logger: logger.child({ stage: 'log' }),
     });
-    forwarder.start();
 
     const ingress = new MqttIngress({
       host: config.mqtt.host,
@@ -180,15 +153,19 @@ export class Gateway {
       received: this.ingress.counters.routed,
       duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,
       forwarded: this.forwarder.counters.forwarded,
-      backlog: this.forwarder.backlog,
+      backlog: this.backlog(),
       lastOffset: this.log.lastOffset,
-      forwardPosition: this.forwarder.position,
+      forwardPosition: this.log.position(FORWARD_POSITION),
       refused: this.ingress.counters.refused,
       holding: this.groupCommit.holding,
       droppedOverflow: this.groupCommit.counters.droppedOverflow,
       droppedExpired: this.retention.counters.droppedExpired,
       storageBytes: this.log.usedBytes(),
     };
+  }
+
+  private backlog(): number {
+    return Math.max(0, this.log.lastOffset - this.log.position(FORWARD_POSITION));
   }
 
   /** Shuts down once; later calls return the same promise. */
@@ -205,7 +182,7 @@ export class Gateway {
     this.groupCommit.close();
     this.retention.close();
     await this.forwarder.close();
-    const final = { lastOffset: this.log.lastOffset, backlog: this.forwarder.backlog };
+    const final = { lastOffset: this.log.lastOffset, backlog: this.backlog() };
     this.log.close();
     this.logger.info(final, 'gateway stopped');
   }

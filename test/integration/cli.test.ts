@@ -54,6 +54,18 @@ describe('edgebridge CLI', () => {
     expect(missing.stderr).toContain('EB_ERR_CONFIG_READ');
   });
 
+  it('the Kafka launcher names what to install when java and mvn are missing', async () => {
+    const script = join(import.meta.dirname, '..', '..', 'scripts', 'kafka.mjs');
+    const result = await exec(process.execPath, [script, 'jars'], { env: { PATH: '/nonexistent' } }).then(
+      () => ({ code: 0, stderr: '' }),
+      (err: { code: number; stderr: string }) => err,
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('needs java and mvn (Java 17+ and Maven)');
+    expect(result.stderr).toContain('apt-get install -y openjdk-17-jre-headless maven');
+    expect(result.stderr).toContain('KAFKA_BROKERS');
+  });
+
   it('consume prints key, partition, offset and value of what the gateway forwarded', async () => {
     const topic = uniqueName('iot.cli');
     const gw = await startTestGateway({ dir: tmp(), topic });

@@ -49,6 +49,8 @@ describe('pipeline: MQTT -> commit log -> Kafka', () => {
     for (const [deviceId, seqs] of seqsSeen) expect(seqs, deviceId).toEqual(expectedSeqs);
 
     await expect.poll(() => gateway.status().backlog).toBe(0);
+    // the forwarder thread reports its counters a few times a second
+    await expect.poll(() => gateway.status().forwarded).toBe(10_000);
     expect(gateway.status()).toMatchObject({ received: 10_000, forwarded: 10_000, forwarder: 'forwarding' });
 
     // the admin endpoint tells the same story
