@@ -47,7 +47,7 @@ export interface ForwarderThreadOptions {
  * wake-ups, relays the worker's log lines, and keeps the latest status the worker reported.
  */
 export class ForwarderThread {
-  private readonly worker: Worker;
+  private worker!: Worker;
   private latest: { state: ForwarderState; counters: ForwarderCounters; lastError: string } = {
     state: 'connecting',
     counters: { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 },
@@ -56,18 +56,47 @@ export class ForwarderThread {
   private closed: Promise<void> | undefined;
   private onClosed: (() => void) | undefined;
   private exited = false;
+  private lastOffset = 0;
+  private restarts = 0;
+  private restartTimer: NodeJS.Timeout | undefined;
+  /** Counts of the workers that ended, so totals survive a restart. */
+  private carried = { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
 
   constructor(private readonly options: ForwarderThreadOptions) {
-    const logger = options.logger;
-    const init: WorkerInit = { config: options.config, logLevel: logger.level };
-    this.worker = new Worker(workerFile(), { workerData: init });
-    this.worker.on('message', (message: FromWorker) => this.receive(message));
-    this.worker.on('error', (err) => logger.error({ err: err.message, stack: err.stack }, 'forwarder thread crashed'));
-    this.worker.on('exit', (code) => {
+    this.spawn();
+  }
+
+  private spawn(): void {
+    const logger = this.options.logger;
+    const init: WorkerInit = { config: this.options.config, logLevel: logger.level };
+    const worker = new Worker(workerFile(), { workerData: init });
+    this.worker = worker;
+    this.exited = false;
+    worker.on('message', (message: FromWorker) => this.receive(message));
+    worker.on('error', (err) => logger.error({ err: err.message, stack: err.stack }, 'forwarder thread crashed'));
+    worker.on('online', () => {
+      if (this.lastOffset > 0) worker.postMessage({ type: 'appended', lastOffset: this.lastOffset } satisfies ToWorker);
+    });
+    worker.on('exit', (code) => {
       this.exited = true;
-      this.latest = { ...this.latest, state: 'stopped' };
+      const c = this.latest.counters;
+      this.carried = {
+        forwarded: this.carried.forwarded + c.forwarded,
+        transactions: this.carried.transactions + c.transactions,
+        failures: this.carried.failures + c.failures,
+        skippedByCheckpoint: this.carried.skippedByCheckpoint + c.skippedByCheckpoint,
+      };
+      this.latest = { ...this.latest, state: 'stopped', counters: { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 } };
       this.onClosed?.();
-      if (!this.closed) logger.error({ code }, 'forwarder thread exited unexpectedly; nothing is forwarded until restart');
+      if (this.closed) return;
+      // A crash is a bug, but forwarding must go on: a new worker resumes from the Kafka
+      // checkpoint, so nothing is skipped or repeated.
+      const delayMs = Math.min(30_000, 500 * 2 ** Math.min(this.restarts++, 6));
+      logger.error({ code, restartInMs: delayMs, restarts: this.restarts }, 'forwarder thread exited unexpectedly; restarting it');
+      this.restartTimer = setTimeout(() => {
+        if (!this.closed) this.spawn();
+      }, delayMs);
+      this.restartTimer.unref();
     });
   }
 
@@ -99,6 +128,7 @@ export class ForwarderThread {
   }
 
   notify(lastOffset: number): void {
+    this.lastOffset = Math.max(this.lastOffset, lastOffset);
     if (!this.exited) this.worker.postMessage({ type: 'appended', lastOffset } satisfies ToWorker);
   }
 
@@ -107,12 +137,19 @@ export class ForwarderThread {
   }
 
   get counters(): ForwarderCounters {
-    return this.latest.counters;
+    const c = this.latest.counters;
+    return {
+      forwarded: this.carried.forwarded + c.forwarded,
+      transactions: this.carried.transactions + c.transactions,
+      failures: this.carried.failures + c.failures,
+      skippedByCheckpoint: this.carried.skippedByCheckpoint + c.skippedByCheckpoint,
+    };
   }
 
   /** Lets the worker finish its transaction in flight (at most `timeoutMs`), then ends it. */
   close(timeoutMs = 10_000): Promise<void> {
     this.closed ??= (async () => {
+      clearTimeout(this.restartTimer);
       if (!this.exited) {
         const done = new Promise<void>((resolve) => (this.onClosed = resolve));
         this.worker.postMessage({ type: 'close', timeoutMs } satisfies ToWorker);

@@ -318,12 +318,6 @@ export class CommitLog {
     return (pages - free) * this.pageSize;
   }
 
-  /** Size of the database file plus its WAL, as the filesystem sees it. */
-  fileBytes(): number {
-    this.assertOpen();
-    return (this.db.pragma('page_count', { simple: true }) as number) * this.pageSize;
-  }
-
   /**
    * Gives free pages back to the filesystem and truncates the WAL, so that after a backlog drained
    * the database returns near its baseline size. Cheap when there is nothing to give back.

@@ -4,6 +4,10 @@ import { describe, expect, it } from 'vitest';
 import { runFleet } from '../../firmware-sim/fleet.js';
 // @ts-expect-error plain ESM script
 import { freePort } from '../../scripts/kafka.mjs';
+import type { Worker } from 'node:worker_threads';
+import { pino } from 'pino';
+import { parseConfig } from '../../src/config/load.js';
+import { Gateway } from '../../src/gateway.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll } from '../helpers/kafka.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
@@ -55,6 +59,29 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
     } finally {
       gw.child.kill('SIGTERM');
       await gw.exited;
+    }
+  });
+
+  it('the forwarder thread dying is survived: a new one resumes from the checkpoint, exactly once', async () => {
+    const topic = uniqueName('iot.workercrash');
+    const lines: { msg: string }[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const gw = await Gateway.start(parseConfig(testConfig({ dir: tmp(), topic })), { logger, statusIntervalMs: 0 });
+    try {
+      const url = `mqtt://127.0.0.1:${gw.mqttAddress.port}`;
+      const first = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, keepPayloads: true, prefix: 'w1' });
+      await expect.poll(() => gw.status().forwarded, { timeout: 30_000 }).toBe(200);
+      // fault injection: the worker thread is terminated under the gateway's feet
+      await (gw.forwarder as unknown as { worker: Worker }).worker.terminate();
+      const second = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, keepPayloads: true, prefix: 'w2' });
+      await expect.poll(() => gw.status().backlog, { timeout: 30_000 }).toBe(0);
+      expect(lines.some((l) => l.msg.startsWith('forwarder thread exited unexpectedly'))).toBe(true);
+      await expect.poll(() => gw.status().forwarder).toBe('forwarding');
+      const records = await consumeAll(kafkaBrokers(), topic, { expected: 400 });
+      expectExactlyOnce(verifyExactlyOnce(records, [first, second]));
+      expect(records).toHaveLength(400);
+    } finally {
+      await gw.close();
     }
   });
 });
