@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { EdgebridgeError } from '../errors.js';
+import { listen } from '../listen.js';
 
 /** What the admin endpoint reads; the gateway's status() satisfies it. */
 export interface AdminStatus {
@@ -93,19 +93,7 @@ export class AdminServer {
       });
     });
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) =>
-        reject(
-          new EdgebridgeError(
-            'EB_ERR_ADMIN_LISTEN',
-            `cannot listen for the admin endpoint on ${this.options.host}:${this.options.port}: ${err.message}`,
-            { cause: err },
-          ),
-        ),
-      );
-      server.listen(this.options.port, this.options.host, () => resolve());
-    });
-    const address = server.address() as AddressInfo;
+    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_ADMIN_LISTEN', 'the admin endpoint');
     this.options.logger.info({ host: address.address, port: address.port }, 'admin endpoint listening');
     return address;
   }

@@ -28,6 +28,19 @@ const LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fa
   60: 'fatal',
 };
 
+function zeroCounters(): ForwarderCounters {
+  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
+}
+
+function addCounters(a: ForwarderCounters, b: ForwarderCounters): ForwarderCounters {
+  return {
+    forwarded: a.forwarded + b.forwarded,
+    transactions: a.transactions + b.transactions,
+    failures: a.failures + b.failures,
+    skippedByCheckpoint: a.skippedByCheckpoint + b.skippedByCheckpoint,
+  };
+}
+
 /** The compiled worker; when running from TypeScript sources (tests), the build's copy. */
 function workerFile(): URL {
   const beside = new URL('./worker.js', import.meta.url);
@@ -50,7 +63,7 @@ export class ForwarderThread {
   private worker!: Worker;
   private latest: { state: ForwarderState; counters: ForwarderCounters; lastError: string } = {
     state: 'connecting',
-    counters: { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 },
+    counters: zeroCounters(),
     lastError: '',
   };
   private closed: Promise<void> | undefined;
@@ -60,7 +73,7 @@ export class ForwarderThread {
   private restarts = 0;
   private restartTimer: NodeJS.Timeout | undefined;
   /** Counts of the workers that ended, so totals survive a restart. */
-  private carried = { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
+  private carried = zeroCounters();
 
   constructor(private readonly options: ForwarderThreadOptions) {
     this.spawn();
@@ -79,14 +92,8 @@ export class ForwarderThread {
     });
     worker.on('exit', (code) => {
       this.exited = true;
-      const c = this.latest.counters;
-      this.carried = {
-        forwarded: this.carried.forwarded + c.forwarded,
-        transactions: this.carried.transactions + c.transactions,
-        failures: this.carried.failures + c.failures,
-        skippedByCheckpoint: this.carried.skippedByCheckpoint + c.skippedByCheckpoint,
-      };
-      this.latest = { ...this.latest, state: 'stopped', counters: { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 } };
+      this.carried = addCounters(this.carried, this.latest.counters);
+      this.latest = { ...this.latest, state: 'stopped', counters: zeroCounters() };
       this.onClosed?.();
       if (this.closed) return;
       // A crash is a bug, but forwarding must go on: a new worker resumes from the Kafka
@@ -137,13 +144,7 @@ export class ForwarderThread {
   }
 
   get counters(): ForwarderCounters {
-    const c = this.latest.counters;
-    return {
-      forwarded: this.carried.forwarded + c.forwarded,
-      transactions: this.carried.transactions + c.transactions,
-      failures: this.carried.failures + c.failures,
-      skippedByCheckpoint: this.carried.skippedByCheckpoint + c.skippedByCheckpoint,
-    };
+    return addCounters(this.carried, this.latest.counters);
   }
 
   /** Lets the worker finish its transaction in flight (at most `timeoutMs`), then ends it. */

@@ -1,7 +1,8 @@
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { Aedes, type Client, type PublishPacket } from 'aedes';
 import type { Logger } from 'pino';
-import { EdgebridgeError, describeError } from '../errors.js';
+import { describeError, type EdgebridgeError } from '../errors.js';
+import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
 import { dedupMark } from './dedup.js';
 import type { RouteMatch, RouteTable } from './routes.js';
@@ -66,19 +67,7 @@ export class MqttIngress {
     });
     const server = createServer(broker.handle);
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) =>
-        reject(
-          new EdgebridgeError(
-            'EB_ERR_INGRESS_LISTEN',
-            `cannot listen for MQTT on ${this.options.host}:${this.options.port}: ${err.message}`,
-            { cause: err },
-          ),
-        ),
-      );
-      server.listen(this.options.port, this.options.host, () => resolve());
-    });
-    const address = server.address() as AddressInfo;
+    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_INGRESS_LISTEN', 'MQTT');
     logger.info({ host: address.address, port: address.port }, 'mqtt listening');
     return address;
   }

@@ -1,10 +1,12 @@
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createServer, type AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
+import { stringify } from 'yaml';
 import mqtt from 'mqtt';
 import { describe, expect, it } from 'vitest';
-import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { kafkaBrokers, startTestGateway, testConfig, uniqueName } from '../helpers/gateway.js';
 import { waitForTopic } from '../helpers/kafka.js';
 import { CLI } from '../helpers/process.js';
 import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
@@ -52,6 +54,26 @@ describe('edgebridge CLI', () => {
     const missing = await run(['start', '--config', join(tmp(), 'nope.yaml')]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain('EB_ERR_CONFIG_READ');
+  });
+
+  it('start fails with EB_ERR_INGRESS_LISTEN when the MQTT port is taken, and leaves nothing behind', async () => {
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    const port = (blocker.address() as AddressInfo).port;
+    try {
+      const dir = tmp();
+      const file = join(dir, 'busy.yaml');
+      writeFileSync(
+        file,
+        stringify({ ...testConfig({ dir: join(dir, 'data'), topic: 'iot.busy' }), mqtt: { host: '127.0.0.1', port } }),
+      );
+      const { code, stderr } = await run(['start', '--config', file]);
+      expect(code).toBe(1);
+      expect(stderr).toContain('EB_ERR_INGRESS_LISTEN');
+      expect(stderr).toContain(`127.0.0.1:${port}`);
+    } finally {
+      blocker.close();
+    }
   });
 
   it('the Kafka launcher names what to install when java and mvn are missing', async () => {
