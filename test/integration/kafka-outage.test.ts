@@ -81,7 +81,7 @@ describe('kafka outages: the log buffers, the backlog drains exactly once', () =
       [DB_FILE, `${DB_FILE}-wal`].map((f) => join(dir, f)).filter(existsSync).reduce((n, f) => n + statSync(f).size, 0);
     const baseline = fileBytes();
     try {
-      const fleet = runFleet({ url: gw.url, devices: 10, rate: 50, durationSec: 6, qos: 1, payloadBytes: 1000, keepPayloads: true, drainTimeoutMs: 60_000 });
+      const fleet = runFleet({ url: gw.url, devices: 10, rate: 50, durationSec: 8, qos: 1, payloadBytes: 1000, keepPayloads: true, drainTimeoutMs: 60_000 });
       await expect.poll(() => gw.status().holding, { timeout: 15_000 }).toBe(true);
       const heldAt = gw.status();
       expect(heldAt.storageBytes).toBeLessThanOrEqual(3 * 1024 * 1024);
