@@ -83,26 +83,28 @@ function kafkaUuid() {
   return randomBytes(16).toString('base64url');
 }
 
-function writeServerProperties(dataDir, port, controllerPort) {
+function writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication }) {
   const file = join(dataDir, 'server.properties');
   writeFileSync(
     file,
     [
       'process.roles=broker,controller',
-      'node.id=1',
-      `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
+      `node.id=${nodeId}`,
+      `controller.quorum.voters=${voters.map((v) => `${v.nodeId}@127.0.0.1:${v.controllerPort}`).join(',')}`,
       `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
       `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
       'controller.listener.names=CONTROLLER',
       'inter.broker.listener.name=PLAINTEXT',
       'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
       `log.dirs=${join(dataDir, 'logs')}`,
-      // single broker: internal topics cannot be replicated
-      'offsets.topic.replication.factor=1',
+      // internal topics replicated as far as the cluster allows (1 for a single broker)
+      `offsets.topic.replication.factor=${replication}`,
       'offsets.topic.num.partitions=4',
-      'transaction.state.log.replication.factor=1',
-      'transaction.state.log.min.isr=1',
+      `transaction.state.log.replication.factor=${replication}`,
+      `transaction.state.log.min.isr=${Math.min(2, replication)}`,
       'transaction.state.log.num.partitions=4',
+      `default.replication.factor=${replication}`,
+      `min.insync.replicas=${Math.min(2, replication)}`,
       'group.initial.rebalance.delay.ms=0',
       'num.partitions=1',
       'auto.create.topics.enable=false',
@@ -110,6 +112,49 @@ function writeServerProperties(dataDir, port, controllerPort) {
     ].join('\n'),
   );
   return file;
+}
+
+/** Formats (first time only) and spawns one KRaft node; does not wait for it. */
+function launchNode({ lib, dataDir, nodeId, port, controllerPort, voters, clusterId, replication, heap, detached }) {
+  mkdirSync(dataDir, { recursive: true });
+  const props = writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication });
+  const javaBase = ['-cp', join(lib, '*'), `-Dlog4j2.configurationFile=${LOG4J}`];
+  if (!existsSync(join(dataDir, 'logs', 'meta.properties'))) {
+    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', props], {
+      encoding: 'utf8',
+    });
+    if (format.status !== 0) {
+      throw new KafkaSetupError(`formatting the Kafka storage failed:\n${format.stdout}${format.stderr}`);
+    }
+  }
+  const logFile = join(dataDir, 'server.log');
+  const out = openSync(logFile, 'a');
+  const child = spawn(
+    'java',
+    [`-Xmx${heap}`, '-Xms128m', '-XX:+UseG1GC', '-Djava.awt.headless=true', ...javaBase, 'kafka.Kafka', props],
+    { stdio: ['ignore', out, out], detached },
+  );
+  closeSync(out);
+  const node = {
+    nodeId,
+    port,
+    controllerPort,
+    dataDir,
+    logFile,
+    pid: child.pid,
+    exited: false,
+    /** Clean stop (SIGTERM, then SIGKILL after `graceMs`). */
+    stop: (graceMs = 20_000) => stopProcess(child.pid, graceMs, () => node.exited),
+    /** Hard kill, for fault tests. */
+    kill: () => stopProcess(child.pid, 0, () => node.exited),
+  };
+  child.once('exit', () => (node.exited = true));
+  if (detached) child.unref();
+  return node;
+}
+
+function logTail(logFile) {
+  return existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n') : '';
 }
 
 /** Waits until the broker answers metadata requests. */
@@ -143,57 +188,74 @@ export async function waitForKafka(brokers, { timeoutMs = 90_000, isAlive = () =
 export async function startKafka({ dataDir, port, controllerPort, detached = false, heap = '1g' } = {}) {
   const lib = ensureKafkaJars();
   dataDir = resolve(dataDir ?? join(STATE, 'data'));
-  mkdirSync(dataDir, { recursive: true });
   if (port === undefined || controllerPort === undefined) {
     const [a, b] = await freePorts(2);
     port ??= a;
     controllerPort ??= port === b ? a : b;
   }
   if (port === controllerPort) throw new KafkaSetupError(`the broker and controller ports must differ (both ${port})`);
-  const props = writeServerProperties(dataDir, port, controllerPort);
-  const classpath = join(lib, '*');
-  const javaBase = ['-cp', classpath, `-Dlog4j2.configurationFile=${LOG4J}`];
-  if (!existsSync(join(dataDir, 'logs', 'meta.properties'))) {
-    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', '-t', kafkaUuid(), '-c', props], {
-      encoding: 'utf8',
-    });
-    if (format.status !== 0) {
-      throw new KafkaSetupError(`formatting the Kafka storage failed:\n${format.stdout}${format.stderr}`);
-    }
-  }
-  const logFile = join(dataDir, 'server.log');
-  const out = openSync(logFile, 'a');
-  const child = spawn(
-    'java',
-    [`-Xmx${heap}`, '-Xms256m', '-XX:+UseG1GC', '-Djava.awt.headless=true', ...javaBase, 'kafka.Kafka', props],
-    { stdio: ['ignore', out, out], detached },
-  );
-  closeSync(out);
-  let exited = false;
-  child.once('exit', () => (exited = true));
-  const brokers = [`127.0.0.1:${port}`];
-  try {
-    await waitForKafka(brokers, { isAlive: () => !exited });
-  } catch (err) {
-    child.kill('SIGKILL');
-    const tail = existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n') : '';
-    throw new KafkaSetupError(`${err.message}\n--- ${logFile} (last lines) ---\n${tail}`);
-  }
-  if (detached) child.unref();
-  return {
-    brokers,
+  const node = launchNode({
+    lib,
+    dataDir,
+    nodeId: 1,
     port,
     controllerPort,
-    dataDir,
-    pid: child.pid,
-    logFile,
-    /** Clean stop (SIGTERM, then SIGKILL after `graceMs`). */
-    stop: (graceMs = 20_000) => stopProcess(child.pid, graceMs, () => exited),
-    /** Hard kill, for fault tests. */
-    kill: () => stopProcess(child.pid, 0, () => exited),
-    get exited() {
-      return exited;
+    voters: [{ nodeId: 1, controllerPort }],
+    clusterId: kafkaUuid(),
+    replication: 1,
+    heap,
+    detached,
+  });
+  const brokers = [`127.0.0.1:${port}`];
+  try {
+    await waitForKafka(brokers, { isAlive: () => !node.exited });
+  } catch (err) {
+    await node.kill();
+    throw new KafkaSetupError(`${err.message}\n--- ${node.logFile} (last lines) ---\n${logTail(node.logFile)}`);
+  }
+  return { ...node, brokers, get exited() { return node.exited; } };
+}
+
+/**
+ * A cluster of `size` combined KRaft nodes on 127.0.0.1 (replication factor and min ISR set for
+ * it), for broker-failover tests. Each node can be killed and restarted with its data.
+ */
+export async function startKafkaCluster({ baseDir, size = 3, heap = '384m' }) {
+  const lib = ensureKafkaJars();
+  const ports = await freePorts(size * 2);
+  const clusterId = kafkaUuid();
+  const voters = Array.from({ length: size }, (_, i) => ({ nodeId: i + 1, port: ports[2 * i], controllerPort: ports[2 * i + 1] }));
+  const replication = Math.min(3, size);
+  const spec = (v) => ({ lib, dataDir: join(resolve(baseDir), `node-${v.nodeId}`), ...v, voters, clusterId, replication, heap, detached: false });
+  const nodes = new Map(voters.map((v) => [v.nodeId, launchNode(spec(v))]));
+  const brokers = voters.map((v) => `127.0.0.1:${v.port}`);
+  const waitAll = async (ids) => {
+    for (const id of ids) {
+      const node = nodes.get(id);
+      try {
+        await waitForKafka([`127.0.0.1:${node.port}`], { isAlive: () => !node.exited });
+      } catch (err) {
+        throw new KafkaSetupError(`${err.message}\n--- ${node.logFile} (last lines) ---\n${logTail(node.logFile)}`);
+      }
+    }
+  };
+  try {
+    await waitAll([...nodes.keys()]);
+  } catch (err) {
+    await Promise.all([...nodes.values()].map((n) => n.kill()));
+    throw err;
+  }
+  return {
+    brokers,
+    nodeIds: [...nodes.keys()],
+    kill: (id) => nodes.get(id).kill(),
+    async restart(id) {
+      const v = voters.find((x) => x.nodeId === id);
+      await nodes.get(id).kill();
+      nodes.set(id, launchNode(spec(v)));
+      await waitAll([id]);
     },
+    stop: () => Promise.all([...nodes.values()].map((n) => n.stop(5000))),
   };
 }
 
