@@ -96,7 +96,10 @@ program
     }) => {
       try {
         const brokers = opts.brokers
-          ? opts.brokers.split(',').map((b) => b.trim())
+          ? opts.brokers
+              .split(',')
+              .map((b) => b.trim())
+              .filter((b) => b.length > 0)
           : [...loadConfig(opts.config).kafka.brokers];
         const abort = new AbortController();
         process.once('SIGINT', () => abort.abort());

@@ -7,6 +7,7 @@ export const ERROR_CODES = {
   EB_ERR_CONFIG_READ: { retryable: false, summary: 'the config file could not be read or parsed as YAML' },
   EB_ERR_CONFIG_INVALID: { retryable: false, summary: 'the config does not match the schema (the message names the key path)' },
   EB_ERR_LOG_OPEN: { retryable: false, summary: 'the commit log database could not be opened or created' },
+  EB_ERR_LOG_LOCKED: { retryable: false, summary: 'another edgebridge process uses this storage.dir' },
   EB_ERR_LOG_CORRUPT: { retryable: false, summary: 'the commit log database is corrupt; it was moved aside' },
   EB_ERR_LOG_WRITE: { retryable: true, summary: 'a write to the commit log failed (disk full, I/O error); nothing was acknowledged' },
   EB_ERR_LOG_CLOSED: { retryable: false, summary: 'the commit log is closed (the gateway is shutting down)' },

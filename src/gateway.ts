@@ -7,6 +7,7 @@ import { ForwarderThread } from './forward/forwarder-thread.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
 import { CommitLog } from './log/commit-log.js';
+import { lockStorageDir, type DirLock } from './log/dir-lock.js';
 import { GroupCommit } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
 import { createLogger } from './logger.js';
@@ -59,6 +60,7 @@ export class Gateway {
     private readonly ingress: MqttIngress,
     readonly mqttAddress: AddressInfo,
     private readonly admin: AdminServer | undefined,
+    private readonly lock: DirLock,
     /** Where /healthz, /status and /metrics are served (undefined when admin.enabled is false). */
     readonly adminAddress: AddressInfo | undefined,
     statusIntervalMs: number,
@@ -72,19 +74,26 @@ export class Gateway {
   static async start(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
     const logger = options.logger ?? createLogger(config.log.level);
     const routes = new RouteTable(config.routes);
-    const log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous });
+    const lock = lockStorageDir(config.storage.dir);
+    let log: CommitLog;
+    try {
+      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous });
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
     logger.info(
       { file: log.file, lastOffset: log.lastOffset, logId: log.logId, synchronous: config.storage.synchronous },
       'commit log open',
     );
     const forwardPosition = () => log.position(FORWARD_POSITION);
 
-    // The forwarder and the group commit wake each other: one of them is referenced before it exists.
-    let groupCommit: GroupCommit;
-    const forwarder = new ForwarderThread({ config, logger, onRemoved: () => groupCommit.release() });
-    groupCommit = new GroupCommit(log, {
+    // The forwarder starts only once the listeners are bound: a second instance started by
+    // mistake (its port taken) must not fence the running gateway's Kafka producer on its way out.
+    let forwarder: ForwarderThread | undefined;
+    const groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
-      onCommit: (lastOffset) => forwarder.notify(lastOffset),
+      onCommit: (lastOffset) => forwarder?.notify(lastOffset),
       storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition },
       logger: logger.child({ stage: 'log' }),
     });
@@ -120,11 +129,14 @@ export class Gateway {
       }
     } catch (err) {
       await ingress.close();
+      groupCommit.close();
       retention.close();
-      await forwarder.close(1000);
       log.close();
+      lock.release();
       throw err;
     }
+    // Appends committed before this point are found by the worker when it opens the log.
+    forwarder = new ForwarderThread({ config, logger, onRemoved: () => groupCommit.release() });
     logger.info(
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
@@ -139,6 +151,7 @@ export class Gateway {
       ingress,
       address,
       admin,
+      lock,
       adminAddress,
       options.statusIntervalMs ?? 60_000,
     );
@@ -184,6 +197,7 @@ export class Gateway {
     await this.forwarder.close();
     const final = { lastOffset: this.log.lastOffset, backlog: this.backlog() };
     this.log.close();
+    this.lock.release();
     this.logger.info(final, 'gateway stopped');
   }
 }

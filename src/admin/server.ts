@@ -93,7 +93,9 @@ export class AdminServer {
       });
     });
     this.server = server;
-    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_ADMIN_LISTEN', 'the admin endpoint');
+    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_ADMIN_LISTEN', 'the admin endpoint', (err) =>
+      this.options.logger.error({ err: err.message }, 'admin endpoint error'),
+    );
     this.options.logger.info({ host: address.address, port: address.port }, 'admin endpoint listening');
     return address;
   }

@@ -41,6 +41,11 @@ const dedup = z
     fields: z.array(z.string().min(1)).default(['bootId', 'seq']),
     /** How long a reading's identity is remembered. */
     window: duration(1000).default(24 * 3600e3),
+    /**
+     * How long a packet is remembered for DUP-only dedup (payloads without identity fields).
+     * Short, because packet ids are reused: a retransmit comes within a reconnect, not a day later.
+     */
+    retransmitWindow: duration(1000).default(600_000),
   })
   .prefault({});
 
@@ -49,7 +54,9 @@ const route = z
     mqtt: z.string().min(1),
     kafka: kafkaTopicName,
     /** Drop device retransmits and firmware replays; `false` turns it off for this route. */
-    dedup: z.union([z.literal(false), dedup]).default(() => ({ fields: ['bootId', 'seq'], window: 24 * 3600e3 })),
+    dedup: z
+      .union([z.literal(false), dedup])
+      .default(() => ({ fields: ['bootId', 'seq'], window: 24 * 3600e3, retransmitWindow: 600_000 })),
     /** Keep only the latest not-yet-forwarded message per device (state-like topics). */
     compact: z.boolean().default(false),
   })
@@ -77,7 +84,7 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   kafka: z.strictObject({
-    brokers: z.array(z.string().regex(/^[^\s:]+:\d{1,5}$/, 'must be host:port')).min(1),
+    brokers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be host:port (IPv6 as [addr]:port)')).min(1),
     clientId: z.string().min(1).optional(),
     connectionTimeoutMs: z.number().int().positive().default(3000),
     requestTimeoutMs: z.number().int().positive().default(30000),
@@ -140,7 +147,18 @@ export const configSchema = z.strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     })
     .prefault({}),
-});
+})
+  .superRefine((config, ctx) => {
+    // A record larger than a transaction may hold could never be forwarded and would block the
+    // log behind it: refuse such publishes at the door instead.
+    if (config.mqtt.maxPayloadBytes > config.forward.batchMaxBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['mqtt', 'maxPayloadBytes'],
+        message: `must not exceed forward.batchMaxBytes (${config.forward.batchMaxBytes}), itself below the broker's message.max.bytes`,
+      });
+    }
+  });
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;

@@ -15,6 +15,8 @@ export interface ForwardSource {
   commitPosition(name: string, offset: number): void;
   removeThrough(offset: number): number;
   shrink(): void;
+  /** The highest offset the log has handed out, read from the database now. */
+  highestOffset(): number;
 }
 
 export interface ForwarderOptions {
@@ -45,7 +47,7 @@ export interface ForwarderCounters {
 export const FORWARD_POSITION = 'forward';
 /** Where in the checkpoint partition this gateway's last checkpoint record was (a read hint). */
 export const CHECKPOINT_KAFKA_OFFSET = 'checkpoint-kafka-offset';
-const REMOVE_EVERY_RECORDS = 50_000;
+const REMOVE_EVERY_RECORDS = 20_000;
 const REMOVE_EVERY_MS = 1_000;
 
 /**
@@ -71,6 +73,7 @@ export class Forwarder {
   private removedThrough = 0;
   private lastRemoveAt = 0;
   private needsShrink = false;
+  private suspectTwin = false;
   private lastCommitAt = 0;
 
   constructor(
@@ -108,13 +111,19 @@ export class Forwarder {
   }
 
   /**
-   * Connects (fencing earlier producers) and moves the local position to the committed
-   * checkpoint of this log, if Kafka has one.
+   * Connects (fencing earlier producers), moves the local position to the committed checkpoint
+   * of this log, and commits a checkpoint at once, so the gateway's claim on its id is visible.
+   * Returns false when the checkpoint shows another gateway forwarding under this id.
    */
-  async connect(): Promise<void> {
+  async connect(): Promise<boolean> {
     const hint = this.source.position(CHECKPOINT_KAFKA_OFFSET);
     const checkpoint = await this.sink.connect(hint > 0 ? hint : undefined);
+    if (this.suspectTwin && checkpoint && checkpoint.logId !== this.source.logId) return false;
     this.alignTo(checkpoint);
+    const position = this.source.position(FORWARD_POSITION);
+    const claimed = await this.sink.send([], { logId: this.source.logId, offset: position });
+    if (claimed !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, claimed);
+    return true;
   }
 
   private alignTo(checkpoint: Checkpoint | undefined): void {
@@ -129,20 +138,34 @@ export class Forwarder {
       );
       return;
     }
-    if (checkpoint.kafkaOffset !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, checkpoint.kafkaOffset);
-    if (checkpoint.offset === local) return;
-    if (checkpoint.offset > local) {
-      // Kafka committed records the local position had not caught up with (a crash or a lost
-      // commit response): they must not be sent again.
-      this.counters.skippedByCheckpoint += Math.max(0, Math.min(checkpoint.offset, this.source.lastOffset) - local);
-      logger.info({ position: local, checkpoint: checkpoint.offset }, 'resuming after the checkpoint committed in Kafka');
-    } else {
-      logger.warn(
-        { position: local, checkpoint: checkpoint.offset },
-        'the checkpoint in Kafka is behind the local position (Kafka lost committed data?): re-sending what the log still holds',
-      );
+    if (checkpoint.offset <= local) {
+      // The local position only ever advances after Kafka committed, so it is a safe lower bound;
+      // a lower checkpoint means Kafka lost committed data or the checkpoint topic was reset.
+      // Moving back would send records twice, so the gateway keeps its position and says so.
+      if (checkpoint.offset < local) {
+        logger.warn(
+          { position: local, checkpoint: checkpoint.offset },
+          'the checkpoint in Kafka is behind the local position (Kafka lost committed data, or the checkpoint topic was reset): keeping the local position',
+        );
+      }
+      return;
     }
-    this.source.commitPosition(FORWARD_POSITION, checkpoint.offset);
+    // Kafka committed records the local position had not caught up with (a crash or a lost
+    // commit response): they must not be sent again. But never past the log's own end: if the
+    // log lost records after they were forwarded (a power cut with synchronous: normal, or a
+    // restored backup), new records reuse those offsets and must still go out.
+    const end = this.source.highestOffset();
+    const target = Math.min(checkpoint.offset, end);
+    if (checkpoint.offset > end) {
+      logger.warn(
+        { checkpoint: checkpoint.offset, logEnd: end },
+        'the commit log ends before its checkpoint in Kafka: records were lost locally after they were forwarded (power cut with storage.synchronous: normal, or a restored backup); continuing from the end of the log',
+      );
+    } else {
+      logger.info({ position: local, checkpoint: checkpoint.offset }, 'resuming after the checkpoint committed in Kafka');
+    }
+    this.counters.skippedByCheckpoint += Math.max(0, target - local);
+    this.source.commitPosition(FORWARD_POSITION, target);
   }
 
   /**
@@ -225,8 +248,12 @@ export class Forwarder {
     while (!this.stopping) {
       try {
         if (!connected) {
-          await this.connect();
+          if (!(await this.connect())) {
+            await this.setFenced('the checkpoint in Kafka was written by another gateway with this gateway.id');
+            break;
+          }
           connected = true;
+          this.suspectTwin = false;
         }
         const sent = await this.drainOnce();
         if (this.stateValue !== 'forwarding') this.setState('forwarding');
@@ -246,10 +273,16 @@ export class Forwarder {
         connected = false;
         await this.sink.reset();
         if (isFencedError(err)) {
-          this.troubleSince = Date.now();
-          this.setState('fenced', { err: this.lastError });
-          await this.idleWhileFenced();
-          break;
+          // Kafka also bumps the producer epoch when a transaction outlives transactionTimeoutMs,
+          // so one fence is only a suspicion: reconnect and read the checkpoint. A checkpoint from
+          // another log, or a second fence before any commit succeeds, means a twin gateway.
+          if (this.suspectTwin) {
+            await this.setFenced(this.lastError);
+            break;
+          }
+          this.suspectTwin = true;
+          this.options.logger.warn({ err: this.lastError }, 'producer fenced: checking whether another gateway uses this gateway.id');
+          continue;
         }
         if (this.stateValue !== 'retrying') {
           this.troubleSince = Date.now();
@@ -261,6 +294,13 @@ export class Forwarder {
         await this.sleep(backoffDelay(attempt++, this.options.retry.initialMs, this.options.retry.maxMs), false);
       }
     }
+  }
+
+  private async setFenced(reason: string): Promise<void> {
+    this.troubleSince = Date.now();
+    this.setState('fenced', { err: reason });
+    await this.sink.reset();
+    await this.idleWhileFenced();
   }
 
   /** A fenced gateway must not retry (it would fence the other one in turn): it only reports. */

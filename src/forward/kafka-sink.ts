@@ -120,31 +120,30 @@ export class KafkaSink implements RecordSink {
     }
   }
 
-  /** Reads this gateway's latest committed checkpoint (read_committed), up to the current end. */
+  /**
+   * Reads this gateway's latest committed checkpoint. The checkpoint partition is shared by every
+   * gateway, so its last stable offset can lag behind while another gateway's transaction is open:
+   * a read that stopped there could miss this gateway's newest checkpoint. So the read first
+   * commits a probe record (key `<gateway.id>#probe`, so compaction never replaces a checkpoint
+   * with it) into the same partition, then reads with read_committed until the probe is seen:
+   * by then every transaction before it has been resolved, and the checkpoint found is the latest.
+   */
   private async readCheckpoint(hint?: number): Promise<Checkpoint | undefined> {
     const { kafka, checkpointTopic, gatewayId } = this.options;
     const admin = kafka.admin();
     await admin.connect();
     let partition: number;
-    let low: number;
-    let high: number;
     try {
       const meta = await admin.fetchTopicMetadata({ topics: [checkpointTopic] });
-      const partitionMetadata = meta.topics[0]!.partitions;
       partition = Partitioners.DefaultPartitioner()({
         topic: checkpointTopic,
-        partitionMetadata,
+        partitionMetadata: meta.topics[0]!.partitions,
         message: { key: gatewayId, value: null },
       });
-      const offsets = await admin.fetchTopicOffsets(checkpointTopic);
-      const p = offsets.find((o) => o.partition === partition)!;
-      low = Number(p.low);
-      high = Number(p.high);
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
-    if (high <= low) return undefined;
-    const from = hint !== undefined && hint >= low && hint < high ? hint : low;
+    const probeOffset = await this.commitProbe(partition);
 
     const consumer = kafka.consumer({
       // A fresh group per read: nothing is committed, and a stale member of a killed process
@@ -158,21 +157,22 @@ export class KafkaSink implements RecordSink {
     try {
       await consumer.connect();
       await consumer.subscribe({ topic: checkpointTopic, fromBeginning: true });
-      const reachedEnd = new Promise<void>((resolve) => {
-        consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
-          if (payload.partition === partition && Number(payload.lastOffset) >= high - 1) resolve();
-        });
-      });
+      let probeSeen: () => void = () => undefined;
+      const reachedProbe = new Promise<void>((resolve) => (probeSeen = resolve));
       await consumer.run({
         autoCommit: false,
         eachMessage: async ({ partition: p, message }) => {
-          if (p !== partition || message.key?.toString() !== gatewayId || !message.value) return;
+          if (p !== partition) return;
+          if (Number(message.offset) >= probeOffset) probeSeen();
+          if (message.key?.toString() !== gatewayId || !message.value) return;
           const parsed = parseCheckpoint(message.value);
-          if (parsed) latest = { ...parsed, kafkaOffset: Number(message.offset) };
+          if (parsed && Number(message.offset) < probeOffset) latest = { ...parsed, kafkaOffset: Number(message.offset) };
         },
       });
-      consumer.seek({ topic: checkpointTopic, partition, offset: String(from) });
-      const timeoutMs = this.options.checkpointReadTimeoutMs ?? 60_000;
+      // Start near the last checkpoint this log knows of; an offset compacted away falls back
+      // to the earliest one.
+      if (hint !== undefined && hint < probeOffset) consumer.seek({ topic: checkpointTopic, partition, offset: String(hint) });
+      const timeoutMs = this.options.checkpointReadTimeoutMs ?? this.options.transactionTimeoutMs + 30_000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<never>((_, reject) => {
         timer = setTimeout(
@@ -181,7 +181,7 @@ export class KafkaSink implements RecordSink {
         );
       });
       try {
-        await Promise.race([reachedEnd, timedOut]);
+        await Promise.race([reachedProbe, timedOut]);
       } finally {
         clearTimeout(timer);
       }
@@ -189,6 +189,28 @@ export class KafkaSink implements RecordSink {
       await consumer.disconnect().catch(() => undefined);
     }
     return latest;
+  }
+
+  /** Commits the probe record in its own transaction; returns its offset. */
+  private async commitProbe(partition: number): Promise<number> {
+    if (!this.producer) throw new Error('kafka sink is not connected');
+    const txn = await this.producer.transaction();
+    try {
+      const [result] = await txn.sendBatch({
+        acks: -1,
+        topicMessages: [
+          {
+            topic: this.options.checkpointTopic,
+            messages: [{ key: `${this.options.gatewayId}#probe`, value: JSON.stringify({ probe: Date.now() }), partition }],
+          },
+        ],
+      });
+      await txn.commit();
+      return Number(result!.baseOffset);
+    } catch (err) {
+      if (txn.isActive()) await txn.abort().catch(() => undefined);
+      throw err;
+    }
   }
 
   async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined> {

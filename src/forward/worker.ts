@@ -40,6 +40,7 @@ function main(cfg: Config): void {
     commitPosition: (name, offset) => log.commitPosition(name, offset),
     removeThrough: (offset) => log.removeThrough(offset),
     shrink: () => log.shrink(),
+    highestOffset: () => log.highestOffset(),
   };
   const sink = new KafkaSink({
     kafka: createKafka({

@@ -5,6 +5,7 @@ import type { CompiledRoute } from './routes.js';
 /** Payloads larger than this are not parsed for identity fields (only DUP dedup applies). */
 const MAX_PARSE_BYTES = 64 * 1024;
 const OPEN_BRACE = 0x7b;
+const DEFAULT_RETRANSMIT_WINDOW_MS = 600_000;
 
 export interface PublishIdentity {
   readonly clientId: string | undefined;
@@ -78,6 +79,8 @@ export function dedupMark(route: CompiledRoute, deviceId: string, publish: Publi
       payloadHash,
     ]),
     mode: publish.dup ? 'check' : 'remember',
-    windowMs: config.window,
+    // Packet ids are reused (often from 1 after a reconnect) and constant payloads are common:
+    // remembered for a day, a later message's own retransmit could be mistaken for an old one.
+    windowMs: Math.min(config.window, config.retransmitWindow ?? DEFAULT_RETRANSMIT_WINDOW_MS),
   };
 }

@@ -34,9 +34,7 @@ export interface IngressCounters {
 
 const SYS_PREFIX = '$SYS/';
 
-interface IncomingStore {
-  incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
-}
+
 
 /**
  * The MQTT listener (aedes, MQTT 3.1.1, QoS 0/1/2). A publish that matches a route is appended to
@@ -67,7 +65,9 @@ export class MqttIngress {
     });
     const server = createServer(broker.handle);
     this.server = server;
-    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_INGRESS_LISTEN', 'MQTT');
+    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_INGRESS_LISTEN', 'MQTT', (err) =>
+      logger.error({ err: describeError(err) }, 'mqtt listener error'),
+    );
     logger.info({ host: address.address, port: address.port }, 'mqtt listening');
     return address;
   }
@@ -103,17 +103,16 @@ export class MqttIngress {
     }
     // aedes calls this hook for every PUBLISH, including a QoS 2 retransmission of a packet whose
     // PUBREC was lost. That packet is already in the log: store it once [MQTT-4.3.3-2].
-    if (packet.qos === 2 && packet.dup && client !== null && this.broker) {
-      // aedes exposes its persistence at run time but not in its type declarations.
-      const persistence = (this.broker as unknown as { persistence: IncomingStore }).persistence;
-      persistence.incomingGetPacket(client, packet).then(
-        () => {
-          this.counters.qos2Duplicates++;
-          callback(null);
-        },
-        () => this.append(match, client, packet, callback),
-      );
-      return;
+    // The check must be synchronous: an asynchronous lookup would let later packets of the same
+    // socket read be appended first, out of order. aedes keeps the ids of stored QoS 2 packets
+    // awaiting PUBREL in a per-client Set (not in its type declarations).
+    if (packet.qos === 2 && packet.dup && client !== null) {
+      const awaitingPubrel = (client as unknown as { _inboundInflight?: Set<number> })._inboundInflight;
+      if (packet.messageId !== undefined && awaitingPubrel?.has(packet.messageId)) {
+        this.counters.qos2Duplicates++;
+        callback(null);
+        return;
+      }
     }
     this.append(match, client, packet, callback);
   }

@@ -6,6 +6,7 @@
 export interface RouteDedup {
   readonly fields: readonly string[];
   readonly window: number;
+  readonly retransmitWindow?: number;
 }
 
 export interface RouteSpec {

@@ -83,6 +83,8 @@ const MIGRATIONS: readonly string[] = [
 export const DB_FILE = 'edgebridge.db';
 /** The WAL is truncated back to this after checkpoints, so a drained log returns near baseline. */
 const JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024;
+/** Offsets removed per delete statement (see removeThrough). */
+const REMOVE_CHUNK = 5000;
 
 interface RecordRow {
   log_offset: number;
@@ -192,7 +194,13 @@ export class CommitLog {
       dropOldest: db.prepare(
         'DELETE FROM records WHERE log_offset IN (SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?)',
       ),
-      dropExpired: db.prepare('DELETE FROM records WHERE log_offset > ? AND received_at < ?'),
+      // Looks at the oldest unforwarded records only (offsets follow arrival), so a large backlog
+      // costs a bounded scan per run rather than a full one.
+      dropExpired: db.prepare(
+        `DELETE FROM records WHERE log_offset IN (
+           SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT 10000
+         ) AND received_at < ?`,
+      ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
       read: reader.prepare(
         `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
@@ -204,6 +212,7 @@ export class CommitLog {
       ),
       removeThrough: reader.prepare('DELETE FROM records WHERE log_offset <= ?'),
       counts: reader.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
+      firstOffset: reader.prepare('SELECT min(log_offset) FROM records').pluck(),
       pendingCount: reader.prepare('SELECT count(*) FROM records WHERE log_offset > ?').pluck(),
     };
   }
@@ -280,10 +289,19 @@ export class CommitLog {
     this.stmts.setPosition.run(name, offset);
   }
 
-  /** Removes the records up to and including `offset` (already forwarded); returns how many. */
+  /**
+   * Removes the records up to and including `offset` (already forwarded); returns how many.
+   * Deletes in chunks, each its own short transaction, so appends from the other thread are not
+   * held up behind one long delete.
+   */
   removeThrough(offset: number): number {
     this.assertOpen();
-    return this.stmts.removeThrough.run(offset).changes;
+    let removed = 0;
+    for (;;) {
+      const first = this.stmts.firstOffset.get() as number | null;
+      if (first === null || first === undefined || first > offset) return removed;
+      removed += this.stmts.removeThrough.run(Math.min(offset, first + REMOVE_CHUNK - 1)).changes;
+    }
   }
 
   /** Drops up to `count` of the oldest records after `position` (overflow: drop-oldest). */
@@ -322,7 +340,7 @@ export class CommitLog {
    * Gives free pages back to the filesystem and truncates the WAL, so that after a backlog drained
    * the database returns near its baseline size. Cheap when there is nothing to give back.
    */
-  shrink(maxPages = 4096): void {
+  shrink(maxPages = 1024): void {
     this.assertOpen();
     const free = this.db.pragma('freelist_count', { simple: true }) as number;
     if (free > 0) this.db.pragma(`incremental_vacuum(${Math.min(free, maxPages)})`);
@@ -337,6 +355,12 @@ export class CommitLog {
 
   get lastOffset(): number {
     return this.lastOffsetCache;
+  }
+
+  /** The highest offset handed out, read from the database now (other connections included). */
+  highestOffset(): number {
+    this.assertOpen();
+    return (this.stmts.lastSeq.get() as number | undefined) ?? 0;
   }
 
   stats(positionName = 'forward'): CommitLogStats {

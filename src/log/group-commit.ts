@@ -61,6 +61,7 @@ export class GroupCommit implements AppendSink {
   private readonly maxBatch: number;
   private closed = false;
   private fullSince = 0;
+  private lastAdmitErrorAt = 0;
 
   constructor(
     private readonly log: CommitLog,
@@ -100,17 +101,17 @@ export class GroupCommit implements AppendSink {
   flush(): void {
     this.scheduled = false;
     while (this.pending.length > 0 && !this.holdTimer) {
-      const group = this.pending.slice(0, this.maxBatch);
-      if (!this.makeRoom(group)) {
+      const admitted = this.admit(this.pending.slice(0, this.maxBatch));
+      if (admitted === 0) {
         this.hold();
         return;
       }
-      this.pending.splice(0, group.length);
+      const group = this.pending.splice(0, admitted);
       let results: AppendResult[];
       try {
         results = this.log.append(group.map((p) => p.entry));
       } catch (err) {
-        for (const p of group) p.done(err as Error);
+        for (const p of group) this.settle(p, err as Error);
         continue;
       }
       this.counters.groups++;
@@ -123,10 +124,19 @@ export class GroupCommit implements AppendSink {
           last = r;
           stored++;
         }
-        group[i]!.done(null, r);
+        this.settle(group[i]!, null, r);
       }
       this.counters.appended += stored;
       if (stored > 0) this.options.onCommit?.(last, stored);
+    }
+  }
+
+  /** Calls back one append; a throwing callback must not take the other appends down with it. */
+  private settle(p: Pending, err: Error | null, result?: AppendResult): void {
+    try {
+      p.done(err, result);
+    } catch (callbackErr) {
+      this.options.logger?.error({ err: describeError(callbackErr) }, 'append callback threw');
     }
   }
 
@@ -135,39 +145,57 @@ export class GroupCommit implements AppendSink {
     this.holdTimer.unref();
   }
 
-  /** Whether the group fits under storage.maxBytes, after applying the overflow policy. */
-  private makeRoom(group: readonly Pending[]): boolean {
+  /**
+   * How many entries from the head of `group` fit under storage.maxBytes, after applying the
+   * overflow policy. A burst larger than the room left is split rather than held whole, so
+   * ingest stalls only while not even one record fits.
+   */
+  private admit(group: readonly Pending[]): number {
     const storage = this.options.storage;
-    if (!storage || this.log.isClosed) return true;
-    const need = group.reduce((n, p) => n + p.entry.payload.length + p.entry.mqttTopic.length + 96, 0);
-    const fits = (): boolean => this.log.usedBytes() + need <= storage.maxBytes;
-    if (fits()) {
-      this.setFull(false);
-      return true;
-    }
+    if (!storage || this.log.isClosed) return group.length;
     try {
-      if (storage.overflow === 'drop-oldest') {
-        const position = storage.forwardPosition();
-        for (let round = 0; round < 64 && !fits(); round++) {
-          const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
-          if (dropped === 0) break;
-          this.counters.droppedOverflow += dropped;
+      const sizes = group.map((p) => p.entry.payload.length + p.entry.mqttTopic.length + 96);
+      const room = (): number => storage.maxBytes - this.log.usedBytes();
+      const fitting = (): number => {
+        let left = room();
+        let n = 0;
+        while (n < sizes.length && left >= sizes[n]!) left -= sizes[n++]!;
+        return n;
+      };
+      let n = fitting();
+      if (n < group.length) {
+        const need = sizes.reduce((a, b) => a + b, 0);
+        if (storage.overflow === 'drop-oldest') {
+          const position = storage.forwardPosition();
+          for (let round = 0; round < 64 && room() < need; round++) {
+            const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
+            if (dropped === 0) break;
+            this.counters.droppedOverflow += dropped;
+          }
         }
+        // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
+        // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
+        for (let round = 0; round < 64 && room() < need; round++) {
+          if (storage.overflow === 'backpressure' && this.log.pendingAfter(storage.forwardPosition()) > 0) break;
+          const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
+          if (evicted === 0) break;
+          this.counters.dedupEvicted += evicted;
+        }
+        n = fitting();
       }
-      // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
-      // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
-      for (let round = 0; round < 64 && !fits(); round++) {
-        if (this.log.pendingAfter(storage.forwardPosition()) > 0 && storage.overflow === 'backpressure') break;
-        const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
-        if (evicted === 0) break;
-        this.counters.dedupEvicted += evicted;
-      }
+      // Hysteresis: "full" starts when nothing fits and ends below 90 % of maxBytes, so a log
+      // hovering at its limit does not log a pair of lines per removal.
+      if (n === 0) this.setFull(true);
+      else if (this.fullSince !== 0 && room() >= storage.maxBytes * 0.1) this.setFull(false);
+      return n;
     } catch (err) {
-      this.options.logger?.error({ err: describeError(err) }, 'making room in the commit log failed');
+      const now = Date.now();
+      if (now - this.lastAdmitErrorAt > 60_000) {
+        this.lastAdmitErrorAt = now;
+        this.options.logger?.error({ err: describeError(err) }, 'checking the commit log size failed; appending anyway');
+      }
+      return group.length;
     }
-    const ok = fits();
-    this.setFull(!ok);
-    return ok;
   }
 
   private setFull(full: boolean): void {
@@ -197,6 +225,6 @@ export class GroupCommit implements AppendSink {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
     this.closed = true;
-    for (const p of this.pending.splice(0)) p.done(new Error('the gateway is shutting down; the message was not stored'));
+    for (const p of this.pending.splice(0)) this.settle(p, new Error('the gateway is shutting down; the message was not stored'));
   }
 }

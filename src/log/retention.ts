@@ -40,7 +40,11 @@ export class Retention {
     if (this.log.isClosed) return;
     const { logger, groupCounters } = this.options;
     try {
-      const expired = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs);
+      let expired = 0;
+      for (let round = 0, n = 1; n > 0 && round < 10; round++) {
+        n = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs);
+        expired += n;
+      }
       if (expired > 0) {
         this.counters.droppedExpired += expired;
         logger.warn(

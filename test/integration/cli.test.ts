@@ -76,6 +76,19 @@ describe('edgebridge CLI', () => {
     }
   });
 
+  it('a second gateway on the same storage.dir is refused with EB_ERR_LOG_LOCKED', async () => {
+    const dir = tmp();
+    const running = await startTestGateway({ dir: join(dir, 'data'), topic: 'iot.locked' });
+    cleanup(() => running.close());
+    const file = join(dir, 'second.yaml');
+    writeFileSync(file, stringify(testConfig({ dir: join(dir, 'data'), topic: 'iot.locked' })));
+    const { code, stderr } = await run(['start', '--config', file]);
+    expect(code).toBe(1);
+    expect(stderr).toContain('EB_ERR_LOG_LOCKED');
+    expect(stderr).toContain(join(dir, 'data'));
+    expect(running.status().forwarder).not.toBe('fenced');
+  });
+
   it('the Kafka launcher names what to install when java and mvn are missing', async () => {
     const script = join(import.meta.dirname, '..', '..', 'scripts', 'kafka.mjs');
     const result = await exec(process.execPath, [script, 'jars'], { env: { PATH: '/nonexistent' } }).then(

@@ -50,7 +50,7 @@ describe('config', () => {
       {
         mqtt: 'devices/{deviceId}/telemetry/#',
         kafka: 'iot.telemetry',
-        dedup: { fields: ['bootId', 'seq'], window: 86400e3 },
+        dedup: { fields: ['bootId', 'seq'], window: 86400e3, retransmitWindow: 600e3 },
         compact: false,
       },
     ]);
@@ -69,10 +69,22 @@ describe('config', () => {
     );
     expect(config.storage.maxBytes).toBe(512e6);
     expect(config.storage.maxAge).toBe(36 * 3600e3);
-    expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], window: 90 * 60e3 });
+    expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], window: 90 * 60e3, retransmitWindow: 600e3 });
     expect(config.routes[1]).toMatchObject({ dedup: false, compact: true });
     const err = errorOf(() => loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: lots')), {}));
     expect(err.message).toMatch(/storage\.maxBytes: must be a size/);
+  });
+
+  it('refuses a payload limit above what one Kafka transaction may carry', () => {
+    const err = errorOf(() =>
+      loadConfig(write(MINIMAL.replace('port: 1883', 'port: 1883\n  maxPayloadBytes: 2MB')), {}),
+    );
+    expect(err.message).toContain('mqtt.maxPayloadBytes: must not exceed forward.batchMaxBytes');
+  });
+
+  it('accepts IPv6 brokers in brackets', () => {
+    const config = loadConfig(write(MINIMAL.replace('["127.0.0.1:9092"]', '["[::1]:9092", "kafka-1.site:9092"]')), {});
+    expect(config.kafka.brokers).toEqual(['[::1]:9092', 'kafka-1.site:9092']);
   });
 
   it('freezes the result', () => {

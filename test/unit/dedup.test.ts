@@ -45,6 +45,10 @@ describe('dedup identity', () => {
     expect(first.mode).toBe('remember');
     expect(retransmit.mode).toBe('check');
     expect(first.key.equals(retransmit.key)).toBe(true);
+    // packet ids are reused: DUP-only keys are remembered for the short retransmit window
+    const dayRoute = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: { fields: ['seq'], window: 86400e3, retransmitWindow: 30_000 } });
+    expect(dedupMark(dayRoute, 'd1', publish('21.5'))!.windowMs).toBe(30_000);
+    expect(dedupMark(dayRoute, 'd1', publish('{"seq":1}'))!.windowMs).toBe(86400e3);
     expect(dedupMark(route, 'd1', publish('21.5', { messageId: 8 }))!.key.equals(first.key)).toBe(false);
     expect(dedupMark(route, 'd1', publish('{"other":1}'))!.mode).toBe('remember');
     expect(dedupMark(route, 'd1', publish('21.5', { qos: 0, messageId: undefined }))).toBeUndefined();

@@ -23,18 +23,24 @@ class MemorySink implements RecordSink {
     this.connects++;
     return this.checkpoint;
   }
+  checkpointWrites = 0;
+  fenceNext = 0;
   async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number> {
+    if (this.fenceNext > 0) {
+      this.fenceNext--;
+      throw Object.assign(new Error('Producer attempted an operation with an old epoch'), { type: 'INVALID_PRODUCER_EPOCH' });
+    }
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error('broker not available');
     }
     this.delivered.push(...records);
-    this.checkpoint = { ...checkpoint, kafkaOffset: this.delivered.length };
-    if (this.loseAckNext > 0) {
+    this.checkpoint = { ...checkpoint, kafkaOffset: ++this.checkpointWrites };
+    if (this.loseAckNext > 0 && records.length > 0) {
       this.loseAckNext--;
       throw new Error('request timed out');
     }
-    return this.delivered.length;
+    return this.checkpointWrites;
   }
   async reset(): Promise<void> {
     this.resets++;
@@ -141,9 +147,11 @@ describe('forwarder', () => {
     const sink = new MemorySink();
     sink.checkpoint = { logId: log.logId, offset: 4, kafkaOffset: 17 };
     const fwd = new Forwarder(log, sink, options);
-    await fwd.connect();
+    expect(await fwd.connect()).toBe(true);
     expect(log.position(FORWARD_POSITION)).toBe(4);
-    expect(log.position('checkpoint-kafka-offset')).toBe(17);
+    // the gateway claims its id at once with a checkpoint of where it stands
+    expect(sink.checkpoint).toMatchObject({ logId: log.logId, offset: 4 });
+    expect(log.position('checkpoint-kafka-offset')).toBe(sink.checkpoint!.kafkaOffset);
     await fwd.drainOnce();
     expect(sink.delivered.map((r) => r.offset)).toEqual([5, 6]);
     log.close();
@@ -174,9 +182,69 @@ describe('forwarder', () => {
     fwd.start();
     await until(() => fwd.state === 'fenced');
     await new Promise((r) => setTimeout(r, 100));
-    expect(sink.connects).toBe(1);
+    // one reconnect to tell a timed-out transaction from a twin, then no more
+    expect(sink.connects).toBe(2);
     expect(log.position(FORWARD_POSITION)).toBe(0);
     await fwd.close();
+    log.close();
+  });
+
+  it('a fence followed by a checkpoint of its own log was a timed-out transaction: forwarding goes on', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1), entry('a', 2)]);
+    const sink = new MemorySink();
+    const fwd = new Forwarder(log, sink, options);
+    expect(await fwd.connect()).toBe(true);
+    sink.fenceNext = 1;
+    fwd.start();
+    await until(() => log.position(FORWARD_POSITION) === 2);
+    expect(fwd.state).toBe('forwarding');
+    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2]);
+    await fwd.close();
+    log.close();
+  });
+
+  it('a fence followed by a checkpoint from another log is a twin gateway: fenced', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1)]);
+    const sink = new MemorySink();
+    const fwd = new Forwarder(log, sink, options);
+    expect(await fwd.connect()).toBe(true);
+    sink.fenceNext = 1;
+    sink.checkpoint = { logId: 'the-twin', offset: 99 }; // the twin committed after fencing us
+    fwd.start();
+    await until(() => fwd.state === 'fenced');
+    expect(sink.delivered).toEqual([]);
+    expect(log.position(FORWARD_POSITION)).toBe(0);
+    await fwd.close();
+    log.close();
+  });
+
+  it('never moves past the end of the log, even when the checkpoint is further', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
+    const sink = new MemorySink();
+    // e.g. records 4..10 were forwarded, then lost locally in a power cut with synchronous: normal
+    sink.checkpoint = { logId: log.logId, offset: 10 };
+    const fwd = new Forwarder(log, sink, options);
+    await fwd.connect();
+    expect(log.position(FORWARD_POSITION)).toBe(3);
+    log.append([entry('a', 4)]); // a new record reuses offset 4: it must still be forwarded
+    expect(await fwd.drainOnce()).toBe(1);
+    expect(sink.delivered.map((r) => r.offset)).toEqual([4]);
+    log.close();
+  });
+
+  it('keeps its position when the checkpoint is behind it (no resending)', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
+    log.commitPosition(FORWARD_POSITION, 3);
+    const sink = new MemorySink();
+    sink.checkpoint = { logId: log.logId, offset: 1 };
+    const fwd = new Forwarder(log, sink, options);
+    await fwd.connect();
+    expect(log.position(FORWARD_POSITION)).toBe(3);
+    expect(await fwd.drainOnce()).toBe(0);
     log.close();
   });
 

@@ -148,6 +148,24 @@ describe('group commit: dedup and storage limits', () => {
     log.close();
   });
 
+  it('a burst larger than the room left is split: what fits is stored and acknowledged, the rest held', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    const gc = new GroupCommit(log, {
+      holdRetryMs: 10,
+      storage: { maxBytes: log.usedBytes() + 3 * 8200, overflow: 'backpressure', forwardPosition: () => 0 },
+    });
+    const acked: number[] = [];
+    for (let i = 1; i <= 10; i++) gc.append(big(i), (err) => !err && acked.push(i));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(acked.length).toBeGreaterThan(0);
+    expect(acked.length).toBeLessThan(10);
+    expect(acked).toEqual(Array.from({ length: acked.length }, (_, i) => i + 1)); // in order
+    expect(gc.holding).toBe(true);
+    gc.close();
+    log.close();
+  });
+
   it('drop-oldest makes room by dropping the oldest unforwarded records, and counts them', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
