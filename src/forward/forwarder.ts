@@ -28,6 +28,8 @@ export interface ForwarderOptions {
   readonly logger: Logger;
   /** Called after forwarded records were removed from the log (held appends may now fit). */
   readonly onRemoved?: () => void;
+  /** Called after every state change (the worker reports it to the main thread). */
+  readonly onStateChange?: (state: ForwarderState) => void;
   /** How often a summary line is logged while Kafka is unreachable or this gateway is fenced. */
   readonly summaryIntervalMs?: number;
   /** Idle poll, a safety net in case a wake-up is missed. */
@@ -222,6 +224,7 @@ export class Forwarder {
     if (next === this.stateValue) return;
     const previous = this.stateValue;
     this.stateValue = next;
+    this.options.onStateChange?.(next);
     const { logger } = this.options;
     if (next === 'retrying') {
       logger.warn(

@@ -10,7 +10,7 @@ import type { Config } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import { RouteTable } from '../ingress/routes.js';
 import { CommitLog } from '../log/commit-log.js';
-import { Forwarder, type ForwardSource } from './forwarder.js';
+import { Forwarder } from './forwarder.js';
 import { createKafka } from './kafka-client.js';
 import { KafkaSink } from './kafka-sink.js';
 import type { FromWorker, ToWorker, WorkerInit } from './forwarder-thread.js';
@@ -24,24 +24,6 @@ const logger = pino({ level: logLevel }, { write: (line: string) => post({ type:
 
 function main(cfg: Config): void {
   const log = new CommitLog({ dir: cfg.storage.dir, synchronous: cfg.storage.synchronous });
-  let lastOffset = log.lastOffset;
-  const source: ForwardSource = {
-    get logId() {
-      return log.logId;
-    },
-    get lastOffset() {
-      return lastOffset;
-    },
-    get isClosed() {
-      return log.isClosed;
-    },
-    readAfter: (after, limit) => log.readAfter(after, limit),
-    position: (name) => log.position(name),
-    commitPosition: (name, offset) => log.commitPosition(name, offset),
-    removeThrough: (offset) => log.removeThrough(offset),
-    shrink: () => log.shrink(),
-    highestOffset: () => log.highestOffset(),
-  };
   const sink = new KafkaSink({
     kafka: createKafka({
       brokers: cfg.kafka.brokers,
@@ -56,31 +38,29 @@ function main(cfg: Config): void {
     topicDefaults: cfg.kafka.topicDefaults,
     transactionTimeoutMs: cfg.forward.transactionTimeoutMs,
   });
-  const forwarder = new Forwarder(source, sink, {
+  const forwarder = new Forwarder(log, sink, {
     batchMaxRecords: cfg.forward.batchMaxRecords,
     batchMaxBytes: cfg.forward.batchMaxBytes,
     commitIntervalMs: cfg.forward.commitIntervalMs,
     retry: cfg.forward.retry,
     logger,
     onRemoved: () => post({ type: 'removed' }),
+    // report state changes at once; counters go out a few times a second
+    onStateChange: () => report(),
   });
 
-  let lastState = '';
   const report = (): void => {
     post({ type: 'status', state: forwarder.state, counters: { ...forwarder.counters }, lastError: forwarder.lastErrorMessage });
-    lastState = forwarder.state;
   };
   const reporter = setInterval(() => report(), 250);
-  const stateWatch = setInterval(() => forwarder.state !== lastState && report(), 20);
 
   port.on('message', (message: ToWorker) => {
     if (message.type === 'appended') {
-      lastOffset = Math.max(lastOffset, message.lastOffset);
+      log.observeAppended(message.lastOffset);
       forwarder.notify();
     } else if (message.type === 'close') {
       void forwarder.close(message.timeoutMs).finally(() => {
         clearInterval(reporter);
-        clearInterval(stateWatch);
         report();
         log.close();
         post({ type: 'closed' });

@@ -357,6 +357,11 @@ export class CommitLog {
     return this.lastOffsetCache;
   }
 
+  /** Appends made through another connection (the ingest thread's) reached `offset`. */
+  observeAppended(offset: number): void {
+    if (offset > this.lastOffsetCache) this.lastOffsetCache = offset;
+  }
+
   /** The highest offset handed out, read from the database now (other connections included). */
   highestOffset(): number {
     this.assertOpen();
