@@ -83,6 +83,10 @@ function kafkaUuid() {
   return randomBytes(16).toString('base64url');
 }
 
+// A base64url id starts with '-' one time in 64; passed as a separate argument the tool's
+// parser takes it for an option ("--cluster-id: expected one argument"), so it is always
+// attached with '='.
+
 function writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication }) {
   const file = join(dataDir, 'server.properties');
   writeFileSync(
@@ -120,7 +124,7 @@ function launchNode({ lib, dataDir, nodeId, port, controllerPort, voters, cluste
   const props = writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication });
   const javaBase = ['-cp', join(lib, '*'), `-Dlog4j2.configurationFile=${LOG4J}`];
   if (!existsSync(join(dataDir, 'logs', 'meta.properties'))) {
-    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', props], {
+    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', props], {
       encoding: 'utf8',
     });
     if (format.status !== 0) {
