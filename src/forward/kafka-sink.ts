@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Partitioners, type Admin, type Kafka, type Message, type Producer } from 'kafkajs';
+import { Partitioners, type Admin, type Kafka, type Message, type PartitionMetadata, type Producer } from 'kafkajs';
 import type { LogRecord } from '../log/commit-log.js';
 
 /** The last log offset a gateway committed to Kafka, and which log it came from. */
@@ -51,6 +51,8 @@ export interface KafkaSinkOptions {
 export class KafkaSink implements RecordSink {
   private producer: Producer | undefined;
   private topicsReady = false;
+  private readonly partitioner = Partitioners.DefaultPartitioner();
+  private partitions = new Map<string, PartitionMetadata[]>();
   readonly transactionalId: string;
 
   constructor(private readonly options: KafkaSinkOptions) {
@@ -115,6 +117,9 @@ export class KafkaSink implements RecordSink {
           if (err.type !== 'TOPIC_ALREADY_EXISTS') throw err;
         });
       }
+      const topics = [...this.options.topics, this.options.checkpointTopic];
+      const meta = await admin.fetchTopicMetadata({ topics });
+      this.partitions = new Map(meta.topics.map((t) => [t.name, t.partitions]));
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
@@ -130,19 +135,7 @@ export class KafkaSink implements RecordSink {
    */
   private async readCheckpoint(hint?: number): Promise<Checkpoint | undefined> {
     const { kafka, checkpointTopic, gatewayId } = this.options;
-    const admin = kafka.admin();
-    await admin.connect();
-    let partition: number;
-    try {
-      const meta = await admin.fetchTopicMetadata({ topics: [checkpointTopic] });
-      partition = Partitioners.DefaultPartitioner()({
-        topic: checkpointTopic,
-        partitionMetadata: meta.topics[0]!.partitions,
-        message: { key: gatewayId, value: null },
-      });
-    } finally {
-      await admin.disconnect().catch(() => undefined);
-    }
+    const partition = this.partitionOf(checkpointTopic, gatewayId);
     const probeOffset = await this.commitProbe(partition);
 
     const consumer = kafka.consumer({
@@ -215,32 +208,47 @@ export class KafkaSink implements RecordSink {
 
   async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined> {
     if (!this.producer) throw new Error('kafka sink is not connected');
-    const byTopic = new Map<string, Message[]>();
+    // One produce call per partition. kafkajs's produce retry remembers which *brokers* answered:
+    // when a call spans several leaders and one of them fails over, the retry can write a
+    // partition twice in the same transaction or skip one (the broker-failover test saw 395
+    // duplicates). A call that reaches a single partition cannot mix brokers up, and its retry
+    // keeps the idempotent sequence, so the broker drops a repeat.
+    const byPartition = new Map<string, { topic: string; messages: Message[] }>();
     for (const r of records) {
-      let messages = byTopic.get(r.kafkaTopic);
-      if (!messages) byTopic.set(r.kafkaTopic, (messages = []));
-      messages.push(toMessage(r, this.options.gatewayId));
+      const message = toMessage(r, this.options.gatewayId);
+      message.partition = this.partitionOf(r.kafkaTopic, r.deviceId);
+      const slot = `${r.kafkaTopic}\0${message.partition}`;
+      let group = byPartition.get(slot);
+      if (!group) byPartition.set(slot, (group = { topic: r.kafkaTopic, messages: [] }));
+      group.messages.push(message);
     }
     const checkpointMessage: Message = {
       key: this.options.gatewayId,
       value: JSON.stringify({ logId: checkpoint.logId, offset: checkpoint.offset, records: records.length, at: Date.now() }),
+      partition: this.partitionOf(this.options.checkpointTopic, this.options.gatewayId),
     };
     const txn = await this.producer.transaction();
     try {
-      const result = await txn.sendBatch({
+      for (const { topic, messages } of byPartition.values()) {
+        await txn.sendBatch({ acks: -1, topicMessages: [{ topic, messages }] });
+      }
+      const [cp] = await txn.sendBatch({
         acks: -1,
-        topicMessages: [
-          ...[...byTopic].map(([topic, messages]) => ({ topic, messages })),
-          { topic: this.options.checkpointTopic, messages: [checkpointMessage] },
-        ],
+        topicMessages: [{ topic: this.options.checkpointTopic, messages: [checkpointMessage] }],
       });
       await txn.commit();
-      const cp = result.find((r) => r.topicName === this.options.checkpointTopic);
       return cp?.baseOffset === undefined ? undefined : Number(cp.baseOffset);
     } catch (err) {
       if (txn.isActive()) await txn.abort().catch(() => undefined);
       throw err;
     }
+  }
+
+  /** The Java client's partition for `key` (murmur2), from the metadata read at connect. */
+  private partitionOf(topic: string, key: string): number {
+    const partitionMetadata = this.partitions.get(topic);
+    if (!partitionMetadata) throw new Error(`no partition metadata for topic ${topic}`);
+    return this.partitioner({ topic, partitionMetadata, message: { key, value: null } });
   }
 
   async reset(): Promise<void> {

@@ -34,6 +34,11 @@ export async function consumeAll(
     readUncommitted: false,
   });
   const records: ConsumedRecord[] = [];
+  // A consumer group redelivers what it had not committed when it rejoins (for example while a
+  // restarted cluster moves its group coordinator). Those are the same Kafka records read twice,
+  // not duplicates in Kafka: they are told apart by partition and offset and dropped here.
+  const seenOffsets = new Set<string>();
+  let redelivered = 0;
   let lastArrival = Date.now();
   await consumer.connect();
   try {
@@ -41,6 +46,12 @@ export async function consumeAll(
     await consumer.run({
       eachMessage: async ({ topic: t, partition, message }) => {
         lastArrival = Date.now();
+        const where = `${partition}:${message.offset}`;
+        if (seenOffsets.has(where)) {
+          redelivered++;
+          return;
+        }
+        seenOffsets.add(where);
         records.push({
           topic: t,
           partition,
@@ -60,6 +71,7 @@ export async function consumeAll(
   } finally {
     await consumer.disconnect();
   }
+  if (redelivered > 0) console.info(`consumeAll(${topic}): ${redelivered} records redelivered by the consumer group, counted once`);
   return records;
 }
 
@@ -87,4 +99,70 @@ export async function partitionCount(brokers: string[], topic: string): Promise<
   } finally {
     await admin.disconnect();
   }
+}
+
+/**
+ * Reads a topic with Apache Kafka's own Java console consumer (read_committed), the reference
+ * implementation of transactional reads: an independent check that does not share kafkajs's
+ * consumer code with the gateway. Exits after `idleMs` without new records.
+ */
+export async function consumeWithJava(
+  brokers: string[],
+  topic: string,
+  { idleMs = 10_000, timeoutMs = 120_000 }: { idleMs?: number; timeoutMs?: number } = {},
+): Promise<ConsumedRecord[]> {
+  const { spawn } = await import('node:child_process');
+  const { join } = await import('node:path');
+  const root = join(import.meta.dirname, '..', '..');
+  await waitForTopic(brokers, topic);
+  const child = spawn(
+    'java',
+    [
+      '-cp',
+      join(root, 'kafka', 'target', 'lib', '*'),
+      `-Dlog4j2.configurationFile=${join(root, 'kafka', 'log4j2.yaml')}`,
+      'org.apache.kafka.tools.consumer.ConsoleConsumer',
+      '--bootstrap-server',
+      brokers.join(','),
+      '--topic',
+      topic,
+      '--from-beginning',
+      '--isolation-level',
+      'read_committed',
+      '--group',
+      `test-java-${Math.random().toString(36).slice(2)}`,
+      '--property',
+      'print.partition=true',
+      '--property',
+      'print.offset=true',
+      '--property',
+      'print.key=true',
+      '--timeout-ms',
+      String(idleMs),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await new Promise((resolve) => child.once('exit', resolve));
+  clearTimeout(timer);
+  const records: ConsumedRecord[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^Partition:(\d+)\tOffset:(\d+)\t([^\t]*)\t(.*)$/.exec(line);
+    if (!m) continue;
+    records.push({
+      topic,
+      partition: Number(m[1]),
+      offset: m[2]!,
+      key: m[3]!,
+      value: Buffer.from(m[4]!, 'utf8'),
+      timestamp: '',
+      headers: {},
+    });
+  }
+  if (records.length === 0) throw new Error(`the Java console consumer read nothing from ${topic}: ${err.slice(-2000)}`);
+  return records;
 }
