@@ -10,13 +10,19 @@ export const ERROR_CODES = {
   EB_ERR_LOG_LOCKED: { retryable: false, summary: 'another edgebridge process uses this storage.dir' },
   EB_ERR_LOG_CORRUPT: { retryable: false, summary: 'the commit log database is corrupt; it was moved aside' },
   EB_ERR_LOG_WRITE: { retryable: true, summary: 'a write to the commit log failed (disk full, I/O error); nothing was acknowledged' },
+  EB_ERR_LOG_READ: { retryable: true, summary: 'the forwarder could not read or update the commit log (I/O error, busy); forwarding pauses and retries, Kafka is not reset' },
   EB_ERR_LOG_CLOSED: { retryable: false, summary: 'the commit log is closed (the gateway is shutting down)' },
+  EB_ERR_LOG_TAIL_LOST: { retryable: false, summary: 'the commit log lost records after they were forwarded (a restored backup); new records are forwarded under a new epoch, nothing is skipped' },
+  EB_ERR_LOG_DIVERGED: { retryable: false, summary: 'the commit log shares no epoch with its checkpoint in Kafka; forwarding resumes from the local position and records may reach Kafka twice' },
   EB_ERR_LOG_FULL: { retryable: true, summary: 'storage.maxBytes is reached; acknowledgements are held (backpressure) or the oldest unforwarded records dropped' },
   EB_ERR_INGRESS_PAYLOAD_TOO_LARGE: { retryable: false, summary: 'a publish exceeded mqtt.maxPayloadBytes and was refused' },
   EB_ERR_INGRESS_LISTEN: { retryable: false, summary: 'the MQTT listener could not bind its address' },
+  EB_ERR_INGRESS_OVERLOADED: { retryable: true, summary: 'storage.maxQueuedRecords or maxQueuedBytes publishes were waiting to be stored; new ones are refused unacknowledged' },
   EB_ERR_ADMIN_LISTEN: { retryable: false, summary: 'the admin HTTP endpoint could not bind its address' },
   EB_ERR_FORWARD_FENCED: { retryable: false, summary: 'another gateway with the same gateway.id took over the Kafka transactions; this one stopped forwarding' },
   EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },
+  EB_ERR_FORWARD_UNAUTHORIZED: { retryable: true, summary: 'Kafka refuses this gateway for lack of ACLs; the log line lists the ACLs to grant; retried' },
+  EB_ERR_FORWARD_REJECTED: { retryable: false, summary: 'Kafka refuses a record for good (too large, invalid); it goes to the dead-letter topic, or is dropped and counted' },
 } as const satisfies Record<string, { retryable: boolean; summary: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

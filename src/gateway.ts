@@ -2,38 +2,19 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import type { Config } from './config/schema.js';
-import { FORWARD_POSITION, type ForwarderState } from './forward/forwarder.js';
+import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
+import type { ForwardSettings } from './forward/settings.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
-import { CommitLog } from './log/commit-log.js';
+import { CommitLog, DEFAULT_WAL_LIMIT_BYTES } from './log/commit-log.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
 import { GroupCommit } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
 import { createLogger } from './logger.js';
+import type { GatewayStatus } from './status.js';
 
-export interface GatewayStatus {
-  readonly gatewayId: string;
-  readonly forwarder: ForwarderState;
-  readonly mqttClients: number;
-  /** Publishes committed to the log since start. */
-  readonly received: number;
-  /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
-  readonly duplicates: number;
-  /** Records committed to Kafka since start. */
-  readonly forwarded: number;
-  /** Records in the log not yet committed to Kafka. */
-  readonly backlog: number;
-  readonly lastOffset: number;
-  readonly forwardPosition: number;
-  /** Publishes refused (not acknowledged) because the log could not store them. */
-  readonly refused: number;
-  /** True while acknowledgements are held because storage.maxBytes is reached. */
-  readonly holding: boolean;
-  readonly droppedOverflow: number;
-  readonly droppedExpired: number;
-  readonly storageBytes: number;
-}
+export type { GatewayStatus } from './status.js';
 
 export interface GatewayOptions {
   readonly logger?: Logger;
@@ -41,9 +22,43 @@ export interface GatewayOptions {
   readonly statusIntervalMs?: number;
 }
 
+/** The WAL may use an eighth of storage.maxBytes (at most 16 MiB): it counts against the limit. */
+export function walLimitBytes(config: Config): number {
+  return Math.min(DEFAULT_WAL_LIMIT_BYTES, Math.floor(config.storage.maxBytes / 8));
+}
+
 /**
- * The one place where the stages meet. Lifecycle: open log -> start forwarder (it connects to
- * Kafka in the background, buffering meanwhile) -> open the MQTT listener. Shutdown runs in
+ * What the forwarder's thread is given: the forwarding part of the config, and every topic there
+ * is something to forward to. That is the routes' topics and the topics of records already in
+ * the log, which a route table changed since they were written may no longer name.
+ */
+export function forwardSettings(config: Config, log: CommitLog): ForwardSettings {
+  const routeTopics = new RouteTable(config.routes).kafkaTopics;
+  return {
+    gatewayId: config.gateway.id,
+    logLevel: config.log.level,
+    storage: { dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) },
+    kafka: {
+      brokers: config.kafka.brokers,
+      clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
+      connectionTimeoutMs: config.kafka.connectionTimeoutMs,
+      requestTimeoutMs: config.kafka.requestTimeoutMs,
+      topicDefaults: config.kafka.topicDefaults,
+    },
+    topics: [...new Set([...routeTopics, ...log.topics()])],
+    checkpointTopic: config.forward.checkpointTopic,
+    deadLetterTopic: config.forward.deadLetterTopic === false ? undefined : config.forward.deadLetterTopic,
+    transactionTimeoutMs: config.forward.transactionTimeoutMs,
+    batchMaxRecords: config.forward.batchMaxRecords,
+    batchMaxBytes: config.forward.batchMaxBytes,
+    commitIntervalMs: config.forward.commitIntervalMs,
+    retry: config.forward.retry,
+  };
+}
+
+/**
+ * The one place where the stages meet. Lifecycle: open log -> open the MQTT listener -> start
+ * forwarder (it connects to Kafka in the background, buffering meanwhile). Shutdown runs in
  * reverse, once: stop accepting, finish the in-flight group commit, stop forwarding, close the DB.
  */
 export class Gateway {
@@ -55,6 +70,7 @@ export class Gateway {
     readonly logger: Logger,
     readonly log: CommitLog,
     readonly groupCommit: GroupCommit,
+    private readonly logHealth: { failure: EdgebridgeError | null },
     private readonly retention: Retention,
     readonly forwarder: ForwarderThread,
     private readonly ingress: MqttIngress,
@@ -77,31 +93,50 @@ export class Gateway {
     const lock = lockStorageDir(config.storage.dir);
     let log: CommitLog;
     try {
-      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous });
+      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) });
+      log.pruneTopics(routes.kafkaTopics);
     } catch (err) {
       lock.release();
       throw err;
     }
     logger.info(
-      { file: log.file, lastOffset: log.lastOffset, logId: log.logId, synchronous: config.storage.synchronous },
+      { file: log.file, lastOffset: log.lastOffset, logId: log.logId, epoch: log.epoch.id, synchronous: config.storage.synchronous },
       'commit log open',
     );
-    const forwardPosition = () => log.position(FORWARD_POSITION);
+    const forwardPosition = () => log.forwardPosition();
+    const logLogger = logger.child({ stage: 'log' });
 
     // The forwarder starts only once the listeners are bound: a second instance started by
     // mistake (its port taken) must not fence the running gateway's Kafka producer on its way out.
     let forwarder: ForwarderThread | undefined;
+    const logHealth: { failure: EdgebridgeError | null } = { failure: null };
     const groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
+      maxPending: config.storage.maxQueuedRecords,
+      maxPendingBytes: config.storage.maxQueuedBytes,
       onCommit: (lastOffset) => forwarder?.notify(lastOffset),
+      // One line per change of state, never one per refused message.
+      onWriteResult: (err) => {
+        if (err && !logHealth.failure) {
+          logLogger.error(
+            { err: describeError(err), code: err.code },
+            err.code === 'EB_ERR_LOG_CORRUPT'
+              ? 'commit log is corrupt: publishes are refused (no PUBACK); stop the gateway, it checks and moves the file aside on the next start'
+              : 'commit log cannot store messages: publishes are refused (no PUBACK) until it recovers',
+          );
+        } else if (!err && logHealth.failure) {
+          logLogger.info('commit log stores messages again');
+        }
+        logHealth.failure = err;
+      },
       storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition },
-      logger: logger.child({ stage: 'log' }),
+      logger: logLogger,
     });
     const retention = new Retention(log, {
       maxAgeMs: config.storage.maxAge,
       forwardPosition,
       groupCounters: groupCommit.counters,
-      logger: logger.child({ stage: 'log' }),
+      logger: logLogger,
     });
 
     const ingress = new MqttIngress({
@@ -129,14 +164,16 @@ export class Gateway {
       }
     } catch (err) {
       await ingress.close();
+      await admin?.close();
       groupCommit.close();
       retention.close();
       log.close();
       lock.release();
       throw err;
     }
-    // Appends committed before this point are found by the worker when it opens the log.
-    forwarder = new ForwarderThread({ config, logger, onRemoved: () => groupCommit.release() });
+    // Appends committed before this point are found by the worker when it opens the log; the
+    // topics of records appended later under the current routes are in the settings already.
+    forwarder = new ForwarderThread({ settings: forwardSettings(config, log), logger, onRemoved: () => groupCommit.release() });
     logger.info(
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
@@ -146,6 +183,7 @@ export class Gateway {
       logger,
       log,
       groupCommit,
+      logHealth,
       retention,
       forwarder,
       ingress,
@@ -159,26 +197,36 @@ export class Gateway {
   }
 
   status(): GatewayStatus {
+    const counters = this.forwarder.counters;
+    const forwardPosition = this.log.forwardPosition();
+    let storageBytes = 0;
+    try {
+      storageBytes = this.log.usedBytes();
+    } catch {
+      // a log that cannot be read reports through logWritable and the forwarder state
+    }
     return {
       gatewayId: this.config.gateway.id,
       forwarder: this.forwarder.state,
+      forwarderError: this.forwarder.state === 'forwarding' ? '' : this.forwarder.lastErrorMessage,
+      logWritable: this.logHealth.failure === null,
+      logError: this.logHealth.failure?.message ?? '',
       mqttClients: this.ingress.connectedClients,
       received: this.ingress.counters.routed,
       duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,
-      forwarded: this.forwarder.counters.forwarded,
-      backlog: this.backlog(),
+      forwarded: counters.forwarded,
+      backlog: Math.max(0, this.log.lastOffset - forwardPosition),
       lastOffset: this.log.lastOffset,
-      forwardPosition: this.log.position(FORWARD_POSITION),
+      forwardPosition,
       refused: this.ingress.counters.refused,
       holding: this.groupCommit.holding,
+      waiting: this.groupCommit.waiting,
       droppedOverflow: this.groupCommit.counters.droppedOverflow,
       droppedExpired: this.retention.counters.droppedExpired,
-      storageBytes: this.log.usedBytes(),
+      deadLettered: counters.deadLettered,
+      droppedRejected: counters.droppedRejected,
+      storageBytes,
     };
-  }
-
-  private backlog(): number {
-    return Math.max(0, this.log.lastOffset - this.log.position(FORWARD_POSITION));
   }
 
   /** Shuts down once; later calls return the same promise. */
@@ -195,7 +243,7 @@ export class Gateway {
     this.groupCommit.close();
     this.retention.close();
     await this.forwarder.close();
-    const final = { lastOffset: this.log.lastOffset, backlog: this.backlog() };
+    const final = { lastOffset: this.log.lastOffset, backlog: Math.max(0, this.log.lastOffset - this.log.forwardPosition()) };
     this.log.close();
     this.lock.release();
     this.logger.info(final, 'gateway stopped');

@@ -2,32 +2,16 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { FORWARDER_STATES } from '../forward/forwarder.js';
 import { listen } from '../listen.js';
-
-/** What the admin endpoint reads; the gateway's status() satisfies it. */
-export interface AdminStatus {
-  readonly gatewayId: string;
-  readonly forwarder: string;
-  readonly mqttClients: number;
-  readonly received: number;
-  readonly duplicates: number;
-  readonly forwarded: number;
-  readonly backlog: number;
-  readonly refused: number;
-  readonly holding: boolean;
-  readonly droppedOverflow: number;
-  readonly droppedExpired: number;
-  readonly storageBytes: number;
-}
+import { healthOf, type GatewayStatus } from '../status.js';
 
 export interface AdminServerOptions {
   readonly host: string;
   readonly port: number;
-  readonly status: () => AdminStatus;
+  readonly status: () => GatewayStatus;
   readonly logger: Logger;
 }
-
-const FORWARDER_STATES = ['connecting', 'forwarding', 'retrying', 'fenced', 'stopped'] as const;
 
 /** A monotonic total read from the gateway's own counters at scrape time. */
 function totalFrom(registry: Registry, name: string, help: string, read: () => number): void {
@@ -60,6 +44,8 @@ export class AdminServer {
     totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);
     totalFrom(registry, 'edgebridge_dropped_overflow_total', 'Unforwarded records dropped by overflow: drop-oldest', () => status().droppedOverflow);
     totalFrom(registry, 'edgebridge_dropped_expired_total', 'Unforwarded records dropped by storage.maxAge', () => status().droppedExpired);
+    totalFrom(registry, 'edgebridge_dead_lettered_total', 'Records Kafka refused for good, written to the dead-letter topic', () => status().deadLettered);
+    totalFrom(registry, 'edgebridge_dropped_rejected_total', 'Records Kafka refused for good, dropped (no dead-letter topic)', () => status().droppedRejected);
     const gauge = (name: string, help: string, read: () => number) =>
       new Gauge({
         name,
@@ -73,6 +59,8 @@ export class AdminServer {
     gauge('edgebridge_storage_bytes', 'Bytes the commit log database uses', () => status().storageBytes);
     gauge('edgebridge_mqtt_clients', 'Connected MQTT clients', () => status().mqttClients);
     gauge('edgebridge_acks_held', '1 while acknowledgements are held because storage.maxBytes is reached', () => (status().holding ? 1 : 0));
+    gauge('edgebridge_publishes_waiting', 'Publishes waiting to be stored in the commit log', () => status().waiting);
+    gauge('edgebridge_log_writable', '1 while the last write to the commit log succeeded', () => (status().logWritable ? 1 : 0));
     new Gauge({
       name: 'edgebridge_forwarder_state',
       help: 'Forwarder state (1 for the current one)',
@@ -111,10 +99,11 @@ export class AdminServer {
           return json(200, this.options.status());
         case '/healthz': {
           const s = this.options.status();
-          // Unhealthy when this gateway cannot do its job without an operator: fenced.
-          return s.forwarder === 'fenced'
-            ? json(503, { status: 'fenced', gatewayId: s.gatewayId })
-            : json(200, { status: 'ok', forwarder: s.forwarder, backlog: s.backlog });
+          // Unhealthy when this gateway cannot do its job without an operator (status.ts).
+          const health = healthOf(s);
+          return health.healthy
+            ? json(200, { status: 'ok', forwarder: s.forwarder, backlog: s.backlog })
+            : json(503, { status: health.status, gatewayId: s.gatewayId, reason: health.reason });
         }
         default:
           return json(404, { error: 'not found', endpoints: ['/healthz', '/status', '/metrics'] });

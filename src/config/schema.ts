@@ -35,14 +35,14 @@ const kafkaTopicName = z
 const dedup = z
   .strictObject({
     /**
-     * Payload fields (top-level JSON) that, with the device ID, identify a reading. Absent fields
-     * count as empty; a payload with none of them is deduplicated only on MQTT DUP retransmits.
+     * Payload fields (top-level JSON) that, with the device ID, identify a reading. A payload
+     * that lacks any of them has no identity: it is deduplicated only on MQTT DUP retransmits.
      */
     fields: z.array(z.string().min(1)).default(['bootId', 'seq']),
     /** How long a reading's identity is remembered. */
     window: duration(1000).default(24 * 3600e3),
     /**
-     * How long a packet is remembered for DUP-only dedup (payloads without identity fields).
+     * How long a packet is remembered for DUP-only dedup (payloads without all identity fields).
      * Short, because packet ids are reused: a retransmit comes within a reconnect, not a day later.
      */
     retransmitWindow: duration(1000).default(600_000),
@@ -106,6 +106,12 @@ export const configSchema = z.strictObject({
       commitIntervalMs: duration(0).default(100),
       /** Compacted topic holding each gateway's last committed log offset (KIP-618 style). */
       checkpointTopic: kafkaTopicName.default('edgebridge.checkpoints'),
+      /**
+       * Where a record goes that Kafka refuses for good (MESSAGE_TOO_LARGE, INVALID_RECORD,
+       * INVALID_TIMESTAMP), with the reason in its headers; `false`: such records are dropped,
+       * counted and logged. Never retried unchanged: it would stop its partition for good.
+       */
+      deadLetterTopic: z.union([z.literal(false), kafkaTopicName]).default('edgebridge.dead-letter'),
       /** Kafka transaction timeout: a crashed gateway's open transaction is aborted after this. */
       transactionTimeoutMs: duration(1000).default(60_000),
       retry: z
@@ -123,7 +129,14 @@ export const configSchema = z.strictObject({
     synchronous: z.enum(['full', 'normal']).default('full'),
     /** Most publishes written in one group-commit transaction (bounds how long one write blocks). */
     groupCommitMaxRecords: z.number().int().min(1).max(100000).default(5000),
-    /** Largest the commit log may grow (records not yet forwarded). */
+    /**
+     * Most publishes waiting to be stored (while acknowledgements are held under backpressure);
+     * more are refused at once, unacknowledged, so memory stays bounded.
+     */
+    maxQueuedRecords: z.number().int().min(1).default(50_000),
+    /** Most payload bytes waiting to be stored. */
+    maxQueuedBytes: bytes(1024 * 1024).default(64 * 1024 * 1024),
+    /** Largest the commit log may grow on disk (database pages in use plus the WAL). */
     maxBytes: bytes(1024 * 1024).default(1024 ** 3),
     /** Records older than this that are still not forwarded are dropped (counted and logged). */
     maxAge: duration(1000).default(7 * 86400e3),

@@ -2,22 +2,18 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { Config } from '../config/schema.js';
-import type { ForwarderCounters, ForwarderState } from './forwarder.js';
-
-export interface WorkerInit {
-  readonly config: Config;
-  readonly logLevel: string;
-}
+import { addCounters, zeroCounters, type ForwarderCounters, type ForwarderState } from './forwarder.js';
+import type { ForwardSettings } from './settings.js';
 
 export type ToWorker = { type: 'appended'; lastOffset: number } | { type: 'close'; timeoutMs: number };
 
 export type FromWorker =
-  | { type: 'status'; state: ForwarderState; counters: ForwarderCounters; lastError: string }
+  | { type: 'state'; state: ForwarderState; lastError: string }
+  | { type: 'progress'; delta: ForwarderCounters }
   | { type: 'log'; line: string }
   | { type: 'removed' }
   | { type: 'closed' }
-  | { type: 'fatal'; message: string };
+  | { type: 'fatal'; message: string; code: string | undefined };
 
 const LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal'> = {
   10: 'trace',
@@ -28,19 +24,6 @@ const LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fa
   60: 'fatal',
 };
 
-function zeroCounters(): ForwarderCounters {
-  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
-}
-
-function addCounters(a: ForwarderCounters, b: ForwarderCounters): ForwarderCounters {
-  return {
-    forwarded: a.forwarded + b.forwarded,
-    transactions: a.transactions + b.transactions,
-    failures: a.failures + b.failures,
-    skippedByCheckpoint: a.skippedByCheckpoint + b.skippedByCheckpoint,
-  };
-}
-
 /** The compiled worker; when running from TypeScript sources (tests), the build's copy. */
 function workerFile(): URL {
   const beside = new URL('./worker.js', import.meta.url);
@@ -49,31 +32,32 @@ function workerFile(): URL {
 }
 
 export interface ForwarderThreadOptions {
-  readonly config: Config;
+  readonly settings: ForwardSettings;
   readonly logger: Logger;
   /** Forwarded records were removed: held appends may fit now. */
   readonly onRemoved: () => void;
 }
 
+/** A worker that ran this long is healthy again: the restart backoff starts over. */
+const HEALTHY_AFTER_MS = 60_000;
+
 /**
  * The main thread's handle on the forwarder running in a worker thread: it passes on group-commit
- * wake-ups, relays the worker's log lines, and keeps the latest status the worker reported.
+ * wake-ups, relays the worker's log lines, sums the worker's progress deltas (so totals survive a
+ * restart of the thread), and restarts a worker that died.
  */
 export class ForwarderThread {
   private worker!: Worker;
-  private latest: { state: ForwarderState; counters: ForwarderCounters; lastError: string } = {
-    state: 'connecting',
-    counters: zeroCounters(),
-    lastError: '',
-  };
+  private stateValue: ForwarderState = 'connecting';
+  private lastError = '';
+  private readonly totals: ForwarderCounters = zeroCounters();
   private closed: Promise<void> | undefined;
   private onClosed: (() => void) | undefined;
   private exited = false;
   private lastOffset = 0;
   private restarts = 0;
+  private spawnedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
-  /** Counts of the workers that ended, so totals survive a restart. */
-  private carried = zeroCounters();
 
   constructor(private readonly options: ForwarderThreadOptions) {
     this.spawn();
@@ -81,10 +65,10 @@ export class ForwarderThread {
 
   private spawn(): void {
     const logger = this.options.logger;
-    const init: WorkerInit = { config: this.options.config, logLevel: logger.level };
-    const worker = new Worker(workerFile(), { workerData: init });
+    const worker = new Worker(workerFile(), { workerData: this.options.settings });
     this.worker = worker;
     this.exited = false;
+    this.spawnedAt = Date.now();
     worker.on('message', (message: FromWorker) => this.receive(message));
     worker.on('error', (err) => logger.error({ err: err.message, stack: err.stack }, 'forwarder thread crashed'));
     worker.on('online', () => {
@@ -92,12 +76,15 @@ export class ForwarderThread {
     });
     worker.on('exit', (code) => {
       this.exited = true;
-      this.carried = addCounters(this.carried, this.latest.counters);
-      this.latest = { ...this.latest, state: 'stopped', counters: zeroCounters() };
       this.onClosed?.();
-      if (this.closed) return;
+      if (this.closed) {
+        this.stateValue = 'stopped';
+        return;
+      }
       // A crash is a bug, but forwarding must go on: a new worker resumes from the Kafka
-      // checkpoint, so nothing is skipped or repeated.
+      // checkpoint, so nothing is skipped or repeated. Back off if workers keep dying.
+      if (Date.now() - this.spawnedAt > HEALTHY_AFTER_MS) this.restarts = 0;
+      if (this.stateValue !== 'log-error') this.stateValue = 'connecting';
       const delayMs = Math.min(30_000, 500 * 2 ** Math.min(this.restarts++, 6));
       logger.error({ code, restartInMs: delayMs, restarts: this.restarts }, 'forwarder thread exited unexpectedly; restarting it');
       this.restartTimer = setTimeout(() => {
@@ -110,8 +97,12 @@ export class ForwarderThread {
   private receive(message: FromWorker): void {
     const logger = this.options.logger;
     switch (message.type) {
-      case 'status':
-        this.latest = { state: message.state, counters: message.counters, lastError: message.lastError };
+      case 'state':
+        this.stateValue = message.state;
+        this.lastError = message.lastError;
+        break;
+      case 'progress':
+        Object.assign(this.totals, addCounters(this.totals, message.delta));
         break;
       case 'log': {
         const { level, msg, time: _time, pid: _pid, hostname: _host, ...fields } = JSON.parse(message.line) as {
@@ -129,7 +120,10 @@ export class ForwarderThread {
         this.onClosed?.();
         break;
       case 'fatal':
-        logger.error({ err: message.message }, 'forwarder thread could not start');
+        // Only opening the log can fail this way (the Kafka side retries on its own).
+        this.stateValue = 'log-error';
+        this.lastError = message.message;
+        logger.error({ err: message.message, code: message.code }, 'forwarder thread could not start');
         break;
     }
   }
@@ -140,11 +134,16 @@ export class ForwarderThread {
   }
 
   get state(): ForwarderState {
-    return this.latest.state;
+    return this.stateValue;
   }
 
+  get lastErrorMessage(): string {
+    return this.lastError;
+  }
+
+  /** Totals since start, over every worker the gateway ran. */
   get counters(): ForwarderCounters {
-    return addCounters(this.carried, this.latest.counters);
+    return { ...this.totals };
   }
 
   /** Lets the worker finish its transaction in flight (at most `timeoutMs`), then ends it. */
@@ -157,6 +156,7 @@ export class ForwarderThread {
         await Promise.race([done, new Promise((r) => setTimeout(r, timeoutMs + 2000).unref())]);
       }
       await this.worker.terminate();
+      this.stateValue = 'stopped';
     })();
     return this.closed;
   }

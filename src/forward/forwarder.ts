@@ -1,22 +1,68 @@
-import { setTimeout as delay } from 'node:timers/promises';
+import { setImmediate as yieldToLoop, setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { describeError } from '../errors.js';
+import { EdgebridgeError, describeError } from '../errors.js';
 import type { LogRecord } from '../log/commit-log.js';
+import { epochIndexOf, lineageOf, type LogEpoch } from '../log/epochs.js';
+import type { LogBatch } from '../log/log-reader.js';
 import { backoffDelay } from './backoff.js';
-import { isFencedError, type Checkpoint, type RecordSink } from './kafka-sink.js';
+import { resumePosition, type ResumeDecision } from './resume.js';
+import {
+  RecordRejectedError,
+  authorizationFailure,
+  isFencedError,
+  type Checkpoint,
+  type DeadLetter,
+  type ForwardBatch,
+  type RecordSink,
+} from './sink.js';
 
-/** The forwarder's view of the commit log. */
+/** The forwarder's view of the commit log (LogReader is the real one). */
 export interface ForwardSource {
   readonly logId: string;
-  readonly lastOffset: number;
-  readonly isClosed: boolean;
-  readAfter(after: number, limit: number): LogRecord[];
-  position(name: string): number;
-  commitPosition(name: string, offset: number): void;
+  readBatch(after: number, maxRecords: number, maxBytes: number): LogBatch;
+  /** The highest offset handed out. */
+  end(): number;
+  position(): number;
+  commitPosition(offset: number): void;
+  checkpointHint(): number;
+  commitCheckpointHint(kafkaOffset: number): void;
+  epochs(): LogEpoch[];
+  /** Makes the records up to `through` durable before they are forwarded. */
+  makeDurable(through: number): void;
   removeThrough(offset: number): number;
-  shrink(): void;
-  /** The highest offset the log has handed out, read from the database now. */
-  highestOffset(): number;
+  /** One step of giving space back; true while there is more. */
+  shrink(): boolean;
+}
+
+export const FORWARDER_STATES = ['stopped', 'connecting', 'forwarding', 'retrying', 'unauthorized', 'log-error', 'fenced'] as const;
+
+/**
+ * `retrying`: Kafka unreachable or failing. `unauthorized`: Kafka refuses this gateway for lack of
+ * ACLs. `log-error`: the commit log cannot be read or written. `fenced`: another gateway took
+ * over this gateway.id; forwarding stopped for good.
+ */
+export type ForwarderState = (typeof FORWARDER_STATES)[number];
+
+export interface ForwarderCounters {
+  forwarded: number;
+  transactions: number;
+  failures: number;
+  /** Log records found already committed in Kafka (by the checkpoint) and so not sent again. */
+  skippedByCheckpoint: number;
+  /** Records Kafka refused for good, written to the dead-letter topic. */
+  deadLettered: number;
+  /** Records Kafka refused for good, dropped (no dead-letter topic, or it refused them too). */
+  droppedRejected: number;
+}
+
+export function zeroCounters(): ForwarderCounters {
+  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0, deadLettered: 0, droppedRejected: 0 };
+}
+
+export function addCounters(a: ForwarderCounters, b: ForwarderCounters): ForwarderCounters {
+  const sum = zeroCounters();
+  for (const k of Object.keys(sum) as (keyof ForwarderCounters)[]) sum[k] = a[k] + b[k];
+  return sum;
 }
 
 export interface ForwarderOptions {
@@ -26,74 +72,111 @@ export interface ForwarderOptions {
   readonly commitIntervalMs: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
   readonly logger: Logger;
+  /** Records Kafka refuses for good go to the dead-letter topic (true) or are dropped (false). */
+  readonly deadLetter: boolean;
+  /** What to grant when Kafka says this gateway is not authorized (shown in the log). */
+  readonly requiredAcls?: string;
   /** Called after forwarded records were removed from the log (held appends may now fit). */
   readonly onRemoved?: () => void;
   /** Called after every state change (the worker reports it to the main thread). */
   readonly onStateChange?: (state: ForwarderState) => void;
-  /** How often a summary line is logged while Kafka is unreachable or this gateway is fenced. */
+  /** Called after every committed transaction with what it added to the counters. */
+  readonly onProgress?: (delta: ForwarderCounters) => void;
+  /** How often a summary line is logged while not forwarding. */
   readonly summaryIntervalMs?: number;
   /** Idle poll, a safety net in case a wake-up is missed. */
   readonly idlePollMs?: number;
+  readonly clock?: () => number;
+  /** Backoff jitter; the fault simulator passes its seeded generator. */
+  readonly random?: () => number;
 }
 
-export type ForwarderState = 'stopped' | 'connecting' | 'forwarding' | 'retrying' | 'fenced';
+/** What one step of the forwarding loop did, and so what the loop does next. */
+export type StepOutcome =
+  /** A transaction committed `records` records (and maybe refused ones): go on. */
+  | { readonly kind: 'forwarded'; readonly records: number }
+  /** The position moved over offsets whose records are gone (expired, dropped): go on. */
+  | { readonly kind: 'skipped' }
+  /** Nothing to forward: wait for a wake-up. */
+  | { readonly kind: 'idle' }
+  /** Something failed: wait `delayMs`, then step again. */
+  | { readonly kind: 'retry'; readonly delayMs: number }
+  /** Another gateway took over this gateway.id: stop. */
+  | { readonly kind: 'fenced' };
 
-export interface ForwarderCounters {
-  forwarded: number;
-  transactions: number;
-  failures: number;
-  /** Log records found already committed in Kafka (by the checkpoint) and so not sent again. */
-  skippedByCheckpoint: number;
-}
-
-export const FORWARD_POSITION = 'forward';
-/** Where in the checkpoint partition this gateway's last checkpoint record was (a read hint). */
-export const CHECKPOINT_KAFKA_OFFSET = 'checkpoint-kafka-offset';
 const REMOVE_EVERY_RECORDS = 20_000;
 const REMOVE_EVERY_MS = 1_000;
 
+function isLogError(err: unknown): err is EdgebridgeError {
+  return err instanceof EdgebridgeError && err.code.startsWith('EB_ERR_LOG_');
+}
+
 /**
  * Reads the commit log in offset order and forwards it in Kafka transactions, each carrying a
- * checkpoint of the last offset it contains. On every (re)connect the sink fences earlier
- * producers and returns the last committed checkpoint; the forwarder resumes right after it,
- * whatever the local position says, so a batch whose commit outcome was unknown (a crash or a
- * lost response) is neither skipped nor sent twice. The local position is advanced after each
- * commit and forwarded records are then removed in bulk. Failures back off exponentially with
- * jitter; the log gets one line per state change plus a periodic summary, never one per attempt.
+ * checkpoint of the last offset it contains (Kafka Connect's exactly-once source pattern). On
+ * every (re)connect the sink fences earlier producers and returns the last committed checkpoint;
+ * the forwarder resumes where the checkpoint and the log say (resume.ts), so a batch whose commit
+ * outcome was unknown (a crash or a lost response) is neither skipped nor sent twice.
+ *
+ * The loop is a sequence of steps (`step()`), each of which either makes progress or says how
+ * long to wait: it cannot spin. Failures are told apart: Kafka unreachable (retry with backoff,
+ * new producer), missing ACLs (say which), fenced (stop), a record Kafka refuses for good (isolate
+ * it, then dead-letter or drop it), and the log itself failing (its own state; Kafka untouched).
  */
 export class Forwarder {
-  readonly counters: ForwarderCounters = { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0 };
+  readonly counters: ForwarderCounters = zeroCounters();
   private stateValue: ForwarderState = 'stopped';
   private running: Promise<void> | undefined;
   private stopping = false;
+  private connected = false;
   private wake: (() => void) | undefined;
   private stopWake: (() => void) | undefined;
   private wakePending = false;
   private troubleSince = 0;
   private lastSummaryAt = 0;
   private lastError = '';
+  private attempt = 0;
+  private suspectTwin = false;
+  private lastCommitAt = 0;
+  /** Kafka has every record up to here (valid once connected). */
+  private positionValue = 0;
+  /** What the log has stored as the position (lags positionValue while storing fails). */
+  private storedPosition = 0;
+  private hint: number | undefined;
+  private knownEnd = 0;
+  private epochs: LogEpoch[] = [];
   private removedThrough = 0;
   private lastRemoveAt = 0;
   private needsShrink = false;
-  private suspectTwin = false;
-  private lastCommitAt = 0;
+  /** Records per attempt: halved while a refused record is being isolated. */
+  private limit: number;
+  private isolateThrough = 0;
+  private attempted: { first: number; last: number; count: number } | undefined;
+  private refused: { offset: number; reason: string; deadLetterRefused: boolean } | undefined;
+  private lastRefusalLogAt = 0;
+  private refusalsNotLogged = 0;
+  private readonly clock: () => number;
 
   constructor(
     private readonly source: ForwardSource,
     private readonly sink: RecordSink,
     private readonly options: ForwarderOptions,
-  ) {}
+  ) {
+    this.limit = options.batchMaxRecords;
+    this.clock = options.clock ?? Date.now;
+  }
 
   get state(): ForwarderState {
     return this.stateValue;
   }
 
+  /** Kafka has every record up to this offset. */
   get position(): number {
-    return this.source.position(FORWARD_POSITION);
+    return this.connected ? this.positionValue : Math.max(this.positionValue, this.storedPosition);
   }
 
   get backlog(): number {
-    return Math.max(0, this.source.lastOffset - this.position);
+    return Math.max(0, this.knownEnd - this.position);
   }
 
   get lastErrorMessage(): string {
@@ -106,117 +189,314 @@ export class Forwarder {
     this.running = this.run();
   }
 
-  /** Tells the forwarder that new records were committed. Cheap; call it after every group commit. */
-  notify(): void {
+  /** Tells the forwarder that records up to `lastOffset` were committed. Cheap; call it after every group commit. */
+  notify(lastOffset = 0): void {
+    if (lastOffset > this.knownEnd) this.knownEnd = lastOffset;
     this.wakePending = true;
     this.wake?.();
   }
 
+  /** Runs `fn` against the log; whatever it throws is a log error, never a Kafka one. */
+  private fromLog<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw isLogError(err) ? err : new EdgebridgeError('EB_ERR_LOG_READ', describeError(err), { cause: err });
+    }
+  }
+
   /**
-   * Connects (fencing earlier producers), moves the local position to the committed checkpoint
-   * of this log, and commits a checkpoint at once, so the gateway's claim on its id is visible.
+   * Connects (fencing earlier producers), decides where to resume from the committed checkpoint
+   * and the log, and commits a checkpoint at once, so the gateway's claim on its id is visible.
    * Returns false when the checkpoint shows another gateway forwarding under this id.
    */
   async connect(): Promise<boolean> {
-    const hint = this.source.position(CHECKPOINT_KAFKA_OFFSET);
+    const hint = this.hint ?? this.fromLog(() => this.source.checkpointHint());
     const checkpoint = await this.sink.connect(hint > 0 ? hint : undefined);
     if (this.suspectTwin && checkpoint && checkpoint.logId !== this.source.logId) return false;
-    this.alignTo(checkpoint);
-    const position = this.source.position(FORWARD_POSITION);
-    const claimed = await this.sink.send([], { logId: this.source.logId, offset: position });
-    if (claimed !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, claimed);
+    const { stored, epochs, end } = this.fromLog(() => ({
+      stored: this.source.position(),
+      epochs: this.source.epochs(),
+      end: this.source.end(),
+    }));
+    this.epochs = epochs;
+    this.storedPosition = stored;
+    this.knownEnd = Math.max(this.knownEnd, end);
+    const decision = resumePosition(checkpoint, { logId: this.source.logId, position: stored, epochs, end });
+    this.explain(decision, checkpoint, stored, end);
+    this.positionValue = decision.position;
+    this.counters.skippedByCheckpoint += decision.skipped;
+    const claimed = await this.sink.send({ records: [], deadLetters: [] }, this.checkpointAt(this.positionValue));
+    if (claimed !== undefined) this.hint = claimed;
+    this.connected = true;
+    this.suspectTwin = false;
+    this.storePosition();
     return true;
   }
 
-  private alignTo(checkpoint: Checkpoint | undefined): void {
-    const local = this.source.position(FORWARD_POSITION);
+  private explain(decision: ResumeDecision, checkpoint: Checkpoint | undefined, stored: number, end: number): void {
     const { logger } = this.options;
-    if (!checkpoint) return;
-    if (checkpoint.logId !== this.source.logId) {
-      // Written from another log file (this one was recreated, or another gateway uses this id).
-      logger.warn(
-        { checkpointLogId: checkpoint.logId, logId: this.source.logId, position: local },
-        'the checkpoint in Kafka belongs to another commit log: resuming from the local position',
-      );
-      return;
-    }
-    if (checkpoint.offset <= local) {
-      // The local position only ever advances after Kafka committed, so it is a safe lower bound;
-      // a lower checkpoint means Kafka lost committed data or the checkpoint topic was reset.
-      // Moving back would send records twice, so the gateway keeps its position and says so.
-      if (checkpoint.offset < local) {
+    const fields = { position: decision.position, stored, checkpoint: checkpoint?.offset, checkpointEpoch: checkpoint?.epoch, logEnd: end };
+    switch (decision.kind) {
+      case 'other-log':
+        // Written from another log file (this one was recreated, or another gateway uses this id).
         logger.warn(
-          { position: local, checkpoint: checkpoint.offset },
-          'the checkpoint in Kafka is behind the local position (Kafka lost committed data, or the checkpoint topic was reset): keeping the local position',
+          { ...fields, checkpointLogId: checkpoint?.logId, logId: this.source.logId },
+          'the checkpoint in Kafka belongs to another commit log: resuming from the local position',
         );
-      }
-      return;
+        break;
+      case 'checkpoint-behind':
+        logger.warn(fields, 'the checkpoint in Kafka is behind the local position (Kafka lost committed data, or the checkpoint topic was reset): keeping the local position');
+        break;
+      case 'tail-lost':
+        logger.warn(
+          { ...fields, code: 'EB_ERR_LOG_TAIL_LOST' },
+          'the commit log lost records after they were forwarded (a restored backup, or a file system that lost writes); records written since are forwarded under a new epoch',
+        );
+        break;
+      case 'restored':
+        logger.warn(
+          { ...fields, code: 'EB_ERR_LOG_TAIL_LOST' },
+          'the commit log was rolled back behind its checkpoint in Kafka (a restored backup): everything it kept from before was forwarded already; records written since are forwarded',
+        );
+        break;
+      case 'diverged':
+        logger.error(
+          { ...fields, code: 'EB_ERR_LOG_DIVERGED' },
+          'the commit log shares no epoch with its checkpoint in Kafka (a backup older than the checkpoint lineage was restored): forwarding from the local position, records after it may reach Kafka twice',
+        );
+        break;
+      case 'checkpoint':
+        if (decision.skipped > 0) logger.info(fields, 'resuming after the checkpoint committed in Kafka');
+        break;
+      case 'fresh':
+        break;
     }
-    // Kafka committed records the local position had not caught up with (a crash or a lost
-    // commit response): they must not be sent again. But never past the log's own end: if the
-    // log lost records after they were forwarded (a power cut with synchronous: normal, or a
-    // restored backup), new records reuse those offsets and must still go out.
-    const end = this.source.highestOffset();
-    const target = Math.min(checkpoint.offset, end);
-    if (checkpoint.offset > end) {
-      logger.warn(
-        { checkpoint: checkpoint.offset, logEnd: end },
-        'the commit log ends before its checkpoint in Kafka: records were lost locally after they were forwarded (power cut with storage.synchronous: normal, or a restored backup); continuing from the end of the log',
-      );
-    } else {
-      logger.info({ position: local, checkpoint: checkpoint.offset }, 'resuming after the checkpoint committed in Kafka');
-    }
-    this.counters.skippedByCheckpoint += Math.max(0, target - local);
-    this.source.commitPosition(FORWARD_POSITION, target);
+  }
+
+  /** The checkpoint for a transaction ending at `offset`: its epoch and that epoch's lineage. */
+  private checkpointAt(offset: number): Checkpoint {
+    const index = epochIndexOf(this.epochs, offset);
+    const epoch = this.epochs[index];
+    return epoch === undefined
+      ? { logId: this.source.logId, offset }
+      : { logId: this.source.logId, offset, epoch: epoch.id, lineage: lineageOf(this.epochs, index) };
   }
 
   /**
-   * Forwards at most one transaction: read after the forward position, send with its checkpoint,
-   * commit the position. Returns the number of records forwarded (0 when the log is drained).
+   * One step of the loop: connect if needed, then forward at most one transaction. Never throws;
+   * failures become a `retry` (or `fenced`) outcome.
    */
-  async drainOnce(): Promise<number> {
-    const from = this.source.position(FORWARD_POSITION);
-    const batch = this.limitBytes(this.source.readAfter(from, this.options.batchMaxRecords));
-    if (batch.length === 0) return 0;
-    const last = batch[batch.length - 1]!.offset;
-    this.lastCommitAt = Date.now();
-    const checkpointKafkaOffset = await this.sink.send(batch, { logId: this.source.logId, offset: last });
-    // The transaction (records + checkpoint) is committed: only now may the position move.
-    this.source.commitPosition(FORWARD_POSITION, last);
-    if (checkpointKafkaOffset !== undefined) this.source.commitPosition(CHECKPOINT_KAFKA_OFFSET, checkpointKafkaOffset);
-    this.counters.forwarded += batch.length;
-    this.counters.transactions++;
-    this.removeForwarded(last, false);
-    return batch.length;
+  async step(): Promise<StepOutcome> {
+    try {
+      if (!this.connected) {
+        if (!(await this.connect())) {
+          await this.enterFenced('the checkpoint in Kafka was written by another gateway with this gateway.id');
+          return { kind: 'fenced' };
+        }
+      }
+      const outcome = await this.forwardOnce();
+      this.attempt = 0;
+      if (this.stateValue !== 'forwarding') this.setState('forwarding');
+      return outcome;
+    } catch (err) {
+      return this.failed(err);
+    }
   }
 
-  private limitBytes(batch: LogRecord[]): LogRecord[] {
-    let bytes = 0;
-    for (let i = 0; i < batch.length; i++) {
-      bytes += batch[i]!.payload.length + batch[i]!.mqttTopic.length + 64;
-      if (bytes > this.options.batchMaxBytes && i > 0) return batch.slice(0, i);
+  private async forwardOnce(): Promise<StepOutcome> {
+    if (this.storedPosition < this.positionValue) this.storePosition(); // a store that failed before
+    this.wakePending = false;
+    const from = this.positionValue;
+    const { records, end } = this.fromLog(() => this.source.readBatch(from, this.limit, this.options.batchMaxBytes));
+    if (end > this.knownEnd) this.knownEnd = end;
+    if (records.length === 0) {
+      if (end <= from) {
+        this.housekeep();
+        return { kind: 'idle' };
+      }
+      // Offsets after the position were handed out but their records are gone (storage.maxAge,
+      // overflow: drop-oldest, compaction): move over them with a checkpoint-only transaction,
+      // so that neither the position nor the checkpoint waits for records that will not come.
+      this.attempted = undefined;
+      await this.commit({ records: [], deadLetters: [] }, end);
+      return { kind: 'skipped' };
     }
-    return batch;
+    let batch: ForwardBatch = { records, deadLetters: [] };
+    let refusedRecord: LogRecord | undefined;
+    const refused = this.refused;
+    if (refused !== undefined) {
+      this.refused = undefined;
+      if (records[0]!.offset === refused.offset) {
+        // The record Kafka refuses, isolated: it alone, to the dead-letter topic or nowhere.
+        refusedRecord = records[0]!;
+        const deadLetters: DeadLetter[] =
+          this.options.deadLetter && !refused.deadLetterRefused ? [{ record: refusedRecord, reason: refused.reason }] : [];
+        batch = { records: [], deadLetters };
+        this.refused = refused; // kept until committed, in case the dead-letter topic refuses it too
+      }
+    }
+    const considered = refusedRecord ? [refusedRecord] : records;
+    const last = considered[considered.length - 1]!.offset;
+    this.attempted = { first: considered[0]!.offset, last, count: considered.length };
+    // With storage.synchronous: normal, what Kafka is about to have must first be on disk here:
+    // a power cut must never take records that were forwarded (or their dedup keys).
+    this.fromLog(() => this.source.makeDurable(last));
+    await this.commit(batch, last);
+    if (refusedRecord) {
+      this.refused = undefined;
+      this.reportRefused(refusedRecord, refused!.reason, batch.deadLetters.length > 0);
+    }
+    if (this.limit < this.options.batchMaxRecords && this.positionValue >= this.isolateThrough) this.limit = this.options.batchMaxRecords;
+    return { kind: 'forwarded', records: batch.records.length };
+  }
+
+  /** Sends one transaction ending at `last`; once Kafka committed it, moves the position. */
+  private async commit(batch: ForwardBatch, last: number): Promise<void> {
+    this.lastCommitAt = this.clock();
+    const kafkaOffset = await this.sink.send(batch, this.checkpointAt(last));
+    // The transaction (records + checkpoint) is committed: only now may the position move.
+    this.positionValue = last;
+    if (kafkaOffset !== undefined) this.hint = kafkaOffset;
+    const delta = zeroCounters();
+    delta.forwarded = batch.records.length;
+    delta.transactions = 1;
+    if (batch.deadLetters.length > 0) delta.deadLettered = batch.deadLetters.length;
+    else if (this.refused !== undefined) delta.droppedRejected = 1;
+    for (const k of Object.keys(delta) as (keyof ForwarderCounters)[]) this.counters[k] += delta[k];
+    this.options.onProgress?.(delta);
+    this.storePosition();
+    this.removeForwarded(false);
+  }
+
+  /** Stores the position (and the checkpoint hint) in the log; Kafka already has the records. */
+  private storePosition(): void {
+    const position = this.positionValue;
+    this.fromLog(() => {
+      if (this.storedPosition !== position) this.source.commitPosition(position);
+      if (this.hint !== undefined) this.source.commitCheckpointHint(this.hint);
+    });
+    this.storedPosition = position;
+  }
+
+  private reportRefused(record: LogRecord, reason: string, deadLettered: boolean): void {
+    const now = this.clock();
+    if (now - this.lastRefusalLogAt < (this.options.summaryIntervalMs ?? 60_000)) {
+      this.refusalsNotLogged++;
+      return;
+    }
+    this.lastRefusalLogAt = now;
+    this.options.logger.error(
+      {
+        code: 'EB_ERR_FORWARD_REJECTED',
+        reason,
+        topic: record.kafkaTopic,
+        deviceId: record.deviceId,
+        offset: record.offset,
+        payloadBytes: record.payload.length,
+        action: deadLettered ? 'dead-letter' : 'drop',
+        notLoggedBefore: this.refusalsNotLogged,
+        deadLettered: this.counters.deadLettered,
+        dropped: this.counters.droppedRejected,
+      },
+      deadLettered
+        ? 'kafka refuses a record for good: written to the dead-letter topic instead (further ones are counted, logged at most once per summary interval)'
+        : 'kafka refuses a record for good: dropped and counted (no dead-letter topic, or it refuses the record too)',
+    );
+    this.refusalsNotLogged = 0;
   }
 
   /**
    * Deletes forwarded records in bulk rather than per batch: one DELETE per second (or per
    * REMOVE_EVERY_RECORDS) costs far less than one per transaction, and the records are in Kafka.
+   * Only through the stored position: a crash must find its records where the position says.
    */
-  private removeForwarded(position: number, idle: boolean): void {
-    const now = Date.now();
-    if (position > this.removedThrough) {
-      if (!idle && position - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
-      this.source.removeThrough(position);
-      this.removedThrough = position;
-      this.lastRemoveAt = now;
-      this.needsShrink = true;
-      this.options.onRemoved?.();
+  private removeForwarded(idle: boolean): void {
+    const now = this.clock();
+    const through = this.storedPosition;
+    if (through <= this.removedThrough) return;
+    if (!idle && through - this.removedThrough < REMOVE_EVERY_RECORDS && now - this.lastRemoveAt < REMOVE_EVERY_MS) return;
+    this.fromLog(() => this.source.removeThrough(through));
+    this.removedThrough = through;
+    this.lastRemoveAt = now;
+    this.needsShrink = true;
+    this.options.onRemoved?.();
+  }
+
+  /** When drained: remove what was forwarded, then give space back, one short step per idle turn. */
+  private housekeep(): void {
+    this.removeForwarded(true);
+    if (this.needsShrink) {
+      this.needsShrink = this.fromLog(() => this.source.shrink());
+      if (this.needsShrink) this.wakePending = true; // more to give back: come back soon
     }
-    // Drained: give the freed pages back and truncate the WAL, once per drain.
-    if (idle && this.needsShrink) {
-      this.needsShrink = false;
-      this.source.shrink();
+  }
+
+  private async failed(err: unknown): Promise<StepOutcome> {
+    if (this.stopping) return { kind: 'idle' };
+    this.counters.failures++;
+    this.lastError = describeError(err);
+    const backoff = (): StepOutcome => ({
+      kind: 'retry',
+      delayMs: backoffDelay(this.attempt++, this.options.retry.initialMs, this.options.retry.maxMs, this.options.random),
+    });
+    if (isLogError(err)) {
+      // The log, not Kafka: the producer and its transaction state are fine; retry the log.
+      this.trouble('log-error', { err: this.lastError, code: err.code }, 'commit log still failing');
+      return backoff();
+    }
+    if (err instanceof RecordRejectedError) return this.isolate(err);
+    this.connected = false;
+    await this.sink.reset();
+    if (isFencedError(err)) {
+      // Kafka also bumps the producer epoch when a transaction outlives transactionTimeoutMs, so
+      // one fence is only a suspicion: reconnect and read the checkpoint. A checkpoint from
+      // another log, or a second fence before any commit succeeds, means a twin gateway.
+      if (this.suspectTwin) {
+        await this.enterFenced(this.lastError);
+        return { kind: 'fenced' };
+      }
+      this.suspectTwin = true;
+      this.options.logger.warn({ err: this.lastError }, 'producer fenced: checking whether another gateway uses this gateway.id');
+      return { kind: 'retry', delayMs: 0 };
+    }
+    const denied = authorizationFailure(err);
+    if (denied !== undefined) {
+      this.trouble('unauthorized', { err: this.lastError, denied, requiredAcls: this.options.requiredAcls }, 'kafka still refuses this gateway (ACLs)');
+      return backoff();
+    }
+    this.trouble('retrying', { err: this.lastError }, 'kafka still unreachable');
+    return backoff();
+  }
+
+  /**
+   * Kafka refused a record of the last batch for good. Halve the batch until the refused record is
+   * alone (the records before it go out meanwhile); then send it to the dead-letter topic, or drop
+   * it when there is none or that refuses it too. Never retried unchanged, never a stall.
+   */
+  private isolate(err: RecordRejectedError): StepOutcome {
+    const attempted = this.attempted;
+    if (err.deadLetter) {
+      if (this.refused) this.refused = { ...this.refused, deadLetterRefused: true };
+    } else if (attempted !== undefined && attempted.count > 1) {
+      this.limit = Math.max(1, Math.floor(attempted.count / 2));
+      this.isolateThrough = Math.max(this.isolateThrough, attempted.last);
+    } else if (attempted !== undefined) {
+      this.refused = { offset: attempted.first, reason: err.type, deadLetterRefused: false };
+      this.limit = 1;
+      this.isolateThrough = Math.max(this.isolateThrough, attempted.last);
+    }
+    return { kind: 'retry', delayMs: 0 };
+  }
+
+  /** Enters a not-forwarding state (one line), or logs a summary at most once per interval. */
+  private trouble(state: 'retrying' | 'unauthorized' | 'log-error', fields: Record<string, unknown>, summary: string): void {
+    if (this.stateValue !== state) {
+      this.troubleSince = this.clock();
+      this.lastSummaryAt = this.clock();
+      this.setState(state, fields);
+    } else {
+      this.logSummary(summary);
     }
   }
 
@@ -226,112 +506,93 @@ export class Forwarder {
     this.stateValue = next;
     this.options.onStateChange?.(next);
     const { logger } = this.options;
-    if (next === 'retrying') {
-      logger.warn(
-        { ...fields, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog },
-        'kafka unreachable: buffering in the commit log and retrying',
-      );
-    } else if (next === 'fenced') {
-      logger.error(
-        { ...fields, code: 'EB_ERR_FORWARD_FENCED', backlog: this.backlog },
-        'fenced: another gateway started with the same gateway.id and took over its Kafka transactions. ' +
-          'This gateway stops forwarding (its log keeps what it acknowledged); give each gateway its own gateway.id and restart',
-      );
-    } else if (next === 'forwarding' && previous === 'retrying') {
-      logger.info({ downForMs: Date.now() - this.troubleSince, backlog: this.backlog }, 'kafka reachable again: draining the backlog');
-    } else if (next === 'forwarding') {
-      logger.info({ backlog: this.backlog }, 'forwarding to kafka');
+    const since = { downForMs: this.clock() - this.troubleSince, backlog: this.backlog };
+    switch (next) {
+      case 'retrying':
+        logger.warn({ ...fields, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog }, 'kafka unreachable: buffering in the commit log and retrying');
+        break;
+      case 'unauthorized':
+        logger.error(
+          { ...fields, code: 'EB_ERR_FORWARD_UNAUTHORIZED', backlog: this.backlog },
+          'kafka refuses this gateway: an ACL is missing. Buffering in the commit log and retrying; grant the ACLs listed in requiredAcls',
+        );
+        break;
+      case 'log-error':
+        logger.error(
+          { ...fields, backlog: this.backlog },
+          'the commit log cannot be read or updated: forwarding paused (Kafka is not the problem); retrying',
+        );
+        break;
+      case 'fenced':
+        logger.error(
+          { ...fields, code: 'EB_ERR_FORWARD_FENCED', backlog: this.backlog },
+          'fenced: another gateway started with the same gateway.id and took over its Kafka transactions. ' +
+            'This gateway stops forwarding (its log keeps what it acknowledged); give each gateway its own gateway.id and restart',
+        );
+        break;
+      case 'forwarding':
+        if (previous === 'retrying') logger.info(since, 'kafka reachable again: draining the backlog');
+        else if (previous === 'unauthorized') logger.info(since, 'kafka accepts this gateway again: draining the backlog');
+        else if (previous === 'log-error') logger.info(since, 'the commit log works again: forwarding');
+        else logger.info({ backlog: this.backlog }, 'forwarding to kafka');
+        break;
+      default:
+        break;
     }
   }
 
+  private async enterFenced(reason: string): Promise<void> {
+    this.troubleSince = this.clock();
+    this.connected = false;
+    this.setState('fenced', { err: reason });
+    await this.sink.reset();
+  }
+
   private async run(): Promise<void> {
-    let attempt = 0;
-    let connected = false;
     this.setState('connecting');
     while (!this.stopping) {
-      try {
-        if (!connected) {
-          if (!(await this.connect())) {
-            await this.setFenced('the checkpoint in Kafka was written by another gateway with this gateway.id');
-            break;
-          }
-          connected = true;
-          this.suspectTwin = false;
+      const outcome = await this.step();
+      if (this.stopping) break;
+      // Whatever the outcome, give the event loop a turn: close() and wake-ups always get in.
+      await yieldToLoop();
+      switch (outcome.kind) {
+        case 'fenced':
+          await this.idleWhileFenced();
+          return;
+        case 'idle':
+          if (!this.wakePending) await this.sleep(this.options.idlePollMs ?? 1000, true);
+          break;
+        case 'retry':
+          if (outcome.delayMs > 0) await this.sleep(outcome.delayMs, false);
+          break;
+        default: {
+          // Amortise the transaction cost: unless a full batch is waiting, let records gather
+          // until commitIntervalMs after the previous transaction began.
+          const wait = this.lastCommitAt + this.options.commitIntervalMs - this.clock();
+          if (wait > 0 && this.backlog < this.options.batchMaxRecords) await this.sleep(wait, false);
         }
-        const sent = await this.drainOnce();
-        if (this.stateValue !== 'forwarding') this.setState('forwarding');
-        attempt = 0;
-        if (sent === 0) {
-          this.removeForwarded(this.source.position(FORWARD_POSITION), true);
-          await this.waitForRecords();
-        }
-        // Amortise the transaction cost: unless a full batch is waiting, let records gather
-        // until commitIntervalMs after the previous transaction began.
-        const wait = this.lastCommitAt + this.options.commitIntervalMs - Date.now();
-        if (wait > 0 && this.backlog < this.options.batchMaxRecords) await this.sleep(wait, false);
-      } catch (err) {
-        if (this.stopping || this.source.isClosed) break;
-        this.counters.failures++;
-        this.lastError = describeError(err);
-        connected = false;
-        await this.sink.reset();
-        if (isFencedError(err)) {
-          // Kafka also bumps the producer epoch when a transaction outlives transactionTimeoutMs,
-          // so one fence is only a suspicion: reconnect and read the checkpoint. A checkpoint from
-          // another log, or a second fence before any commit succeeds, means a twin gateway.
-          if (this.suspectTwin) {
-            await this.setFenced(this.lastError);
-            break;
-          }
-          this.suspectTwin = true;
-          this.options.logger.warn({ err: this.lastError }, 'producer fenced: checking whether another gateway uses this gateway.id');
-          continue;
-        }
-        if (this.stateValue !== 'retrying') {
-          this.troubleSince = Date.now();
-          this.lastSummaryAt = Date.now();
-          this.setState('retrying', { err: this.lastError });
-        } else {
-          this.logSummary('kafka still unreachable');
-        }
-        await this.sleep(backoffDelay(attempt++, this.options.retry.initialMs, this.options.retry.maxMs), false);
       }
     }
   }
 
-  private async setFenced(reason: string): Promise<void> {
-    this.troubleSince = Date.now();
-    this.setState('fenced', { err: reason });
-    await this.sink.reset();
-    await this.idleWhileFenced();
-  }
-
   /** A fenced gateway must not retry (it would fence the other one in turn): it only reports. */
   private async idleWhileFenced(): Promise<void> {
-    this.lastSummaryAt = Date.now();
+    this.lastSummaryAt = this.clock();
     while (!this.stopping) {
       await this.sleep(this.options.summaryIntervalMs ?? 60_000, false);
-      if (!this.stopping && !this.source.isClosed) this.logSummary('fenced: not forwarding');
+      if (!this.stopping) this.logSummary('fenced: not forwarding');
     }
   }
 
   private logSummary(message: string): void {
     const every = this.options.summaryIntervalMs ?? 60_000;
-    const now = Date.now();
+    const now = this.clock();
     if (now - this.lastSummaryAt < every) return;
     this.lastSummaryAt = now;
     this.options.logger.warn(
       { sinceMs: now - this.troubleSince, backlog: this.backlog, failures: this.counters.failures, err: this.lastError },
       message,
     );
-  }
-
-  private waitForRecords(): Promise<void> {
-    if (this.wakePending || this.source.lastOffset > this.position) {
-      this.wakePending = false;
-      return Promise.resolve();
-    }
-    return this.sleep(this.options.idlePollMs ?? 1000, true);
   }
 
   /** Sleeps up to `ms`; close() always ends it early, notify() only when `wakeOnRecords`. */
@@ -341,7 +602,6 @@ export class Forwarder {
         clearTimeout(timer);
         this.wake = undefined;
         this.stopWake = undefined;
-        if (wakeOnRecords) this.wakePending = false;
         resolve();
       };
       const timer = setTimeout(done, ms);
@@ -364,6 +624,7 @@ export class Forwarder {
       this.running = undefined;
     }
     await this.sink.close();
+    this.connected = false;
     this.stateValue = 'stopped';
   }
 }

@@ -1,44 +1,30 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { Partitioners, type Admin, type Kafka, type Message, type PartitionMetadata, type Producer } from 'kafkajs';
 import type { LogRecord } from '../log/commit-log.js';
-
-/** The last log offset a gateway committed to Kafka, and which log it came from. */
-export interface Checkpoint {
-  readonly logId: string;
-  readonly offset: number;
-  /** Offset of the checkpoint record in the checkpoint topic partition. */
-  readonly kafkaOffset?: number;
-}
-
-/** The forwarder's view of Kafka: small enough to replace with an in-memory sink in unit tests. */
-export interface RecordSink {
-  /**
-   * Connects, fences any earlier producer with this gateway's transactional id (aborting its open
-   * transaction), makes sure the topics exist, and returns this gateway's last committed
-   * checkpoint, if any. `hint` is where a recent checkpoint record was, to read from there.
-   */
-  connect(hint?: number): Promise<Checkpoint | undefined>;
-  /**
-   * Writes the records and a checkpoint (`checkpoint.offset` = last record's offset) in one Kafka
-   * transaction. Resolves once committed, with the checkpoint record's offset; rejects otherwise
-   * (the outcome of a failed commit is learned from the checkpoint on the next connect).
-   */
-  send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined>;
-  /** Drops the producer so the next `connect` starts from a fresh one. */
-  reset(): Promise<void>;
-  close(): Promise<void>;
-}
+import {
+  RecordRejectedError,
+  rejectionType,
+  type Checkpoint,
+  type ForwardBatch,
+  type RecordSink,
+} from './sink.js';
 
 export interface KafkaSinkOptions {
   readonly kafka: Kafka;
   readonly gatewayId: string;
+  /** Topics to create (if missing) and learn at connect; others are learned when first sent to. */
   readonly topics: readonly string[];
   readonly checkpointTopic: string;
+  /** Where records Kafka refuses for good go; undefined when they are dropped instead. */
+  readonly deadLetterTopic?: string;
   readonly topicDefaults: { readonly partitions: number; readonly replicationFactor: number };
   readonly transactionTimeoutMs: number;
   /** How long reading the checkpoint may take before connect fails (and is retried). */
   readonly checkpointReadTimeoutMs?: number;
 }
+
+/** Size-related rejections: the payload cannot go to the dead-letter topic either. */
+const SIZE_REJECTIONS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE']);
 
 /**
  * Forwards with a transactional producer: each batch is one Kafka transaction that also writes
@@ -61,7 +47,8 @@ export class KafkaSink implements RecordSink {
 
   async connect(hint?: number): Promise<Checkpoint | undefined> {
     if (!this.topicsReady) {
-      await this.ensureTopics();
+      const internal = [this.options.checkpointTopic, ...(this.options.deadLetterTopic ? [this.options.deadLetterTopic] : [])];
+      await this.ensureTopics([...new Set([...this.options.topics, ...internal, ...this.partitions.keys()])]);
       this.topicsReady = true;
     }
     if (!this.producer) {
@@ -88,38 +75,39 @@ export class KafkaSink implements RecordSink {
     return this.readCheckpoint(hint);
   }
 
-  private async ensureTopics(): Promise<void> {
+  /** Creates the missing ones of `topics` and learns the partitions of all of them. */
+  private async ensureTopics(topics: readonly string[]): Promise<void> {
     const admin: Admin = this.options.kafka.admin();
     await admin.connect();
     try {
       const existing = new Set(await admin.listTopics());
       const { partitions, replicationFactor } = this.options.topicDefaults;
-      const missing = this.options.topics
+      const missing = topics
         .filter((t) => !existing.has(t))
-        .map((topic) => ({ topic, numPartitions: partitions, replicationFactor }));
-      if (!existing.has(this.options.checkpointTopic)) {
-        missing.push({
-          topic: this.options.checkpointTopic,
-          numPartitions: 1,
-          replicationFactor,
-          // Only the latest checkpoint per gateway matters; small segments let compaction keep
-          // the topic (and the read at start) short.
-          configEntries: [
-            { name: 'cleanup.policy', value: 'compact' },
-            { name: 'segment.ms', value: String(3600_000) },
-            { name: 'min.cleanable.dirty.ratio', value: '0.1' },
-          ],
-        } as (typeof missing)[number]);
-      }
+        .map((topic) =>
+          topic === this.options.checkpointTopic
+            ? ({
+                topic,
+                numPartitions: 1,
+                replicationFactor,
+                // Only the latest checkpoint per gateway matters; small segments let compaction
+                // keep the topic (and the read at start) short.
+                configEntries: [
+                  { name: 'cleanup.policy', value: 'compact' },
+                  { name: 'segment.ms', value: String(3600_000) },
+                  { name: 'min.cleanable.dirty.ratio', value: '0.1' },
+                ],
+              } as { topic: string; numPartitions: number; replicationFactor: number })
+            : { topic, numPartitions: partitions, replicationFactor },
+        );
       if (missing.length > 0) {
         await admin.createTopics({ waitForLeaders: true, topics: missing }).catch((err: { type?: string }) => {
           // another gateway created it in between: fine
           if (err.type !== 'TOPIC_ALREADY_EXISTS') throw err;
         });
       }
-      const topics = [...this.options.topics, this.options.checkpointTopic];
-      const meta = await admin.fetchTopicMetadata({ topics });
-      this.partitions = new Map(meta.topics.map((t) => [t.name, t.partitions]));
+      const meta = await admin.fetchTopicMetadata({ topics: [...topics] });
+      for (const t of meta.topics) this.partitions.set(t.name, t.partitions);
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
@@ -206,40 +194,67 @@ export class KafkaSink implements RecordSink {
     }
   }
 
-  async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number | undefined> {
+  async send(batch: ForwardBatch, checkpoint: Checkpoint): Promise<number | undefined> {
     if (!this.producer) throw new Error('kafka sink is not connected');
+    const { gatewayId, checkpointTopic, deadLetterTopic } = this.options;
+    // Topics of a backlog written under an older route table are learned (and created) here.
+    const unknown = new Set<string>();
+    for (const r of batch.records) if (!this.partitions.has(r.kafkaTopic)) unknown.add(r.kafkaTopic);
+    if (batch.deadLetters.length > 0 && deadLetterTopic && !this.partitions.has(deadLetterTopic)) unknown.add(deadLetterTopic);
+    if (unknown.size > 0) await this.ensureTopics([...unknown]);
+
     // One produce call per partition. kafkajs's produce retry remembers which *brokers* answered:
     // when a call spans several leaders and one of them fails over, the retry can write a
     // partition twice in the same transaction or skip one (the broker-failover test saw 395
     // duplicates). A call that reaches a single partition cannot mix brokers up, and its retry
     // keeps the idempotent sequence, so the broker drops a repeat.
     const byPartition = new Map<string, { topic: string; messages: Message[] }>();
-    for (const r of records) {
-      const message = toMessage(r, this.options.gatewayId);
-      message.partition = this.partitionOf(r.kafkaTopic, r.deviceId);
-      const slot = `${r.kafkaTopic}\0${message.partition}`;
+    const add = (topic: string, message: Message): void => {
+      message.partition = this.partitionOf(topic, String(message.key));
+      const slot = `${topic}\0${message.partition}`;
       let group = byPartition.get(slot);
-      if (!group) byPartition.set(slot, (group = { topic: r.kafkaTopic, messages: [] }));
+      if (!group) byPartition.set(slot, (group = { topic, messages: [] }));
       group.messages.push(message);
-    }
+    };
+    for (const r of batch.records) add(r.kafkaTopic, toMessage(r, gatewayId));
+    if (deadLetterTopic) for (const d of batch.deadLetters) add(deadLetterTopic, toDeadLetterMessage(d.record, d.reason, gatewayId));
     const checkpointMessage: Message = {
-      key: this.options.gatewayId,
-      value: JSON.stringify({ logId: checkpoint.logId, offset: checkpoint.offset, records: records.length, at: Date.now() }),
-      partition: this.partitionOf(this.options.checkpointTopic, this.options.gatewayId),
+      key: gatewayId,
+      value: JSON.stringify({
+        logId: checkpoint.logId,
+        offset: checkpoint.offset,
+        ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, lineage: checkpoint.lineage ?? [] }),
+        records: batch.records.length,
+        at: Date.now(),
+      }),
+      partition: this.partitionOf(checkpointTopic, gatewayId),
     };
     const txn = await this.producer.transaction();
+    let sendingTopic = checkpointTopic;
     try {
       for (const { topic, messages } of byPartition.values()) {
+        sendingTopic = topic;
         await txn.sendBatch({ acks: -1, topicMessages: [{ topic, messages }] });
       }
-      const [cp] = await txn.sendBatch({
-        acks: -1,
-        topicMessages: [{ topic: this.options.checkpointTopic, messages: [checkpointMessage] }],
-      });
+      sendingTopic = checkpointTopic;
+      const [cp] = await txn.sendBatch({ acks: -1, topicMessages: [{ topic: checkpointTopic, messages: [checkpointMessage] }] });
       await txn.commit();
       return cp?.baseOffset === undefined ? undefined : Number(cp.baseOffset);
     } catch (err) {
-      if (txn.isActive()) await txn.abort().catch(() => undefined);
+      const rejected = rejectionType(err);
+      if (txn.isActive()) {
+        try {
+          await txn.abort();
+        } catch {
+          throw err; // the producer is in an unknown state: the forwarder starts a new one
+        }
+      }
+      // The checkpoint record is ours and small: a refusal there is a broker problem, retried.
+      if (rejected !== undefined && sendingTopic !== checkpointTopic) {
+        throw new RecordRejectedError(rejected, sendingTopic, sendingTopic === deadLetterTopic, `kafka refused a record for ${sendingTopic}: ${rejected}`, {
+          cause: err,
+        });
+      }
       throw err;
     }
   }
@@ -265,9 +280,16 @@ export class KafkaSink implements RecordSink {
 
 export function parseCheckpoint(value: Buffer): Omit<Checkpoint, 'kafkaOffset'> | undefined {
   try {
-    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; offset?: unknown };
+    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; offset?: unknown; epoch?: unknown; lineage?: unknown };
     if (typeof v.logId === 'string' && typeof v.offset === 'number' && Number.isInteger(v.offset)) {
-      return { logId: v.logId, offset: v.offset };
+      const epoch = typeof v.epoch === 'string' ? v.epoch : undefined;
+      const lineage = Array.isArray(v.lineage) ? v.lineage.filter((x): x is string => typeof x === 'string') : undefined;
+      return {
+        logId: v.logId,
+        offset: v.offset,
+        ...(epoch === undefined ? {} : { epoch }),
+        ...(lineage === undefined ? {} : { lineage }),
+      };
     }
   } catch {
     // not ours, or damaged: ignore it
@@ -284,17 +306,24 @@ export function toMessage(record: LogRecord, gatewayId: string): Message {
   };
 }
 
-const FENCED_TYPES = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED', 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED']);
-
-/** Whether a kafkajs error (possibly wrapped by its retrier) says another producer fenced this one. */
-export function isFencedError(err: unknown, depth = 0): boolean {
-  if (err === null || typeof err !== 'object' || depth > 5) return false;
-  const e = err as { type?: string; cause?: unknown; originalError?: unknown; errors?: unknown[]; message?: string };
-  if (e.type && FENCED_TYPES.has(e.type)) return true;
-  if (typeof e.message === 'string' && /fenced|producer epoch/i.test(e.message)) return true;
-  return (
-    isFencedError(e.cause, depth + 1) ||
-    isFencedError(e.originalError, depth + 1) ||
-    (Array.isArray(e.errors) && e.errors.some((x) => isFencedError(x, depth + 1)))
-  );
+/**
+ * A refused record as a dead-letter record, in the manner of Kafka Connect's DLQ context headers.
+ * A record refused for its size cannot be written anywhere in Kafka: its payload is left out and
+ * its size and SHA-256 are given instead.
+ */
+export function toDeadLetterMessage(record: LogRecord, reason: string, gatewayId: string): Message {
+  const base = toMessage(record, gatewayId);
+  const withoutPayload = SIZE_REJECTIONS.has(reason);
+  return {
+    ...base,
+    value: withoutPayload ? Buffer.alloc(0) : record.payload,
+    headers: {
+      ...(base.headers as Record<string, string>),
+      'edgebridge-error': reason,
+      'edgebridge-original-topic': record.kafkaTopic,
+      'edgebridge-log-offset': String(record.offset),
+      'edgebridge-payload-bytes': String(record.payload.length),
+      ...(withoutPayload ? { 'edgebridge-payload-sha256': createHash('sha256').update(record.payload).digest('hex') } : {}),
+    },
+  };
 }

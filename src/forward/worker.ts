@@ -1,78 +1,66 @@
 /**
  * The forwarder's thread. Kafka encoding, transactions and log reads run here, on their own event
- * loop and core, so that ingest (MQTT parsing and group commit) keeps the main thread. The
- * worker opens its own connections to the commit log (SQLite WAL allows one writer at a time
- * and readers alongside; better-sqlite3 waits on a busy lock). Protocol: forwarder-thread.ts.
+ * loop and core, so that ingest (MQTT parsing and group commit) keeps the main thread. It builds
+ * its parts from the ForwardSettings gateway.ts hands it, and nothing else: its own connection
+ * to the commit log (LogReader), the Kafka sink and the forwarder. Protocol: forwarder-thread.ts.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
-import type { Config } from '../config/schema.js';
-import { describeError } from '../errors.js';
-import { RouteTable } from '../ingress/routes.js';
-import { CommitLog } from '../log/commit-log.js';
+import { EdgebridgeError, describeError } from '../errors.js';
+import { LogReader } from '../log/log-reader.js';
 import { Forwarder } from './forwarder.js';
 import { createKafka } from './kafka-client.js';
 import { KafkaSink } from './kafka-sink.js';
-import type { FromWorker, ToWorker, WorkerInit } from './forwarder-thread.js';
+import type { FromWorker, ToWorker } from './forwarder-thread.js';
+import { requiredAcls, type ForwardSettings } from './settings.js';
 
 const port = parentPort!;
 const post = (message: FromWorker): void => port.postMessage(message);
-const { config, logLevel } = workerData as WorkerInit;
+const settings = workerData as ForwardSettings;
 
 // Log lines go to the main thread, which writes them through its own logger: one ordered stream.
-const logger = pino({ level: logLevel }, { write: (line: string) => post({ type: 'log', line }) });
+const logger = pino({ level: settings.logLevel }, { write: (line: string) => post({ type: 'log', line }) });
 
-function main(cfg: Config): void {
-  const log = new CommitLog({ dir: cfg.storage.dir, synchronous: cfg.storage.synchronous });
+function main(s: ForwardSettings): void {
+  const reader = new LogReader({ dir: s.storage.dir, synchronous: s.storage.synchronous, walLimitBytes: s.storage.walLimitBytes });
   const sink = new KafkaSink({
-    kafka: createKafka({
-      brokers: cfg.kafka.brokers,
-      clientId: cfg.kafka.clientId ?? `edgebridge-${cfg.gateway.id}`,
-      connectionTimeoutMs: cfg.kafka.connectionTimeoutMs,
-      requestTimeoutMs: cfg.kafka.requestTimeoutMs,
-      logger,
-    }),
-    gatewayId: cfg.gateway.id,
-    topics: new RouteTable(cfg.routes).kafkaTopics,
-    checkpointTopic: cfg.forward.checkpointTopic,
-    topicDefaults: cfg.kafka.topicDefaults,
-    transactionTimeoutMs: cfg.forward.transactionTimeoutMs,
+    kafka: createKafka({ ...s.kafka, logger }),
+    gatewayId: s.gatewayId,
+    topics: s.topics,
+    checkpointTopic: s.checkpointTopic,
+    ...(s.deadLetterTopic === undefined ? {} : { deadLetterTopic: s.deadLetterTopic }),
+    topicDefaults: s.kafka.topicDefaults,
+    transactionTimeoutMs: s.transactionTimeoutMs,
   });
-  const forwarder = new Forwarder(log, sink, {
-    batchMaxRecords: cfg.forward.batchMaxRecords,
-    batchMaxBytes: cfg.forward.batchMaxBytes,
-    commitIntervalMs: cfg.forward.commitIntervalMs,
-    retry: cfg.forward.retry,
+  const forwarder = new Forwarder(reader, sink, {
+    batchMaxRecords: s.batchMaxRecords,
+    batchMaxBytes: s.batchMaxBytes,
+    commitIntervalMs: s.commitIntervalMs,
+    retry: s.retry,
+    deadLetter: s.deadLetterTopic !== undefined,
+    requiredAcls: requiredAcls(s),
     logger,
     onRemoved: () => post({ type: 'removed' }),
-    // report state changes at once; counters go out a few times a second
-    onStateChange: () => report(),
+    onStateChange: (state) => post({ type: 'state', state, lastError: forwarder.lastErrorMessage }),
+    // Deltas, one message per transaction: a count is never lost when this thread ends.
+    onProgress: (delta) => post({ type: 'progress', delta }),
   });
-
-  const report = (): void => {
-    post({ type: 'status', state: forwarder.state, counters: { ...forwarder.counters }, lastError: forwarder.lastErrorMessage });
-  };
-  const reporter = setInterval(() => report(), 250);
 
   port.on('message', (message: ToWorker) => {
     if (message.type === 'appended') {
-      log.observeAppended(message.lastOffset);
-      forwarder.notify();
+      forwarder.notify(message.lastOffset);
     } else if (message.type === 'close') {
       void forwarder.close(message.timeoutMs).finally(() => {
-        clearInterval(reporter);
-        report();
-        log.close();
+        reader.close();
         post({ type: 'closed' });
       });
     }
   });
   forwarder.start();
-  report();
 }
 
 try {
-  main(config);
+  main(settings);
 } catch (err) {
-  post({ type: 'fatal', message: describeError(err) });
+  post({ type: 'fatal', message: describeError(err), code: err instanceof EdgebridgeError ? err.code : undefined });
 }

@@ -31,7 +31,7 @@ function streamPrefix(...parts: string[]): Buffer {
 /** Non-negative integers as fixed-width digits (so byte order is numeric order); the rest as JSON. */
 function sortable(value: unknown): string {
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return `#${String(value).padStart(16, '0')}`;
-  return JSON.stringify(value ?? '');
+  return JSON.stringify(value);
 }
 
 /** The top-level JSON object of a payload, if it is one. */
@@ -49,19 +49,20 @@ function parseObject(payload: Buffer): Record<string, unknown> | undefined {
 }
 
 /**
- * The dedup identity of a publish. With identity fields present in the payload (default
+ * The dedup identity of a publish. With every identity field present in the payload (default
  * `bootId` + `seq`), the identity is route + device ID + their values: a retransmit and a replay
  * after reboot/reconnect look alike, and a fresh boot (new bootId) never collides with an old
- * one. Absent fields count as empty. With none of them present, only MQTT DUP retransmits of the
- * same packet (client, packet id, payload) are collapsed: every first transmission is remembered
- * so that its DUP can be recognised, and is always stored.
+ * one. A payload that lacks any of them has no identity of its own (a sensor that sends `seq` but
+ * no `bootId` restarts its counter at boot: `seq` alone would drop real readings), so only MQTT
+ * DUP retransmits of the same packet (client, packet id, payload) are collapsed: every first
+ * transmission is remembered so that its DUP can be recognised, and is always stored.
  */
 export function dedupMark(route: CompiledRoute, deviceId: string, publish: PublishIdentity): DedupMark | undefined {
   const config = route.dedup;
   if (!config) return undefined;
   if (config.fields.length > 0) {
     const obj = parseObject(publish.payload);
-    if (obj && config.fields.some((f) => Object.hasOwn(obj, f))) {
+    if (obj && config.fields.every((f) => Object.hasOwn(obj, f) && obj[f] !== null)) {
       const identity = config.fields.map((f) => sortable(obj[f])).join('\u0001');
       return {
         key: Buffer.concat([streamPrefix('f', route.pattern, deviceId), Buffer.from(identity, 'utf8')]),

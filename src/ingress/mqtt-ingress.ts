@@ -1,7 +1,7 @@
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { Aedes, type Client, type PublishPacket } from 'aedes';
 import type { Logger } from 'pino';
-import { describeError, type EdgebridgeError } from '../errors.js';
+import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
 import { dedupMark } from './dedup.js';
@@ -24,7 +24,7 @@ export interface IngressCounters {
   unrouted: number;
   /** QoS 2 retransmissions of a packet already stored (not appended again). */
   qos2Duplicates: number;
-  /** Publishes refused because the log could not store them (the client is disconnected). */
+  /** Publishes refused because the log could not store them, or too many waited (the client is disconnected). */
   refused: number;
   /** Retransmits and replays recognised by dedup: acknowledged, not stored again. */
   duplicates: number;
@@ -33,7 +33,6 @@ export interface IngressCounters {
 }
 
 const SYS_PREFIX = '$SYS/';
-
 
 
 /**
@@ -47,7 +46,6 @@ export class MqttIngress {
   private lastOversizedLogAt = 0;
   private broker: Aedes | undefined;
   private server: Server | undefined;
-  private storeFailing = false;
 
   constructor(private readonly options: MqttIngressOptions) {}
 
@@ -146,27 +144,20 @@ export class MqttIngress {
       },
       (err, result) => {
         if (err) {
+          // No PUBACK: aedes closes the connection and the device sends the message again. The
+          // log's failures are reported (once per state change) where the log is wired up.
           this.counters.refused++;
-          // One line per state change, not one per refused message.
-          if (!this.storeFailing) {
-            this.storeFailing = true;
-            this.options.logger.error(
-              { err: describeError(err), code: (err as EdgebridgeError).code },
-              'commit log cannot store messages: publishes are refused (no PUBACK) until it recovers',
-            );
-          }
           callback(err);
           return;
-        }
-        if (this.storeFailing) {
-          this.storeFailing = false;
-          this.options.logger.info('commit log stores messages again');
         }
         if (result === 'duplicate') this.counters.duplicates++;
         else this.counters.routed++;
         // A duplicate is acknowledged like the original, so the device stops resending it.
         callback(null);
       },
+      // The connection owns the order of its publishes: once one is refused, none of its later
+      // ones may be stored ahead of it (see GroupCommit).
+      client ?? undefined,
     );
   }
 

@@ -1,8 +1,12 @@
-import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
+import { DB_FILE, POSITION_FORWARD, logError, migrate, openDatabase, openError, walBytes } from './database.js';
+import type { LogEpoch } from './epochs.js';
+
+export { DB_FILE } from './database.js';
 
 /**
  * How an entry takes part in deduplication. `check`: store the entry only if its key is not
@@ -33,7 +37,7 @@ export interface LogEntry {
 
 /** A stored entry, as the forwarder reads it back. */
 export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact'> {
-  /** Monotonically increasing; never reused, even after the records before it are removed. */
+  /** Increasing; never handed out twice within an epoch of the log (see epochs.ts). */
   readonly offset: number;
 }
 
@@ -43,6 +47,14 @@ export type AppendResult = number | 'duplicate';
 export interface CommitLogOptions {
   readonly dir: string;
   readonly synchronous: 'full' | 'normal';
+  /**
+   * How long an append waits for the forwarder's connection to release the write lock. The
+   * forwarder keeps its write transactions short; past this the append fails (nothing is
+   * acknowledged) rather than stall the ingest thread.
+   */
+  readonly busyTimeoutMs?: number;
+  /** Most bytes the WAL keeps between checkpoints (counted in usedBytes). */
+  readonly walLimitBytes?: number;
 }
 
 export interface CommitLogStats {
@@ -52,39 +64,7 @@ export interface CommitLogStats {
   readonly forwardPosition: number;
 }
 
-/** Schema steps; MIGRATIONS[n] takes a database from user_version n to n + 1. Never edit a step. */
-const MIGRATIONS: readonly string[] = [
-  `CREATE TABLE records (
-     log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
-     received_at INTEGER NOT NULL,
-     route       TEXT    NOT NULL,
-     kafka_topic TEXT    NOT NULL,
-     device_id   TEXT    NOT NULL,
-     mqtt_topic  TEXT    NOT NULL,
-     qos         INTEGER NOT NULL,
-     payload     BLOB    NOT NULL
-   );
-   CREATE TABLE positions (
-     name       TEXT PRIMARY KEY,
-     log_offset INTEGER NOT NULL
-   );`,
-  `ALTER TABLE records ADD COLUMN compact INTEGER NOT NULL DEFAULT 0;
-   CREATE INDEX records_compact ON records (route, device_id) WHERE compact = 1;
-   CREATE TABLE dedup (
-     key        BLOB PRIMARY KEY,
-     expires_at INTEGER NOT NULL
-   ) WITHOUT ROWID;
-   CREATE INDEX dedup_expiry ON dedup (expires_at);
-   CREATE TABLE meta (
-     key   TEXT PRIMARY KEY,
-     value TEXT NOT NULL
-   );`,
-];
-export const DB_FILE = 'edgebridge.db';
-/** The WAL is truncated back to this after checkpoints, so a drained log returns near baseline. */
-const JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024;
-/** Offsets removed per delete statement (see removeThrough). */
-const REMOVE_CHUNK = 5000;
+export const DEFAULT_WAL_LIMIT_BYTES = 16 * 1024 * 1024;
 
 interface RecordRow {
   log_offset: number;
@@ -98,26 +78,24 @@ interface RecordRow {
 }
 
 /**
- * The durable local commit log: an append-only SQLite table with AUTOINCREMENT offsets (so an
- * offset is never handed out twice, even once forwarded records are deleted), named positions
- * like consumer offsets, and the dedup index. WAL mode; synchronous=FULL by default so a
- * committed append survives a power cut, which is what lets ingress acknowledge after append.
+ * The durable local commit log, as the gateway's ingest thread writes it: an append-only SQLite
+ * table with AUTOINCREMENT offsets, the dedup index, and the storage limits (drops). WAL mode;
+ * synchronous=FULL by default, so a committed append survives a power cut, which is what lets
+ * ingress acknowledge after append. The forwarder reads and trims it through its own connection
+ * (LogReader). Opening it starts a new epoch (epochs.ts).
  */
 export class CommitLog {
   readonly file: string;
   /** Random identity of this log file, carried in Kafka checkpoints: a checkpoint written from
    * another log (a replaced or recreated database) must never move this log's position. */
   readonly logId: string;
+  /** The epoch this opening started. */
+  readonly epoch: LogEpoch;
   private readonly db: Database.Database;
-  /**
-   * The forwarder's connection (reads, positions, removals) runs with synchronous=NORMAL: its
-   * commits are made durable by the next FULL commit of an append, which fsyncs the shared WAL.
-   * A position lost in a power cut costs nothing: records are removed only after their position
-   * was stored, and on start the forwarder resumes from the checkpoint committed in Kafka.
-   */
-  private readonly reader: Database.Database;
   private readonly stmts: ReturnType<CommitLog['prepare']>;
   private readonly appendAll: (entries: readonly LogEntry[], now: number) => AppendResult[];
+  private readonly knownTopics = new Set<string>();
+  private newTopics: string[] = [];
   private lastOffsetCache: number;
   private readonly pageSize: number;
   private closed = false;
@@ -132,47 +110,31 @@ export class CommitLog {
         cause: err,
       });
     }
-    this.db = openDatabase(this.file);
+    this.db = openDatabase(this.file, { busyTimeoutMs: options.busyTimeoutMs ?? 1000, moveAsideIfCorrupt: true });
     try {
-      this.db.pragma(`synchronous = ${options.synchronous.toUpperCase()}`);
-      this.db.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT}`);
-      this.migrate();
-      this.reader = openDatabase(this.file);
-      this.reader.pragma('synchronous = NORMAL');
-      this.reader.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT}`);
+      this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
+      const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
+      this.db.pragma(`journal_size_limit = ${walLimit}`);
+      this.db.pragma(`wal_autocheckpoint = ${Math.max(64, Math.floor(walLimit / this.pageSize))}`);
+      migrate(this.db, this.file);
       this.stmts = this.prepare();
       this.logId = this.readOrCreateLogId();
+      for (const t of this.stmts.topics.all() as string[]) this.knownTopics.add(t);
+      this.epoch = this.startEpoch();
+      // Only now, so that the epoch row is written with a full sync whatever the mode.
+      this.db.pragma(`synchronous = ${options.synchronous.toUpperCase()}`);
     } catch (err) {
       this.db.close();
-      throw err instanceof EdgebridgeError ? err : openError(this.file, err);
+      throw openError(this.file, err, true);
     }
-    this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
     this.appendAll = this.db.transaction((entries: readonly LogEntry[], now: number) =>
       entries.map((e) => this.appendOne(e, now)),
     );
-    this.lastOffsetCache = (this.stmts.lastSeq.get() as number | undefined) ?? 0;
-  }
-
-  private migrate(): void {
-    const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version > MIGRATIONS.length) {
-      throw new EdgebridgeError(
-        'EB_ERR_LOG_OPEN',
-        `commit log ${this.file} has schema version ${version}, newer than this edgebridge understands (${MIGRATIONS.length}); upgrade edgebridge`,
-      );
-    }
-    // Each step runs in its own transaction with the version bump, so a crash mid-upgrade
-    // leaves either the old schema or the new one.
-    for (let v = version; v < MIGRATIONS.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v]!);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
-    }
+    this.lastOffsetCache = this.highestOffset();
   }
 
   private prepare() {
-    const { db, reader } = this;
+    const { db } = this;
     return {
       insert: db.prepare(
         `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload)
@@ -195,25 +157,24 @@ export class CommitLog {
         'DELETE FROM records WHERE log_offset IN (SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?)',
       ),
       // Looks at the oldest unforwarded records only (offsets follow arrival), so a large backlog
-      // costs a bounded scan per run rather than a full one.
+      // costs a bounded scan per call rather than a full one.
       dropExpired: db.prepare(
         `DELETE FROM records WHERE log_offset IN (
-           SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT 10000
+           SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?
          ) AND received_at < ?`,
       ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
-      read: reader.prepare(
+      read: db.prepare(
         `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
-      getPosition: reader.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
-      setPosition: reader.prepare(
-        'INSERT INTO positions (name, log_offset) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset',
-      ),
-      removeThrough: reader.prepare('DELETE FROM records WHERE log_offset <= ?'),
-      counts: reader.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
-      firstOffset: reader.prepare('SELECT min(log_offset) FROM records').pluck(),
-      pendingCount: reader.prepare('SELECT count(*) FROM records WHERE log_offset > ?').pluck(),
+      getPosition: db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
+      counts: db.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
+      pendingCount: db.prepare('SELECT count(*) FROM records WHERE log_offset > ?').pluck(),
+      topics: db.prepare('SELECT kafka_topic FROM topics').pluck(),
+      addTopic: db.prepare('INSERT OR IGNORE INTO topics (kafka_topic) VALUES (?)'),
+      topicHasRecords: db.prepare('SELECT 1 FROM records WHERE kafka_topic = ? LIMIT 1').pluck(),
+      removeTopic: db.prepare('DELETE FROM topics WHERE kafka_topic = ?'),
     };
   }
 
@@ -223,6 +184,18 @@ export class CommitLog {
     const id = randomUUID();
     this.db.prepare("INSERT INTO meta (key, value) VALUES ('log_id', ?)").run(id);
     return id;
+  }
+
+  /**
+   * Records this opening as a new epoch starting at the next offset to be handed out. Written
+   * with a full sync in every mode: a power cut may take appends of this epoch, never the epoch.
+   */
+  private startEpoch(): LogEpoch {
+    this.db.pragma('synchronous = FULL');
+    const id = randomBytes(6).toString('hex');
+    const start = ((this.stmts.lastSeq.get() as number | undefined) ?? 0) + 1;
+    this.db.prepare('INSERT INTO epochs (id, start_offset, created_at) VALUES (?, ?, ?)').run(id, start, Date.now());
+    return { id, start };
   }
 
   private appendOne(e: LogEntry, now: number): AppendResult {
@@ -235,6 +208,10 @@ export class CommitLog {
       }
     }
     if (e.compact) this.stmts.compactDevice.run(e.route, e.deviceId);
+    if (!this.knownTopics.has(e.kafkaTopic)) {
+      this.stmts.addTopic.run(e.kafkaTopic);
+      this.newTopics.push(e.kafkaTopic);
+    }
     return Number(
       this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload)
         .lastInsertRowid,
@@ -254,13 +231,13 @@ export class CommitLog {
     this.assertOpen();
     if (entries.length === 0) return [];
     let results: AppendResult[];
+    this.newTopics = [];
     try {
       results = this.appendAll(entries, now);
     } catch (err) {
-      throw new EdgebridgeError('EB_ERR_LOG_WRITE', `append to ${this.file} failed: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw logError('EB_ERR_LOG_WRITE', this.file, 'append', err);
     }
+    for (const t of this.newTopics) this.knownTopics.add(t);
     for (let i = results.length - 1; i >= 0; i--) {
       const r = results[i]!;
       if (r !== 'duplicate') {
@@ -271,10 +248,15 @@ export class CommitLog {
     return results;
   }
 
-  /** Records with offset > `after`, in offset order, at most `limit`. */
+  /** Records with offset > `after`, in offset order, at most `limit` (inspection and tests). */
   readAfter(after: number, limit: number): LogRecord[] {
     this.assertOpen();
     return (this.stmts.read.all(after, limit) as RecordRow[]).map(toRecord);
+  }
+
+  /** The forwarder's position: records at or before it are committed in Kafka. */
+  forwardPosition(): number {
+    return this.position(POSITION_FORWARD);
   }
 
   /** A named position (like a consumer offset); 0 when never set. */
@@ -283,41 +265,23 @@ export class CommitLog {
     return (this.stmts.getPosition.get(name) as number | undefined) ?? 0;
   }
 
-  /** Stores a named position (the forwarder's, once Kafka committed up to `offset`). */
-  commitPosition(name: string, offset: number): void {
-    this.assertOpen();
-    this.stmts.setPosition.run(name, offset);
-  }
-
-  /**
-   * Removes the records up to and including `offset` (already forwarded); returns how many.
-   * Deletes in chunks, each its own short transaction, so appends from the other thread are not
-   * held up behind one long delete.
-   */
-  removeThrough(offset: number): number {
-    this.assertOpen();
-    let removed = 0;
-    for (;;) {
-      const first = this.stmts.firstOffset.get() as number | null;
-      if (first === null || first === undefined || first > offset) return removed;
-      removed += this.stmts.removeThrough.run(Math.min(offset, first + REMOVE_CHUNK - 1)).changes;
-    }
-  }
-
   /** Drops up to `count` of the oldest records after `position` (overflow: drop-oldest). */
   dropOldest(position: number, count: number): number {
     this.assertOpen();
     return this.stmts.dropOldest.run(position, count).changes;
   }
 
-  /** Drops records after `position` received before `before` (storage.maxAge). */
-  dropExpired(position: number, before: number): number {
+  /**
+   * Drops records after `position` received before `before` (storage.maxAge), looking at no more
+   * than `scan` of the oldest unforwarded records.
+   */
+  dropExpired(position: number, before: number, scan = 10_000): number {
     this.assertOpen();
-    return this.stmts.dropExpired.run(position, before).changes;
+    return this.stmts.dropExpired.run(position, scan, before).changes;
   }
 
   /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */
-  pruneDedup(now = Date.now(), limit = 50_000): number {
+  pruneDedup(now = Date.now(), limit = 5_000): number {
     this.assertOpen();
     return this.stmts.dedupPrune.run(now, limit).changes;
   }
@@ -328,23 +292,15 @@ export class CommitLog {
     return this.stmts.dedupPruneOldest.run(count).changes;
   }
 
-  /** Bytes the database uses (pages in use, not free pages waiting for reuse). */
+  /**
+   * Bytes of disk the log uses: pages in use (not free pages waiting for reuse) plus the WAL,
+   * which holds changed pages until they are checkpointed into the database file.
+   */
   usedBytes(): number {
     this.assertOpen();
     const pages = this.db.pragma('page_count', { simple: true }) as number;
     const free = this.db.pragma('freelist_count', { simple: true }) as number;
-    return (pages - free) * this.pageSize;
-  }
-
-  /**
-   * Gives free pages back to the filesystem and truncates the WAL, so that after a backlog drained
-   * the database returns near its baseline size. Cheap when there is nothing to give back.
-   */
-  shrink(maxPages = 1024): void {
-    this.assertOpen();
-    const free = this.db.pragma('freelist_count', { simple: true }) as number;
-    if (free > 0) this.db.pragma(`incremental_vacuum(${Math.min(free, maxPages)})`);
-    this.db.pragma('wal_checkpoint(TRUNCATE)');
+    return (pages - free) * this.pageSize + walBytes(this.file);
   }
 
   /** Records after `position` (the backlog). */
@@ -353,29 +309,40 @@ export class CommitLog {
     return this.stmts.pendingCount.get(position) as number;
   }
 
+  /** Kafka topics that records in the log were written for (routes may have changed since). */
+  topics(): string[] {
+    this.assertOpen();
+    return this.stmts.topics.all() as string[];
+  }
+
+  /** Forgets topics that no record uses any more (they may be renamed routes of old). */
+  pruneTopics(keep: readonly string[]): void {
+    this.assertOpen();
+    for (const t of this.topics()) {
+      if (keep.includes(t) || this.stmts.topicHasRecords.get(t) !== undefined) continue;
+      this.stmts.removeTopic.run(t);
+      this.knownTopics.delete(t);
+    }
+  }
+
   get lastOffset(): number {
     return this.lastOffsetCache;
   }
 
-  /** Appends made through another connection (the ingest thread's) reached `offset`. */
-  observeAppended(offset: number): void {
-    if (offset > this.lastOffsetCache) this.lastOffsetCache = offset;
-  }
-
-  /** The highest offset handed out, read from the database now (other connections included). */
+  /** The highest offset handed out, read from the database now. */
   highestOffset(): number {
     this.assertOpen();
     return (this.stmts.lastSeq.get() as number | undefined) ?? 0;
   }
 
-  stats(positionName = 'forward'): CommitLogStats {
+  stats(): CommitLogStats {
     this.assertOpen();
     const row = this.stmts.counts.get() as { n: number; first: number | null };
     return {
       records: row.n,
       firstOffset: row.first,
       lastOffset: this.lastOffsetCache,
-      forwardPosition: this.position(positionName),
+      forwardPosition: this.forwardPosition(),
     };
   }
 
@@ -386,12 +353,11 @@ export class CommitLog {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.reader.close();
     this.db.close();
   }
 }
 
-function toRecord(row: RecordRow): LogRecord {
+export function toRecord(row: RecordRow): LogRecord {
   return {
     offset: row.log_offset,
     receivedAt: row.received_at,
@@ -404,46 +370,4 @@ function toRecord(row: RecordRow): LogRecord {
   };
 }
 
-function openError(file: string, err: unknown): EdgebridgeError {
-  const code = (err as { code?: string }).code;
-  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') {
-    const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-    let moved = '';
-    try {
-      if (existsSync(file)) {
-        renameSync(file, aside);
-        for (const suffix of ['-wal', '-shm']) {
-          if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
-        }
-        moved = ` It was moved to ${aside}; a new empty log is created on the next start. Inspect or recover it with: sqlite3 ${aside} .recover`;
-      }
-    } catch {
-      moved = ` Move it aside by hand (e.g. mv ${file} ${aside}) and start again.`;
-    }
-    return new EdgebridgeError('EB_ERR_LOG_CORRUPT', `commit log ${file} is corrupt (${code}).${moved}`, { cause: err });
-  }
-  return new EdgebridgeError('EB_ERR_LOG_OPEN', `cannot open commit log ${file}: ${(err as Error).message}`, {
-    cause: err,
-  });
-}
-
-function openDatabase(file: string): Database.Database {
-  let db: Database.Database;
-  try {
-    db = new Database(file);
-  } catch (err) {
-    throw openError(file, err);
-  }
-  try {
-    // auto_vacuum takes effect only on a database not yet initialised, so before WAL mode (which
-    // initialises it): a drained log can then give pages back (incremental_vacuum) instead of
-    // keeping its high-water mark. On an existing database this is a no-op.
-    db.pragma('auto_vacuum = INCREMENTAL');
-    // WAL lets the forwarder read while ingress appends; the pragma also proves the file is a DB.
-    db.pragma('journal_mode = WAL');
-  } catch (err) {
-    db.close();
-    throw openError(file, err);
-  }
-  return db;
-}
+export type { RecordRow };

@@ -1,13 +1,23 @@
 import type { Logger } from 'pino';
-import { describeError } from '../errors.js';
+import { EdgebridgeError, describeError } from '../errors.js';
 import type { AppendResult, CommitLog, LogEntry } from './commit-log.js';
+import { recordBytes } from './database.js';
 
 /** `offset` is the record's log offset, or `duplicate` when dedup dropped it (still acknowledged). */
 export type AppendCallback = (err: Error | null, result?: AppendResult) => void;
 
+/**
+ * Who sent an entry: one MQTT connection. Entries of one owner are stored in the order they were
+ * appended, and once one of them is refused none of its later ones is stored (it would overtake
+ * the refused one, which the device sends again). `closed` owners' waiting entries are dropped.
+ */
+export interface AppendOwner {
+  readonly closed?: boolean;
+}
+
 /** What ingress needs from the log: append now, learn the outcome later. */
 export interface AppendSink {
-  append(entry: LogEntry, done: AppendCallback): void;
+  append(entry: LogEntry, done: AppendCallback, owner?: AppendOwner): void;
 }
 
 export interface StoragePolicy {
@@ -20,12 +30,22 @@ export interface StoragePolicy {
 export interface GroupCommitOptions {
   /** Largest transaction; a bigger burst is split (bounds the time one write blocks the loop). */
   readonly maxBatch?: number;
+  /** Most publishes waiting to be stored (held while storage is full); more are refused at once. */
+  readonly maxPending?: number;
+  /** Most payload bytes waiting to be stored. */
+  readonly maxPendingBytes?: number;
   /** Called after every committed group (the forwarder's wake-up). */
   readonly onCommit?: (lastOffset: number, count: number) => void;
+  /** Called after every failed group, and after the first success that follows failures. */
+  readonly onWriteResult?: (err: EdgebridgeError | null) => void;
   readonly storage?: StoragePolicy;
   readonly logger?: Logger;
   /** How often a held group re-checks for space. */
   readonly holdRetryMs?: number;
+  /** The clock dedup windows are measured with. */
+  readonly clock?: () => number;
+  /** How the next flush is scheduled; setImmediate (after this turn's I/O) unless a test drives it. */
+  readonly schedule?: (flush: () => void) => void;
 }
 
 export interface GroupCommitCounters {
@@ -36,12 +56,20 @@ export interface GroupCommitCounters {
   droppedOverflow: number;
   /** Dedup keys forgotten before their window ended because storage was full. */
   dedupEvicted: number;
+  /** Appends refused at once because too many were waiting (maxPending). */
+  overloaded: number;
+  /** Waiting appends dropped because their connection closed (never acknowledged). */
+  abandoned: number;
 }
 
 interface Pending {
   entry: LogEntry;
   done: AppendCallback;
+  owner: AppendOwner | undefined;
+  bytes: number;
 }
+
+const SHUTTING_DOWN = 'the gateway is shutting down; the message was not stored';
 
 /**
  * Group commit: collects the appends of one event-loop turn and writes them in one SQLite
@@ -51,42 +79,85 @@ interface Pending {
  *
  * With a storage policy, a group that would take the log past `maxBytes` is held (backpressure:
  * no acknowledgement until the forwarder frees space) or makes room by dropping the oldest
- * unforwarded records (drop-oldest). Nothing acknowledged is dropped under backpressure.
+ * unforwarded records (drop-oldest). Nothing acknowledged is dropped under backpressure. What
+ * waits is bounded (maxPending, maxPendingBytes).
  */
 export class GroupCommit implements AppendSink {
-  readonly counters: GroupCommitCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0 };
+  readonly counters: GroupCommitCounters = {
+    groups: 0,
+    appended: 0,
+    duplicates: 0,
+    droppedOverflow: 0,
+    dedupEvicted: 0,
+    overloaded: 0,
+    abandoned: 0,
+  };
   private pending: Pending[] = [];
+  private pendingBytes = 0;
   private scheduled = false;
   private holdTimer: NodeJS.Timeout | undefined;
   private readonly maxBatch: number;
+  private readonly maxPending: number;
+  private readonly maxPendingBytes: number;
+  private readonly clock: () => number;
+  /** Owners with a refused entry: their later entries are refused too (per-device order). */
+  private readonly refusedOwners = new WeakSet<AppendOwner>();
   private closed = false;
   private fullSince = 0;
   private lastAdmitErrorAt = 0;
+  private lastOverloadLogAt = 0;
+  private writeFailing = false;
 
   constructor(
     private readonly log: CommitLog,
     private readonly options: GroupCommitOptions = {},
   ) {
     this.maxBatch = options.maxBatch ?? 5000;
+    this.maxPending = options.maxPending ?? 50_000;
+    this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024;
+    this.clock = options.clock ?? Date.now;
   }
 
-  append(entry: LogEntry, done: AppendCallback): void {
+  append(entry: LogEntry, done: AppendCallback, owner?: AppendOwner): void {
     if (this.closed) {
-      done(new Error('the gateway is shutting down; the message was not stored'));
+      done(new EdgebridgeError('EB_ERR_LOG_CLOSED', SHUTTING_DOWN));
       return;
     }
-    this.pending.push({ entry, done });
+    if (owner !== undefined && this.refusedOwners.has(owner)) {
+      done(new EdgebridgeError('EB_ERR_LOG_WRITE', 'an earlier publish of this connection was refused; later ones are refused too, to keep their order'));
+      return;
+    }
+    const bytes = recordBytes(entry);
+    if (this.pending.length >= this.maxPending || this.pendingBytes + bytes > this.maxPendingBytes) {
+      this.counters.overloaded++;
+      this.refuseOwner(owner);
+      this.logOverload();
+      done(
+        new EdgebridgeError(
+          'EB_ERR_INGRESS_OVERLOADED',
+          `${this.pending.length} publishes (${this.pendingBytes} bytes) are already waiting to be stored`,
+        ),
+      );
+      return;
+    }
+    this.pending.push({ entry, done, owner, bytes });
+    this.pendingBytes += bytes;
     if (!this.scheduled && !this.holdTimer) {
       this.scheduled = true;
       // setImmediate runs after this turn's I/O callbacks: everything parsed from the sockets
       // in this turn lands in the same transaction.
-      setImmediate(() => this.flush());
+      (this.options.schedule ?? setImmediate)(() => this.flush());
     }
   }
 
   /** True while acknowledgements are held because storage is full. */
   get holding(): boolean {
     return this.holdTimer !== undefined;
+  }
+
+  /** Publishes waiting to be stored. */
+  get waiting(): number {
+    return this.pending.length;
   }
 
   /** Space may have been freed (the forwarder removed records): retry a held group now. */
@@ -100,6 +171,7 @@ export class GroupCommit implements AppendSink {
   /** Writes everything pending now (unless storage is full under backpressure). */
   flush(): void {
     this.scheduled = false;
+    this.dropAbandoned();
     while (this.pending.length > 0 && !this.holdTimer) {
       const admitted = this.admit(this.pending.slice(0, this.maxBatch));
       if (admitted === 0) {
@@ -107,11 +179,15 @@ export class GroupCommit implements AppendSink {
         return;
       }
       const group = this.pending.splice(0, admitted);
+      for (const p of group) this.pendingBytes -= p.bytes;
       let results: AppendResult[];
       try {
-        results = this.log.append(group.map((p) => p.entry));
+        results = this.log.append(
+          group.map((p) => p.entry),
+          this.clock(),
+        );
       } catch (err) {
-        for (const p of group) this.settle(p, err as Error);
+        this.failGroup(group, err as Error);
         continue;
       }
       this.counters.groups++;
@@ -127,7 +203,48 @@ export class GroupCommit implements AppendSink {
         this.settle(group[i]!, null, r);
       }
       this.counters.appended += stored;
+      if (this.writeFailing) {
+        this.writeFailing = false;
+        this.options.onWriteResult?.(null);
+      }
       if (stored > 0) this.options.onCommit?.(last, stored);
+    }
+  }
+
+  /**
+   * A group whose write failed is refused (no acknowledgement; the devices resend). So that a
+   * device's later publishes cannot be stored ahead of its refused one, every waiting entry of
+   * the same owners is refused with it, and so are the owners' next appends.
+   */
+  private failGroup(group: readonly Pending[], err: Error): void {
+    const failure = err instanceof EdgebridgeError ? err : new EdgebridgeError('EB_ERR_LOG_WRITE', err.message, { cause: err });
+    const owners = new Set<AppendOwner>();
+    for (const p of group) if (p.owner !== undefined) owners.add(p.owner);
+    for (const o of owners) this.refuseOwner(o);
+    const followers = this.pending.filter((p) => p.owner !== undefined && owners.has(p.owner));
+    if (followers.length > 0) {
+      this.pending = this.pending.filter((p) => p.owner === undefined || !owners.has(p.owner));
+      for (const p of followers) this.pendingBytes -= p.bytes;
+    }
+    this.writeFailing = true;
+    this.options.onWriteResult?.(failure);
+    for (const p of group) this.settle(p, failure);
+    for (const p of followers) this.settle(p, failure);
+  }
+
+  private refuseOwner(owner: AppendOwner | undefined): void {
+    if (owner !== undefined) this.refusedOwners.add(owner);
+  }
+
+  /** Entries whose connection closed are never acknowledged: the device sends them again. */
+  private dropAbandoned(): void {
+    if (!this.pending.some((p) => p.owner?.closed === true)) return;
+    const abandoned = this.pending.filter((p) => p.owner?.closed === true);
+    this.pending = this.pending.filter((p) => p.owner?.closed !== true);
+    for (const p of abandoned) {
+      this.pendingBytes -= p.bytes;
+      this.counters.abandoned++;
+      this.settle(p, new EdgebridgeError('EB_ERR_LOG_WRITE', 'the connection closed before the message was stored'));
     }
   }
 
@@ -145,6 +262,16 @@ export class GroupCommit implements AppendSink {
     this.holdTimer.unref();
   }
 
+  private logOverload(): void {
+    const now = Date.now();
+    if (now - this.lastOverloadLogAt < 60_000) return;
+    this.lastOverloadLogAt = now;
+    this.options.logger?.warn(
+      { code: 'EB_ERR_INGRESS_OVERLOADED', waiting: this.pending.length, waitingBytes: this.pendingBytes, total: this.counters.overloaded },
+      'too many publishes waiting to be stored: refusing new ones (no PUBACK) until the log catches up; further ones are counted, logged at most once a minute',
+    );
+  }
+
   /**
    * How many entries from the head of `group` fit under storage.maxBytes, after applying the
    * overflow policy. A burst larger than the room left is split rather than held whole, so
@@ -154,7 +281,7 @@ export class GroupCommit implements AppendSink {
     const storage = this.options.storage;
     if (!storage || this.log.isClosed) return group.length;
     try {
-      const sizes = group.map((p) => p.entry.payload.length + p.entry.mqttTopic.length + 96);
+      const sizes = group.map((p) => p.bytes);
       const room = (): number => storage.maxBytes - this.log.usedBytes();
       const fitting = (): number => {
         let left = room();
@@ -225,6 +352,8 @@ export class GroupCommit implements AppendSink {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
     this.closed = true;
-    for (const p of this.pending.splice(0)) this.settle(p, new Error('the gateway is shutting down; the message was not stored'));
+    const left = this.pending.splice(0);
+    this.pendingBytes = 0;
+    for (const p of left) this.settle(p, new EdgebridgeError('EB_ERR_LOG_CLOSED', SHUTTING_DOWN));
   }
 }

@@ -10,6 +10,8 @@ export interface RetentionOptions {
   readonly groupCounters: GroupCommitCounters;
   readonly logger: Logger;
   readonly intervalMs?: number;
+  /** Most records dropped and dedup keys forgotten per run: a run blocks the ingest thread. */
+  readonly maxRowsPerRun?: number;
 }
 
 export interface RetentionCounters {
@@ -24,7 +26,7 @@ export interface RetentionCounters {
  */
 export class Retention {
   readonly counters: RetentionCounters = { droppedExpired: 0, dedupPruned: 0 };
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: NodeJS.Timeout | undefined;
   private reportedOverflow = 0;
   private reportedDedupEvicted = 0;
 
@@ -32,17 +34,23 @@ export class Retention {
     private readonly log: CommitLog,
     private readonly options: RetentionOptions,
   ) {
-    this.timer = setInterval(() => this.runOnce(), options.intervalMs ?? 10_000);
-    this.timer.unref();
+    // intervalMs 0: no timer, runOnce is called by the owner (the fault simulator).
+    if (options.intervalMs !== 0) {
+      this.timer = setInterval(() => this.runOnce(), options.intervalMs ?? 10_000);
+      this.timer.unref();
+    }
   }
 
   runOnce(now = Date.now()): void {
     if (this.log.isClosed) return;
     const { logger, groupCounters } = this.options;
     try {
+      // Bounded work per run (this is the ingest thread): what is left waits for the next run.
+      const budget = this.options.maxRowsPerRun ?? 20_000;
+      const step = Math.min(budget, 5_000);
       let expired = 0;
-      for (let round = 0, n = 1; n > 0 && round < 10; round++) {
-        n = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs);
+      for (let n = step; n === step && expired < budget; ) {
+        n = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs, step);
         expired += n;
       }
       if (expired > 0) {
@@ -52,11 +60,10 @@ export class Retention {
           'dropped records older than storage.maxAge that could not be forwarded',
         );
       }
-      let pruned: number;
-      do {
-        pruned = this.log.pruneDedup(now);
+      for (let pruned = step, total = 0; pruned === step && total < budget; total += pruned) {
+        pruned = this.log.pruneDedup(now, step);
         this.counters.dedupPruned += pruned;
-      } while (pruned === 50_000);
+      }
     } catch (err) {
       logger.error({ err: describeError(err) }, 'commit log housekeeping failed; retrying next interval');
     }

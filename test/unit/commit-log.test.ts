@@ -1,14 +1,19 @@
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
+import { LogReader } from '../../src/log/log-reader.js';
 import { entry } from '../helpers/entries.js';
 import { EdgebridgeError } from '../../src/errors.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
+const require = createRequire(import.meta.url);
+
 describe('commit log', () => {
   const tmp = useTmpDirs();
   const open = (dir: string) => new CommitLog({ dir, synchronous: 'full' });
+  const reader = (dir: string) => new LogReader({ dir, synchronous: 'full' });
 
   it('appends with increasing offsets and reads back exactly what was written', () => {
     const log = open(tmp());
@@ -26,22 +31,27 @@ describe('commit log', () => {
     const dir = tmp();
     let log = open(dir);
     log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
-    log.commitPosition('forward', 3);
-    expect(log.removeThrough(3)).toBe(3);
+    const r = reader(dir);
+    r.commitPosition(3);
+    expect(r.removeThrough(3)).toBe(3);
+    r.close();
     expect(log.stats().records).toBe(0);
     log.close();
     log = open(dir);
     expect(log.lastOffset).toBe(3);
-    expect(log.position('forward')).toBe(3);
+    expect(log.forwardPosition()).toBe(3);
     expect(log.append([entry('a', 4)])).toEqual([4]);
     log.close();
   });
 
   it('keeps records after the committed position', () => {
-    const log = open(tmp());
+    const dir = tmp();
+    const log = open(dir);
     log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
-    log.commitPosition('forward', 2);
-    log.removeThrough(2);
+    const r = reader(dir);
+    r.commitPosition(2);
+    r.removeThrough(2);
+    r.close();
     expect(log.readAfter(0, 10).map((r) => r.offset)).toEqual([3]);
     expect(log.stats()).toEqual({ records: 1, firstOffset: 3, lastOffset: 3, forwardPosition: 2 });
     log.close();
@@ -97,7 +107,12 @@ describe('commit log', () => {
     `);
     old.close();
     const log = open(dir);
-    expect(log.position('forward')).toBe(1);
+    expect(log.forwardPosition()).toBe(1);
+    // the records written before epochs existed belong to the genesis epoch, this opening starts the next
+    const r = reader(dir);
+    expect(r.epochs().map((e) => e.start)).toEqual([1, 3]);
+    expect(r.topics()).toEqual(['t']);
+    r.close();
     expect(log.readAfter(0, 10).map((r) => [r.offset, r.payload.toString('hex')])).toEqual([
       [1, '00ff'],
       [2, '01'],
@@ -119,5 +134,82 @@ describe('commit log', () => {
     const log = open(tmp());
     log.close();
     expect(() => log.append([entry('a', 1)])).toThrow(expect.objectContaining({ code: 'EB_ERR_LOG_CLOSED' }));
+  });
+
+  it('starts a new epoch at every opening, at the next offset to be handed out', () => {
+    const dir = tmp();
+    let log = open(dir);
+    const first = log.epoch;
+    log.append([entry('a', 1), entry('a', 2)]);
+    log.close();
+    log = open(dir);
+    expect(log.epoch.id).not.toBe(first.id);
+    expect(log.epoch.start).toBe(3);
+    log.close();
+    const r = reader(dir);
+    // genesis (records from before epochs), the first opening, the second
+    expect(r.epochs().slice(1)).toEqual([first, { id: log.epoch.id, start: 3 }]);
+    r.close();
+  });
+
+  it('remembers every Kafka topic that has records, and forgets those without records that no route uses', () => {
+    const dir = tmp();
+    let log = open(dir);
+    log.append([{ ...entry('a', 1), kafkaTopic: 'old.topic' }, entry('a', 2)]);
+    expect(log.topics().sort()).toEqual(['iot.telemetry', 'old.topic']);
+    log.pruneTopics(['iot.telemetry']);
+    expect(log.topics().sort()).toEqual(['iot.telemetry', 'old.topic']); // old.topic still has a record
+    const r = reader(dir);
+    r.removeThrough(2);
+    r.close();
+    log.close();
+    log = open(dir);
+    log.pruneTopics(['iot.telemetry']);
+    expect(log.topics()).toEqual(['iot.telemetry']);
+    log.close();
+  });
+
+  it('reads a batch within its byte budget (one row at a time), and the end of the log from the same snapshot', () => {
+    const dir = tmp();
+    const log = open(dir);
+    log.append(Array.from({ length: 20 }, (_, i) => ({ ...entry('a', i), payload: Buffer.alloc(10_000, i) })));
+    const r = reader(dir);
+    const batch = r.readBatch(0, 1000, 35_000);
+    expect(batch.records.map((x) => x.offset)).toEqual([1, 2, 3]);
+    expect(batch.end).toBe(20);
+    // a record larger than the budget still goes, alone
+    expect(r.readBatch(0, 1000, 100).records).toHaveLength(1);
+    log.dropOldest(0, 20);
+    expect(r.readBatch(0, 1000, 35_000)).toEqual({ records: [], end: 20 });
+    r.close();
+    log.close();
+  });
+
+  it('counts the WAL in usedBytes', () => {
+    const dir = tmp();
+    const log = open(dir);
+    log.append(Array.from({ length: 50 }, (_, i) => ({ ...entry('a', i), payload: Buffer.alloc(4000, i) })));
+    const wal = statSync(join(dir, `${DB_FILE}-wal`)).size;
+    expect(wal).toBeGreaterThan(100_000);
+    expect(log.usedBytes()).toBeGreaterThanOrEqual(wal);
+    log.close();
+  });
+
+  it("the forwarder's reader never moves a damaged file aside (that would rename the live log under the gateway)", () => {
+    const dir = tmp();
+    writeFileSync(join(dir, DB_FILE), Buffer.alloc(8192, 7));
+    expect(() => reader(dir)).toThrow(expect.objectContaining({ code: 'EB_ERR_LOG_CORRUPT' }));
+    expect(readdirSync(dir)).toEqual([DB_FILE]);
+  });
+
+  it('the reader refuses a log the gateway has not opened (migrated) yet', () => {
+    const dir = tmp();
+    const log = open(dir);
+    log.close();
+    const Database = require('better-sqlite3') as typeof import('better-sqlite3');
+    const db = new Database(join(dir, DB_FILE));
+    db.pragma('user_version = 2');
+    db.close();
+    expect(() => reader(dir)).toThrow(/must be opened by the gateway first/);
   });
 });

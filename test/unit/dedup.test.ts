@@ -26,11 +26,20 @@ describe('dedup identity', () => {
     expect(a.windowMs).toBe(60_000);
   });
 
-  it('differs by device, boot and seq, and missing fields count as empty', () => {
+  it('differs by device, boot and seq', () => {
     const key = (deviceId: string, payload: string) => dedupMark(route, deviceId, publish(payload))!.key.toString('hex');
     const keys = new Set([key('d1', reading(5)), key('d2', reading(5)), key('d1', reading(5, 'b2')), key('d1', reading(6))]);
     expect(keys.size).toBe(4);
-    expect(key('d1', '{"seq":5}')).toBe(key('d1', '{"bootId":"","seq":5}'));
+  });
+
+  it('needs every identity field: a payload with seq but no bootId is deduplicated only on DUP retransmits', () => {
+    // a sensor whose counter restarts at boot and that sends no bootId: seq alone is no identity
+    const readings = ['{"seq":1,"t":20.1}', '{"seq":1,"t":20.2}', '{"seq":1,"t":20.3}'].map((p, i) =>
+      dedupMark(route, 'd1', publish(p, { messageId: i + 1 })),
+    );
+    expect(readings.map((m) => m!.mode)).toEqual(['remember', 'remember', 'remember']);
+    expect(new Set(readings.map((m) => m!.key.toString('hex'))).size).toBe(3);
+    expect(dedupMark(route, 'd1', publish('{"bootId":null,"seq":1}'))!.mode).toBe('remember');
   });
 
   it('orders a device stream by seq, so index inserts stay local', () => {

@@ -1,42 +1,58 @@
+import { copyFileSync, existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { backoffDelay } from '../../src/forward/backoff.js';
-import { FORWARD_POSITION, Forwarder } from '../../src/forward/forwarder.js';
-import type { Checkpoint, RecordSink } from '../../src/forward/kafka-sink.js';
-import { CommitLog, type LogRecord } from '../../src/log/commit-log.js';
+import { Forwarder, type ForwarderOptions } from '../../src/forward/forwarder.js';
+import { RecordRejectedError, type Checkpoint, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
+import { CommitLog, DB_FILE, type LogRecord } from '../../src/log/commit-log.js';
+import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from '../helpers/entries.js';
 
 /**
- * An in-memory stand-in for Kafka with transactional semantics: a send either commits its records
- * and checkpoint together or not at all. `failNext` fails sends before commit; `loseAckNext`
- * commits and then fails (a lost commit response: the outcome is only known from the checkpoint).
+ * An in-memory stand-in for Kafka with transactional semantics: a send either commits its records,
+ * dead letters and checkpoint together or not at all. `failNext` fails sends before commit;
+ * `loseAckNext` commits and then fails (a lost commit response: the outcome is only known from
+ * the checkpoint); `reject` refuses records for good, as Kafka does a record too large.
  */
 class MemorySink implements RecordSink {
   readonly delivered: LogRecord[] = [];
+  readonly deadLetters: { offset: number; reason: string }[] = [];
   checkpoint: Checkpoint | undefined;
   failNext = 0;
   loseAckNext = 0;
+  fenceNext = 0;
+  unauthorized = false;
+  reject: (r: LogRecord) => string | undefined = () => undefined;
   connects = 0;
   resets = 0;
+  sends = 0;
+  checkpointWrites = 0;
   async connect(): Promise<Checkpoint | undefined> {
     this.connects++;
+    if (this.unauthorized) throw Object.assign(new Error('not authorized'), { type: 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED' });
     return this.checkpoint;
   }
-  checkpointWrites = 0;
-  fenceNext = 0;
-  async send(records: readonly LogRecord[], checkpoint: Checkpoint): Promise<number> {
+  async send(batch: ForwardBatch, checkpoint: Checkpoint): Promise<number> {
+    this.sends++;
     if (this.fenceNext > 0) {
       this.fenceNext--;
       throw Object.assign(new Error('Producer attempted an operation with an old epoch'), { type: 'INVALID_PRODUCER_EPOCH' });
     }
+    if (this.unauthorized) throw Object.assign(new Error('not authorized'), { type: 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED' });
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error('broker not available');
     }
-    this.delivered.push(...records);
+    for (const r of batch.records) {
+      const type = this.reject(r);
+      if (type) throw new RecordRejectedError(type, r.kafkaTopic, false, `refused: ${type}`);
+    }
+    this.delivered.push(...batch.records);
+    this.deadLetters.push(...batch.deadLetters.map((d) => ({ offset: d.record.offset, reason: d.reason })));
     this.checkpoint = { ...checkpoint, kafkaOffset: ++this.checkpointWrites };
-    if (this.loseAckNext > 0 && records.length > 0) {
+    if (this.loseAckNext > 0 && batch.records.length > 0) {
       this.loseAckNext--;
       throw new Error('request timed out');
     }
@@ -49,213 +65,325 @@ class MemorySink implements RecordSink {
 }
 
 const silent = pino({ level: 'silent' });
-const options = {
+const options: ForwarderOptions = {
   batchMaxRecords: 3,
   batchMaxBytes: 1_000_000,
   commitIntervalMs: 0,
   retry: { initialMs: 5, maxMs: 20 },
   logger: silent,
   idlePollMs: 20,
+  deadLetter: true,
 };
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
+    if (Date.now() > end) throw new Error(`waited ${ms} ms for: ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
 
+const offsets = (records: readonly LogRecord[]) => records.map((r) => r.offset);
+
 describe('forwarder', () => {
   const tmp = useTmpDirs();
+  /** The gateway's log and the forwarder's own connection to it. */
+  const openLog = (dir = tmp()) => {
+    const log = new CommitLog({ dir, synchronous: 'full' });
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    return { dir, log, reader, close: () => (reader.close(), log.close()) };
+  };
 
-  it('drainOnce sends one batch in offset order and only then commits the position', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+  it('forwards one batch per step in offset order and only then commits the position', async () => {
+    const { log, reader, close } = openLog();
     log.append([1, 2, 3, 4, 5].map((i) => entry(`d${i % 2}`, i)));
     const sink = new MemorySink();
-    const fwd = new Forwarder(log, sink, options);
-    expect(await fwd.drainOnce()).toBe(3);
-    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2, 3]);
-    expect(log.position(FORWARD_POSITION)).toBe(3);
-    expect(await fwd.drainOnce()).toBe(2);
-    expect(await fwd.drainOnce()).toBe(0);
-    log.close();
+    const fwd = new Forwarder(reader, sink, options);
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 3 });
+    expect(offsets(sink.delivered)).toEqual([1, 2, 3]);
+    expect(reader.position()).toBe(3);
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+    expect(await fwd.step()).toEqual({ kind: 'idle' });
+    // every checkpoint names the epoch of its offset
+    expect(sink.checkpoint).toMatchObject({ logId: log.logId, offset: 5, epoch: log.epoch.id });
+    close();
   });
 
   it('removes forwarded records once the log is drained', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([1, 2, 3, 4, 5].map((i) => entry('d', i)));
     const sink = new MemorySink();
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     fwd.start();
-    await until(() => log.stats().records === 0);
+    await until(() => log.stats().records === 0, 'the log to be empty');
     expect(sink.delivered).toHaveLength(5);
-    expect(log.position(FORWARD_POSITION)).toBe(5);
+    expect(reader.position()).toBe(5);
     await fwd.close();
-    log.close();
+    close();
   });
 
   it('a failed batch leaves the position where it was', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([entry('a', 1), entry('a', 2)]);
     const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
     sink.failNext = 1;
-    const fwd = new Forwarder(log, sink, options);
-    await expect(fwd.drainOnce()).rejects.toThrow('broker not available');
-    expect(log.position(FORWARD_POSITION)).toBe(0);
+    expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('retrying');
+    expect(reader.position()).toBe(0);
     expect(log.stats().records).toBe(2);
-    log.close();
+    close();
   });
 
   it('keeps retrying through failures without skipping or repeating a range, then follows new appends', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append(Array.from({ length: 10 }, (_, i) => entry('a', i)));
     const sink = new MemorySink();
     sink.failNext = 4;
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     fwd.start();
-    await until(() => sink.delivered.length === 10);
+    await until(() => sink.delivered.length === 10, '10 records delivered');
     expect(fwd.counters.failures).toBe(4);
     expect(sink.resets).toBe(4); // a fresh producer after each failure
     log.append([entry('a', 11), entry('a', 12)]);
-    fwd.notify();
-    await until(() => sink.delivered.length === 12);
-    expect(sink.delivered.map((r) => r.offset)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    fwd.notify(12);
+    await until(() => sink.delivered.length === 12, '12 records delivered');
+    expect(offsets(sink.delivered)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
     expect(fwd.state).toBe('forwarding');
     await fwd.close();
     expect(fwd.state).toBe('stopped');
-    log.close();
+    close();
   });
 
   it('a commit whose response was lost is not sent again: the checkpoint decides', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append(Array.from({ length: 9 }, (_, i) => entry('a', i)));
     const sink = new MemorySink();
     sink.loseAckNext = 2;
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     fwd.start();
-    await until(() => log.position(FORWARD_POSITION) === 9);
-    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    await until(() => reader.position() === 9, 'position 9');
+    expect(offsets(sink.delivered)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(fwd.counters.skippedByCheckpoint).toBe(6);
     await fwd.close();
-    log.close();
+    close();
   });
 
   it('resumes after the Kafka checkpoint even when the local position is behind', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append(Array.from({ length: 6 }, (_, i) => entry('a', i)));
     const sink = new MemorySink();
-    sink.checkpoint = { logId: log.logId, offset: 4, kafkaOffset: 17 };
-    const fwd = new Forwarder(log, sink, options);
+    sink.checkpoint = { logId: log.logId, offset: 4, epoch: log.epoch.id, kafkaOffset: 17 };
+    const fwd = new Forwarder(reader, sink, options);
     expect(await fwd.connect()).toBe(true);
-    expect(log.position(FORWARD_POSITION)).toBe(4);
+    expect(reader.position()).toBe(4);
     // the gateway claims its id at once with a checkpoint of where it stands
     expect(sink.checkpoint).toMatchObject({ logId: log.logId, offset: 4 });
-    expect(log.position('checkpoint-kafka-offset')).toBe(sink.checkpoint!.kafkaOffset);
-    await fwd.drainOnce();
-    expect(sink.delivered.map((r) => r.offset)).toEqual([5, 6]);
-    log.close();
+    expect(reader.checkpointHint()).toBe(sink.checkpoint!.kafkaOffset);
+    await fwd.step();
+    expect(offsets(sink.delivered)).toEqual([5, 6]);
+    close();
   });
 
   it('ignores a checkpoint written from another commit log', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([entry('a', 1), entry('a', 2)]);
     const sink = new MemorySink();
     sink.checkpoint = { logId: 'some-other-log', offset: 1000 };
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     await fwd.connect();
-    expect(log.position(FORWARD_POSITION)).toBe(0);
-    expect(await fwd.drainOnce()).toBe(2);
-    log.close();
+    expect(reader.position()).toBe(0);
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+    close();
+  });
+
+  it('keeps its position when the checkpoint is behind it (no resending)', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
+    reader.commitPosition(3);
+    const sink = new MemorySink();
+    sink.checkpoint = { logId: log.logId, offset: 1, epoch: log.epoch.id };
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
+    expect(reader.position()).toBe(3);
+    expect(await fwd.step()).toEqual({ kind: 'idle' });
+    close();
   });
 
   it('stops forwarding, without retrying, once fenced', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([entry('a', 1)]);
     const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
     sink.send = async () => {
       throw Object.assign(new Error('There is a newer producer with the same transactionalId which fences the current one'), {
         type: 'PRODUCER_FENCED',
       });
     };
-    const fwd = new Forwarder(log, sink, options);
-    fwd.start();
-    await until(() => fwd.state === 'fenced');
-    await new Promise((r) => setTimeout(r, 100));
     // one reconnect to tell a timed-out transaction from a twin, then no more
+    expect(await fwd.step()).toEqual({ kind: 'retry', delayMs: 0 });
+    expect(await fwd.step()).toEqual({ kind: 'fenced' });
+    expect(fwd.state).toBe('fenced');
     expect(sink.connects).toBe(2);
-    expect(log.position(FORWARD_POSITION)).toBe(0);
-    await fwd.close();
-    log.close();
+    expect(reader.position()).toBe(0);
+    close();
   });
 
   it('a fence followed by a checkpoint of its own log was a timed-out transaction: forwarding goes on', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([entry('a', 1), entry('a', 2)]);
     const sink = new MemorySink();
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     expect(await fwd.connect()).toBe(true);
     sink.fenceNext = 1;
     fwd.start();
-    await until(() => log.position(FORWARD_POSITION) === 2);
+    await until(() => reader.position() === 2, 'position 2');
     expect(fwd.state).toBe('forwarding');
-    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2]);
+    expect(offsets(sink.delivered)).toEqual([1, 2]);
     await fwd.close();
-    log.close();
+    close();
   });
 
   it('a fence followed by a checkpoint from another log is a twin gateway: fenced', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([entry('a', 1)]);
     const sink = new MemorySink();
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     expect(await fwd.connect()).toBe(true);
     sink.fenceNext = 1;
     sink.checkpoint = { logId: 'the-twin', offset: 99 }; // the twin committed after fencing us
     fwd.start();
-    await until(() => fwd.state === 'fenced');
+    await until(() => fwd.state === 'fenced', 'fenced');
     expect(sink.delivered).toEqual([]);
-    expect(log.position(FORWARD_POSITION)).toBe(0);
+    expect(reader.position()).toBe(0);
     await fwd.close();
-    log.close();
+    close();
   });
 
-  it('never moves past the end of the log, even when the checkpoint is further', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
-    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
+  it('an authorization error is reported as missing ACLs, not as a twin, and forwarding resumes once granted', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2)]);
+    const lines: { msg: string; code?: string; requiredAcls?: string }[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
     const sink = new MemorySink();
-    // e.g. records 4..10 were forwarded, then lost locally in a power cut with synchronous: normal
-    sink.checkpoint = { logId: log.logId, offset: 10 };
-    const fwd = new Forwarder(log, sink, options);
-    await fwd.connect();
-    expect(log.position(FORWARD_POSITION)).toBe(3);
-    log.append([entry('a', 4)]); // a new record reuses offset 4: it must still be forwarded
-    expect(await fwd.drainOnce()).toBe(1);
-    expect(sink.delivered.map((r) => r.offset)).toEqual([4]);
-    log.close();
+    sink.unauthorized = true;
+    const fwd = new Forwarder(reader, sink, { ...options, logger, requiredAcls: 'WRITE on TransactionalId edgebridge-gw' });
+    for (let i = 0; i < 4; i++) expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('unauthorized');
+    const line = lines.find((l) => l.code === 'EB_ERR_FORWARD_UNAUTHORIZED');
+    expect(line?.requiredAcls).toContain('TransactionalId edgebridge-gw');
+    expect(lines.filter((l) => l.code === 'EB_ERR_FORWARD_UNAUTHORIZED')).toHaveLength(1); // not one per attempt
+    sink.unauthorized = false;
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+    expect(fwd.state).toBe('forwarding');
+    close();
   });
 
-  it('keeps its position when the checkpoint is behind it (no resending)', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
-    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
-    log.commitPosition(FORWARD_POSITION, 3);
+  it('a failing log is a log error: the Kafka producer is left alone and forwarding resumes when the log does', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2)]);
     const sink = new MemorySink();
-    sink.checkpoint = { logId: log.logId, offset: 1 };
-    const fwd = new Forwarder(log, sink, options);
+    const fwd = new Forwarder(reader, sink, options);
     await fwd.connect();
-    expect(log.position(FORWARD_POSITION)).toBe(3);
-    expect(await fwd.drainOnce()).toBe(0);
-    log.close();
+    const read = vi.spyOn(reader, 'readBatch').mockImplementation(() => {
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
+    });
+    expect((await fwd.step()).kind).toBe('retry');
+    expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('log-error');
+    expect(sink.resets).toBe(0);
+    expect(sink.connects).toBe(1);
+    read.mockRestore();
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+    expect(fwd.state).toBe('forwarding');
+    close();
+  });
+
+  it('a position that cannot be stored after Kafka committed is kept in memory: nothing is sent twice', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2), entry('a', 3), entry('a', 4)]);
+    const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
+    const store = vi.spyOn(reader, 'commitPosition').mockImplementation(() => {
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    });
+    expect((await fwd.step()).kind).toBe('retry'); // committed in Kafka, not stored here
+    expect(fwd.state).toBe('log-error');
+    expect(fwd.position).toBe(3);
+    store.mockRestore();
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    expect(offsets(sink.delivered)).toEqual([1, 2, 3, 4]);
+    expect(reader.position()).toBe(4);
+    close();
+  });
+
+  it('moves over records that are gone (expired, dropped) instead of spinning on them', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2), entry('a', 3)]);
+    log.dropOldest(0, 3); // e.g. storage.maxAge expired the whole backlog
+    const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
+    expect(await fwd.step()).toEqual({ kind: 'skipped' });
+    expect(reader.position()).toBe(3);
+    expect(sink.checkpoint?.offset).toBe(3); // Kafka's checkpoint moved with it
+    expect(await fwd.step()).toEqual({ kind: 'idle' });
+    // and the running loop then waits instead of reading again and again
+    const reads = vi.spyOn(reader, 'readBatch');
+    fwd.start();
+    await until(() => reads.mock.calls.length > 0, 'the loop to read once');
+    const before = reads.mock.calls.length;
+    for (let i = 0; i < 200; i++) await new Promise((r) => setImmediate(r));
+    expect(reads.mock.calls.length - before).toBeLessThanOrEqual(1);
+    log.append([entry('a', 4)]);
+    fwd.notify(4);
+    await until(() => sink.delivered.length === 1, 'the new record');
+    expect(offsets(sink.delivered)).toEqual([4]);
+    await fwd.close();
+    close();
+  });
+
+  it('a record Kafka refuses for good is isolated and dead-lettered; the others go out in order', async () => {
+    const { log, reader, close } = openLog();
+    log.append(Array.from({ length: 10 }, (_, i) => ({ ...entry('a', i + 1), payload: Buffer.alloc(i === 6 ? 5000 : 10, i) })));
+    const sink = new MemorySink();
+    sink.reject = (r) => (r.payload.length > 1000 ? 'MESSAGE_TOO_LARGE' : undefined);
+    const fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 8 });
+    fwd.start();
+    await until(() => reader.position() === 10, 'position 10');
+    expect(offsets(sink.delivered)).toEqual([1, 2, 3, 4, 5, 6, 8, 9, 10]);
+    expect(sink.deadLetters).toEqual([{ offset: 7, reason: 'MESSAGE_TOO_LARGE' }]);
+    expect(fwd.counters).toMatchObject({ forwarded: 9, deadLettered: 1, droppedRejected: 0 });
+    await fwd.close();
+    close();
+  });
+
+  it('without a dead-letter topic a refused record is dropped and counted, never retried forever', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), { ...entry('a', 2), payload: Buffer.alloc(5000) }, entry('a', 3)]);
+    const sink = new MemorySink();
+    sink.reject = (r) => (r.payload.length > 1000 ? 'INVALID_RECORD' : undefined);
+    const fwd = new Forwarder(reader, sink, { ...options, deadLetter: false });
+    fwd.start();
+    await until(() => reader.position() === 3, 'position 3');
+    expect(offsets(sink.delivered)).toEqual([1, 3]);
+    expect(sink.deadLetters).toEqual([]);
+    expect(fwd.counters).toMatchObject({ forwarded: 2, droppedRejected: 1 });
+    await fwd.close();
+    close();
   });
 
   it('limits a transaction by bytes, but always sends at least one record', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    const { log, reader, close } = openLog();
     log.append([1, 2, 3].map((i) => ({ ...entry('a', i), payload: Buffer.alloc(600) })));
     const sink = new MemorySink();
-    const fwd = new Forwarder(log, sink, { ...options, batchMaxBytes: 1000 });
-    expect(await fwd.drainOnce()).toBe(1);
-    expect(await fwd.drainOnce()).toBe(1);
-    log.close();
+    const fwd = new Forwarder(reader, sink, { ...options, batchMaxBytes: 1000 });
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    close();
   });
 
   it('backoff grows exponentially, is capped, and is jittered', () => {
@@ -264,5 +392,66 @@ describe('forwarder', () => {
     expect(backoffDelay(3, 100, 10_000, () => 1)).toBe(800);
     expect(backoffDelay(20, 100, 10_000, () => 1)).toBe(10_000);
     expect(backoffDelay(1000, 100, 10_000, () => 0.5)).toBe(7500);
+  });
+});
+
+describe('forwarder after the log lost its tail (a restored backup)', () => {
+  const tmp = useTmpDirs();
+  const snapshot = (dir: string, to: string) => {
+    for (const f of [DB_FILE, `${DB_FILE}-wal`]) if (existsSync(join(dir, f))) copyFileSync(join(dir, f), join(to, f));
+  };
+  const restore = (from: string, dir: string) => {
+    for (const f of [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`]) rmSync(join(dir, f), { force: true });
+    snapshot(from, dir);
+  };
+  const forwardAll = async (dir: string, sink: MemorySink) => {
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    const fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 100 });
+    await fwd.connect();
+    while ((await fwd.step()).kind !== 'idle');
+    reader.close();
+  };
+
+  it('a backup taken within one epoch: the records appended after the restore reuse offsets and are all forwarded', async () => {
+    const dir = tmp();
+    const backup = tmp();
+    const sink = new MemorySink();
+    let log = new CommitLog({ dir, synchronous: 'full' });
+    log.append([1, 2, 3].map((i) => entry('old', i)));
+    log.close();
+    snapshot(dir, backup); // 3 records
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append([4, 5, 6, 7, 8, 9, 10].map((i) => entry('old', i)));
+    log.close();
+    await forwardAll(dir, sink); // Kafka has 1..10
+    restore(backup, dir);
+    log = new CommitLog({ dir, synchronous: 'full' });
+    // ten new readings acknowledged before Kafka is reachable: offsets 4..13 again
+    expect(log.append(Array.from({ length: 10 }, (_, i) => entry('new', i + 1)))).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    log.close();
+    await forwardAll(dir, sink);
+    expect(sink.delivered.map((r) => `${r.deviceId}:${r.offset}`)).toEqual([
+      ...[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map((i) => `old:${i}`),
+      ...[4, 5, 6, 7, 8, 9, 10, 11, 12, 13].map((i) => `new:${i}`),
+    ]);
+  });
+
+  it('the same loss inside one epoch (the epoch survived, its tail did not)', async () => {
+    const dir = tmp();
+    const backup = tmp();
+    const sink = new MemorySink();
+    let log = new CommitLog({ dir, synchronous: 'full' });
+    log.append([1, 2, 3].map((i) => entry('old', i)));
+    snapshot(dir, backup);
+    log.append([4, 5, 6, 7, 8, 9, 10].map((i) => entry('old', i)));
+    log.close();
+    await forwardAll(dir, sink);
+    restore(backup, dir);
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 10 }, (_, i) => entry('new', i + 1)));
+    log.close();
+    await forwardAll(dir, sink);
+    expect(sink.delivered.filter((r) => r.deviceId === 'new').map((r) => r.offset)).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    expect(sink.delivered).toHaveLength(20);
   });
 });

@@ -1,29 +1,39 @@
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
-import { CommitLog } from '../../src/log/commit-log.js';
+import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
 import { GroupCommit } from '../../src/log/group-commit.js';
+import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from '../helpers/entries.js';
 
 describe('group commit', () => {
   const tmp = useTmpDirs();
 
-  it('writes the appends of one event-loop turn in one transaction and calls back in order', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+  it('writes the appends of one event-loop turn in one transaction and calls back in order, each once it is committed', async () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'full' });
     const appendSpy = vi.spyOn(log, 'append');
     const onCommit = vi.fn();
     const gc = new GroupCommit(log, { onCommit });
+    // Another connection sees only committed data: every callback must find its record there.
+    const observer = new Database(join(dir, DB_FILE), { readonly: true });
+    const committed = observer.prepare('SELECT count(*) FROM records WHERE log_offset = ?').pluck();
     const order: number[] = [];
+    const notYetCommitted: number[] = [];
     const done = Promise.all(
       Array.from({ length: 100 }, (_, i) => new Promise<void>((resolve, reject) =>
         gc.append(entry('d', i), (err, offset) => {
           if (err) return reject(err);
+          if (committed.get(offset) !== 1) notYetCommitted.push(offset as number);
           order.push(offset as number);
           resolve();
         }),
       )),
     );
-    expect(order).toEqual([]); // nothing acknowledged before the commit
     await done;
+    observer.close();
+    expect(notYetCommitted).toEqual([]);
     expect(appendSpy).toHaveBeenCalledTimes(1);
     expect(order).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
     expect(onCommit).toHaveBeenCalledWith(100, 100);
@@ -55,6 +65,50 @@ describe('group commit', () => {
     log.close();
   });
 
+  it("a refused publish is never overtaken by the same connection's later ones (per-device order)", async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    vi.spyOn(log, 'append').mockImplementationOnce(() => {
+      throw new Error('disk I/O error');
+    });
+    const gc = new GroupCommit(log, { maxBatch: 1 }); // one group per entry: A1 | A2 | B1
+    const a = { closed: false };
+    const b = { closed: false };
+    const outcome = (e: ReturnType<typeof entry>, owner: object) =>
+      new Promise<string>((resolve) => gc.append(e, (err, r) => resolve(err ? 'refused' : String(r)), owner));
+    const results = await Promise.all([outcome(entry('a', 1), a), outcome(entry('a', 2), a), outcome(entry('b', 1), b)]);
+    expect(results).toEqual(['refused', 'refused', '1']);
+    // and until it reconnects (a new connection), nothing more of A's is stored either
+    expect(await outcome(entry('a', 3), a)).toBe('refused');
+    expect(await outcome(entry('a', 3), { closed: false })).toBe('2');
+    expect(log.readAfter(0, 10).map((r) => r.deviceId)).toEqual(['b', 'a']);
+    log.close();
+  });
+
+  it('bounds what waits: beyond maxPending, appends are refused at once; a closed connection gives up its waiting ones', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const gc = new GroupCommit(log, {
+      maxPending: 3,
+      holdRetryMs: 10,
+      storage: { maxBytes: log.usedBytes() + 100, overflow: 'backpressure', forwardPosition: () => 0 },
+    });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    const a = { closed: false };
+    const results: string[] = [];
+    for (let i = 1; i <= 3; i++) gc.append(big(i), (err) => results.push(err ? (err as { code?: string }).code ?? 'error' : 'stored'), a);
+    await vi.waitFor(() => expect(gc.holding).toBe(true));
+    expect(gc.waiting).toBe(3);
+    gc.append(big(4), (err) => results.push((err as { code?: string }).code ?? 'stored'));
+    expect(results).toEqual(['EB_ERR_INGRESS_OVERLOADED']);
+    expect(gc.counters.overloaded).toBe(1);
+    a.closed = true;
+    await vi.waitFor(() => expect(gc.waiting).toBe(0));
+    expect(results.slice(1)).toEqual(['EB_ERR_LOG_WRITE', 'EB_ERR_LOG_WRITE', 'EB_ERR_LOG_WRITE']);
+    expect(gc.counters.abandoned).toBe(3);
+    expect(log.lastOffset).toBe(0);
+    gc.close();
+    log.close();
+  });
+
   it('close() flushes what is pending and refuses new appends', () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
     const gc = new GroupCommit(log);
@@ -82,7 +136,8 @@ describe('group commit: dedup and storage limits', () => {
 
   it('drops a live duplicate (acknowledged, not stored) and stores it again once its window ended', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
-    const gc = new GroupCommit(log);
+    let now = 1_000_000;
+    const gc = new GroupCommit(log, { clock: () => now });
     const mark = (k: string) => ({ key: key(k), mode: 'check' as const, windowMs: 50 });
     const results = await appendAll(gc, [
       { ...entry('d', 1), dedup: mark('a') },
@@ -90,8 +145,9 @@ describe('group commit: dedup and storage limits', () => {
       { ...entry('d', 1), dedup: mark('a') }, // duplicate within the same group
     ]);
     expect(results).toEqual([1, 2, 'duplicate']);
+    now += 49;
     expect(await appendAll(gc, [{ ...entry('d', 1), dedup: mark('a') }])).toEqual(['duplicate']);
-    await new Promise((r) => setTimeout(r, 80));
+    now += 1; // the 50 ms window ended
     expect(await appendAll(gc, [{ ...entry('d', 1), dedup: mark('a') }])).toEqual([3]);
     expect(gc.counters.duplicates).toBe(2);
     log.close();
@@ -124,7 +180,8 @@ describe('group commit: dedup and storage limits', () => {
   });
 
   it('backpressure holds acknowledgements while full and releases them once space is freed', async () => {
-    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'normal' });
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     const seed = await appendAll(new GroupCommit(log), Array.from({ length: 40 }, (_, i) => big(i)));
     expect(seed).toHaveLength(40);
@@ -135,12 +192,14 @@ describe('group commit: dedup and storage limits', () => {
     });
     let acked = false;
     gc.append(big(99), (err) => (acked = !err));
-    await new Promise((r) => setTimeout(r, 60));
+    await vi.waitFor(() => expect(gc.holding, 'the group is held').toBe(true));
+    expect(gc.waiting).toBe(1);
     expect(acked).toBe(false);
-    expect(gc.holding).toBe(true);
     // the forwarder forwards and removes records: space comes back, the held publish is stored
     position = 40;
-    log.removeThrough(40);
+    const reader = new LogReader({ dir, synchronous: 'normal' });
+    reader.removeThrough(40);
+    reader.close();
     gc.release();
     expect(acked).toBe(true);
     expect(gc.holding).toBe(false);
@@ -157,7 +216,7 @@ describe('group commit: dedup and storage limits', () => {
     });
     const acked: number[] = [];
     for (let i = 1; i <= 10; i++) gc.append(big(i), (err) => !err && acked.push(i));
-    await new Promise((r) => setTimeout(r, 50));
+    await vi.waitFor(() => expect(gc.holding, 'the rest is held').toBe(true));
     expect(acked.length).toBeGreaterThan(0);
     expect(acked.length).toBeLessThan(10);
     expect(acked).toEqual(Array.from({ length: acked.length }, (_, i) => i + 1)); // in order

@@ -1,0 +1,186 @@
+import { existsSync, renameSync, statSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { EdgebridgeError, type ErrorCode } from '../errors.js';
+
+export const DB_FILE = 'edgebridge.db';
+/** The forwarder's position: every record at or before it is committed in Kafka. */
+export const POSITION_FORWARD = 'forward';
+/** Where in the checkpoint partition this log's last checkpoint record was (a read hint). */
+export const POSITION_CHECKPOINT_HINT = 'checkpoint-kafka-offset';
+/** The highest offset made durable before it was forwarded (synchronous: normal). */
+export const POSITION_DURABLE = 'durable';
+
+/**
+ * Schema steps; MIGRATIONS[n] takes a database from user_version n to n + 1. Never edit a step.
+ * Only the gateway's own (writing) open migrates; the forwarder's reader requires the current one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE records (
+     log_offset  INTEGER PRIMARY KEY AUTOINCREMENT,
+     received_at INTEGER NOT NULL,
+     route       TEXT    NOT NULL,
+     kafka_topic TEXT    NOT NULL,
+     device_id   TEXT    NOT NULL,
+     mqtt_topic  TEXT    NOT NULL,
+     qos         INTEGER NOT NULL,
+     payload     BLOB    NOT NULL
+   );
+   CREATE TABLE positions (
+     name       TEXT PRIMARY KEY,
+     log_offset INTEGER NOT NULL
+   );`,
+  `ALTER TABLE records ADD COLUMN compact INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX records_compact ON records (route, device_id) WHERE compact = 1;
+   CREATE TABLE dedup (
+     key        BLOB PRIMARY KEY,
+     expires_at INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE INDEX dedup_expiry ON dedup (expires_at);
+   CREATE TABLE meta (
+     key   TEXT PRIMARY KEY,
+     value TEXT NOT NULL
+   );`,
+  // Epochs: one per opening of the log by a gateway process, with the first offset it hands out.
+  // A checkpoint names the epoch of its offset, so after the log lost its tail (a restored
+  // backup) offsets handed out again are never mistaken for the forwarded ones they replace.
+  // The genesis epoch covers every record written before epochs existed (checkpoints without
+  // an epoch refer to it). Topics: every Kafka topic that has records in the log, so the
+  // forwarder knows the topics of a backlog written under an older route table.
+  `CREATE TABLE epochs (
+     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+     id           TEXT    NOT NULL UNIQUE,
+     start_offset INTEGER NOT NULL,
+     created_at   INTEGER NOT NULL
+   );
+   INSERT INTO epochs (id, start_offset, created_at) VALUES (lower(hex(randomblob(6))), 1, 0);
+   CREATE TABLE topics (
+     kafka_topic TEXT PRIMARY KEY
+   ) WITHOUT ROWID;
+   INSERT INTO topics (kafka_topic) SELECT DISTINCT kafka_topic FROM records;`,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** The SQLite result code of a better-sqlite3 error (`SQLITE_BUSY`, `SQLITE_IOERR_WRITE`...). */
+export function sqliteCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('SQLITE_') ? code : undefined;
+}
+
+/** Corruption: retrying cannot help; the operator has to act. */
+export function isCorruption(err: unknown): boolean {
+  const code = sqliteCode(err);
+  return code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB' || code?.startsWith('SQLITE_CORRUPT_') === true;
+}
+
+/**
+ * A typed error for a failed log operation: corruption is EB_ERR_LOG_CORRUPT (not retryable),
+ * anything else `code` (disk full, I/O error, busy: retryable).
+ */
+export function logError(code: ErrorCode, file: string, what: string, err: unknown): EdgebridgeError {
+  if (err instanceof EdgebridgeError) return err;
+  if (isCorruption(err)) {
+    return new EdgebridgeError(
+      'EB_ERR_LOG_CORRUPT',
+      `commit log ${file} is corrupt (${sqliteCode(err)}) while trying to ${what}. Stop the gateway: on the next start the ` +
+        `file is checked and moved aside if it is damaged (recover what it holds with: sqlite3 ${file} .recover)`,
+      { cause: err },
+    );
+  }
+  return new EdgebridgeError(code, `${what} on ${file} failed: ${(err as Error).message}`, { cause: err });
+}
+
+/**
+ * The error for a database that cannot be opened. Corrupt files are moved aside (never deleted)
+ * only when `moveAside` is set: by the gateway's own open at start, never by a second connection
+ * of a running gateway, which would rename the live database under the first.
+ */
+export function openError(file: string, err: unknown, moveAside: boolean): EdgebridgeError {
+  if (err instanceof EdgebridgeError) return err;
+  if (isCorruption(err)) {
+    const code = sqliteCode(err);
+    if (!moveAside) {
+      return new EdgebridgeError('EB_ERR_LOG_CORRUPT', `commit log ${file} is corrupt (${code})`, { cause: err });
+    }
+    const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    let moved = '';
+    try {
+      if (existsSync(file)) {
+        renameSync(file, aside);
+        for (const suffix of ['-wal', '-shm']) {
+          if (existsSync(file + suffix)) renameSync(file + suffix, aside + suffix);
+        }
+        moved = ` It was moved to ${aside}; a new empty log is created on the next start. Inspect or recover it with: sqlite3 ${aside} .recover`;
+      }
+    } catch {
+      moved = ` Move it aside by hand (e.g. mv ${file} ${aside}) and start again.`;
+    }
+    return new EdgebridgeError('EB_ERR_LOG_CORRUPT', `commit log ${file} is corrupt (${code}).${moved}`, { cause: err });
+  }
+  return new EdgebridgeError('EB_ERR_LOG_OPEN', `cannot open commit log ${file}: ${(err as Error).message}`, { cause: err });
+}
+
+export interface OpenOptions {
+  /** How long a statement waits for another connection's write lock before failing (SQLITE_BUSY). */
+  readonly busyTimeoutMs: number;
+  /** Move a corrupt file aside (the gateway's own open at start only). */
+  readonly moveAsideIfCorrupt: boolean;
+}
+
+export function openDatabase(file: string, options: OpenOptions): Database.Database {
+  let db: Database.Database;
+  try {
+    db = new Database(file, { timeout: options.busyTimeoutMs });
+  } catch (err) {
+    throw openError(file, err, options.moveAsideIfCorrupt);
+  }
+  try {
+    // auto_vacuum takes effect only on a database not yet initialised, so before WAL mode (which
+    // initialises it): a drained log can then give pages back (incremental_vacuum) instead of
+    // keeping its high-water mark. On an existing database this is a no-op.
+    db.pragma('auto_vacuum = INCREMENTAL');
+    // WAL lets the forwarder read while ingress appends; the pragma also proves the file is a DB.
+    db.pragma('journal_mode = WAL');
+  } catch (err) {
+    db.close();
+    throw openError(file, err, options.moveAsideIfCorrupt);
+  }
+  return db;
+}
+
+/** Runs the schema steps this database has not had yet, each atomically with its version bump. */
+export function migrate(db: Database.Database, file: string): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new EdgebridgeError(
+      'EB_ERR_LOG_OPEN',
+      `commit log ${file} has schema version ${version}, newer than this edgebridge understands (${SCHEMA_VERSION}); upgrade edgebridge`,
+    );
+  }
+  // Each step runs in its own transaction with the version bump, so a crash mid-upgrade
+  // leaves either the old schema or the new one.
+  for (let v = version; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}
+
+/** Bytes of the WAL file (0 when absent): disk the log uses beyond its pages. */
+export function walBytes(file: string): number {
+  try {
+    return statSync(`${file}-wal`).size;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Bytes a record costs in the log and in a Kafka batch, beyond its payload: the row's columns and
+ * the index entry in SQLite, the record header, key and headers in Kafka. One estimate for both,
+ * so storage limits and batch limits agree.
+ */
+export function recordBytes(record: { readonly payload: Buffer; readonly mqttTopic: string; readonly deviceId: string }): number {
+  return record.payload.length + record.mqttTopic.length + record.deviceId.length + 96;
+}

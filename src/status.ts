@@ -1,0 +1,48 @@
+import type { ForwarderState } from './forward/forwarder.js';
+
+/** What the gateway reports: GET /status, the periodic status line, and what /healthz judges. */
+export interface GatewayStatus {
+  readonly gatewayId: string;
+  readonly forwarder: ForwarderState;
+  /** The forwarder's last error, while it is not forwarding. */
+  readonly forwarderError: string;
+  /** Whether the last write to the commit log succeeded; `logError` says why not. */
+  readonly logWritable: boolean;
+  readonly logError: string;
+  readonly mqttClients: number;
+  /** Publishes committed to the log since start. */
+  readonly received: number;
+  /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
+  readonly duplicates: number;
+  /** Records committed to Kafka since start. */
+  readonly forwarded: number;
+  /** Records in the log not yet committed to Kafka. */
+  readonly backlog: number;
+  readonly lastOffset: number;
+  readonly forwardPosition: number;
+  /** Publishes refused (not acknowledged): the log could not store them, or too many waited. */
+  readonly refused: number;
+  /** True while acknowledgements are held because storage.maxBytes is reached. */
+  readonly holding: boolean;
+  /** Publishes waiting to be stored (held while storage is full). */
+  readonly waiting: number;
+  readonly droppedOverflow: number;
+  readonly droppedExpired: number;
+  /** Records Kafka refused for good: written to the dead-letter topic, or dropped. */
+  readonly deadLettered: number;
+  readonly droppedRejected: number;
+  readonly storageBytes: number;
+}
+
+/**
+ * Whether the gateway can do its job without an operator, and if not, why. Kafka being
+ * unreachable is not unhealthy (that is what the log is for); a log that cannot be written, a
+ * gateway fenced by a twin, missing ACLs and an unreadable log are.
+ */
+export function healthOf(s: GatewayStatus): { healthy: boolean; status: string; reason?: string } {
+  if (s.forwarder === 'fenced') return { healthy: false, status: 'fenced', reason: 'another gateway uses this gateway.id' };
+  if (!s.logWritable) return { healthy: false, status: 'log-unwritable', reason: s.logError };
+  if (s.forwarder === 'log-error') return { healthy: false, status: 'log-error', reason: s.forwarderError };
+  if (s.forwarder === 'unauthorized') return { healthy: false, status: 'unauthorized', reason: s.forwarderError };
+  return { healthy: true, status: 'ok' };
+}
