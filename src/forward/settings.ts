@@ -40,3 +40,15 @@ export function requiredAcls(settings: ForwardSettings): string {
     `--add ${principal} --operation Read --group edgebridge-checkpoint-${settings.gatewayId}- --resource-pattern-type prefixed`,
   ].join('; ');
 }
+
+/** The forwarder's options that come from the settings (the rest are the host's callbacks). */
+export function forwarderLimits(s: ForwardSettings) {
+  return {
+    batchMaxRecords: s.batchMaxRecords,
+    batchMaxBytes: s.batchMaxBytes,
+    commitIntervalMs: s.commitIntervalMs,
+    retry: s.retry,
+    deadLetter: s.deadLetterTopic !== undefined,
+    requiredAcls: requiredAcls(s),
+  };
+}

@@ -12,7 +12,7 @@ import { Forwarder } from './forwarder.js';
 import { createKafka } from './kafka-client.js';
 import { KafkaSink } from './kafka-sink.js';
 import type { FromWorker, ToWorker } from './forwarder-thread.js';
-import { requiredAcls, type ForwardSettings } from './settings.js';
+import { forwarderLimits, type ForwardSettings } from './settings.js';
 
 const port = parentPort!;
 const post = (message: FromWorker): void => port.postMessage(message);
@@ -33,12 +33,7 @@ function main(s: ForwardSettings): void {
     transactionTimeoutMs: s.transactionTimeoutMs,
   });
   const forwarder = new Forwarder(reader, sink, {
-    batchMaxRecords: s.batchMaxRecords,
-    batchMaxBytes: s.batchMaxBytes,
-    commitIntervalMs: s.commitIntervalMs,
-    retry: s.retry,
-    deadLetter: s.deadLetterTopic !== undefined,
-    requiredAcls: requiredAcls(s),
+    ...forwarderLimits(s),
     logger,
     onRemoved: () => post({ type: 'removed' }),
     onStateChange: (state) => post({ type: 'state', state, lastError: forwarder.lastErrorMessage }),

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
-import { dedupMark } from './dedup.js';
+import { toLogEntry } from './entry.js';
 import type { RouteMatch, RouteTable } from './routes.js';
 
 export interface MqttIngressOptions {
@@ -121,27 +121,16 @@ export class MqttIngress {
     packet: PublishPacket,
     callback: (error?: Error | null) => void,
   ): void {
-    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload);
-    const { route, deviceId } = match;
-    const dedup = dedupMark(route, deviceId, {
-      clientId: client?.id,
-      messageId: packet.messageId,
-      qos: packet.qos,
-      dup: packet.dup,
-      payload,
-    });
     this.options.sink.append(
-      {
-        receivedAt: Date.now(),
-        route: route.pattern,
-        kafkaTopic: route.kafkaTopic,
-        deviceId,
-        mqttTopic: packet.topic,
+      toLogEntry(match, {
+        topic: packet.topic,
+        payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload),
         qos: packet.qos,
-        payload,
-        compact: route.compact,
-        ...(dedup ? { dedup } : {}),
-      },
+        dup: packet.dup,
+        messageId: packet.messageId,
+        clientId: client?.id,
+        receivedAt: Date.now(),
+      }),
       (err, result) => {
         if (err) {
           // No PUBACK: aedes closes the connection and the device sends the message again. The
