@@ -1,9 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
-import { DB_FILE, POSITION_FORWARD, logError, migrate, openDatabase, openError, walBytes } from './database.js';
+import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, logError, migrate, openDatabase, openError, walBytes } from './database.js';
 import type { LogEpoch } from './epochs.js';
 
 export { DB_FILE } from './database.js';
@@ -112,6 +112,7 @@ export class CommitLog {
     }
     this.db = openDatabase(this.file, { busyTimeoutMs: options.busyTimeoutMs ?? 1000, moveAsideIfCorrupt: true });
     try {
+      checkIfMarkedDamaged(this.db, this.file);
       this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
       const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
       this.db.pragma(`journal_size_limit = ${walLimit}`);
@@ -125,7 +126,9 @@ export class CommitLog {
       this.db.pragma(`synchronous = ${options.synchronous.toUpperCase()}`);
     } catch (err) {
       this.db.close();
-      throw openError(this.file, err, true);
+      const error = openError(this.file, err, true);
+      if (error.code === 'EB_ERR_LOG_CORRUPT') rmSync(`${this.file}.damaged`, { force: true });
+      throw error;
     }
     this.appendAll = this.db.transaction((entries: readonly LogEntry[], now: number) =>
       entries.map((e) => this.appendOne(e, now)),

@@ -1,4 +1,4 @@
-import { existsSync, renameSync, statSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { EdgebridgeError, type ErrorCode } from '../errors.js';
 
@@ -80,6 +80,7 @@ export function isCorruption(err: unknown): boolean {
 export function logError(code: ErrorCode, file: string, what: string, err: unknown): EdgebridgeError {
   if (err instanceof EdgebridgeError) return err;
   if (isCorruption(err)) {
+    markDamaged(file, err);
     return new EdgebridgeError(
       'EB_ERR_LOG_CORRUPT',
       `commit log ${file} is corrupt (${sqliteCode(err)}) while trying to ${what}. Stop the gateway: on the next start the ` +
@@ -165,6 +166,31 @@ export function migrate(db: Database.Database, file: string): void {
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+}
+
+/**
+ * Corruption found while the gateway runs is recorded beside the database: nothing is moved under
+ * a live connection, but the next start checks the file (PRAGMA quick_check) before using it.
+ */
+export function markDamaged(file: string, err: unknown): void {
+  try {
+    writeFileSync(`${file}.damaged`, `${new Date().toISOString()} ${(err as Error).message}\n`, { flag: 'a' });
+  } catch {
+    // the disk may be what is failing; the error itself is reported by the caller
+  }
+}
+
+/**
+ * At open: if corruption was recorded while running, check the whole file. A damaged one is
+ * reported as corrupt (and so moved aside by the gateway's open); an intact one is used.
+ */
+export function checkIfMarkedDamaged(db: Database.Database, file: string): void {
+  if (!existsSync(`${file}.damaged`)) return;
+  const result = db.pragma('quick_check', { simple: true }) as string;
+  if (result !== 'ok') {
+    throw Object.assign(new Error(`quick_check after corruption was seen: ${result}`), { code: 'SQLITE_CORRUPT' });
+  }
+  rmSync(`${file}.damaged`, { force: true });
 }
 
 /** Bytes of the WAL file (0 when absent): disk the log uses beyond its pages. */

@@ -89,6 +89,8 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
       const records = await consumeAll(kafkaBrokers(), topic, { expected: 400 });
       expectExactlyOnce(verifyExactlyOnce(records, [first, second]));
       expect(records).toHaveLength(400);
+      // counts survive the thread that made them
+      expect(gw.status().forwarded).toBe(400);
     } finally {
       await gw.close();
     }

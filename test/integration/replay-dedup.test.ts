@@ -82,4 +82,16 @@ describe('replays and retransmits are not forwarded twice', () => {
     expect(records.map((r) => r.value.toString())).toEqual(['21.5', '21.5', '22.0']);
     expect(gw.status().duplicates).toBe(1);
   });
+
+  it('a sensor that sends seq but no bootId (its counter restarts at boot): equal seqs are distinct readings', async () => {
+    const topic = uniqueName('iot.noboot');
+    const gw = await startTestGateway({ dir: tmp(), topic });
+    cleanup(() => gw.close());
+    const client = await mqtt.connectAsync(gw.url, { clientId: 'noboot-1' });
+    for (const t of [20.1, 20.2, 20.3]) await client.publishAsync('devices/noboot-1/telemetry', JSON.stringify({ seq: 1, t }), { qos: 1 });
+    await client.endAsync();
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 3 });
+    expect(records.map((r) => r.value.toString())).toEqual(['{"seq":1,"t":20.1}', '{"seq":1,"t":20.2}', '{"seq":1,"t":20.3}']);
+    expect(gw.status().duplicates).toBe(0);
+  });
 });

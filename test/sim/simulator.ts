@@ -457,6 +457,10 @@ class Simulation {
     if (outcome.kind === 'retry') this.now += outcome.delayMs;
     this.log(`forward ${JSON.stringify(outcome)} position=${node.forwarder.position} state=${node.forwarder.state}`);
     if (outcome.kind === 'fenced') this.violation('the forwarder fenced itself, with no twin gateway running');
+    // Idle means nothing left to forward, gaps included: idling short of the end is a stall.
+    if (outcome.kind === 'idle' && node.forwarder.position < node.reader.end()) {
+      this.violation(`the forwarder idles at ${node.forwarder.position} with offsets up to ${node.reader.end()} handed out`);
+    }
     // Every step makes progress or asks for a wait; one that asks to go on at once without
     // moving (isolating a refused record, checking a fence) may do so only a few times running.
     const waits = outcome.kind === 'idle' || outcome.kind === 'fenced' || (outcome.kind === 'retry' && outcome.delayMs > 0);
@@ -608,7 +612,9 @@ class Simulation {
     this.log('calm: faults healed');
     if (!this.node) this.open();
     const node = () => this.node!;
-    for (let round = 0; round < 400; round++) {
+    let stalled = 0;
+    let last = '';
+    for (let round = 0; round < 400 && stalled < 30; round++) {
       for (const d of this.devices) this.connect(d);
       const flush = node().scheduledFlush;
       node().scheduledFlush = undefined;
@@ -624,6 +630,9 @@ class Simulation {
       }
       this.now += 1000;
       if (round % 20 === 19) node().retention.runOnce(this.now);
+      const state = `${node().forwarder.position}/${end}/${waiting}`;
+      stalled = state === last ? stalled + 1 : 0;
+      last = state;
     }
     const n = node();
     this.violation(

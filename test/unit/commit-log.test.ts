@@ -1,8 +1,9 @@
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
+import { logError } from '../../src/log/database.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { entry } from '../helpers/entries.js';
 import { EdgebridgeError } from '../../src/errors.js';
@@ -191,7 +192,8 @@ describe('commit log', () => {
     log.append(Array.from({ length: 50 }, (_, i) => ({ ...entry('a', i), payload: Buffer.alloc(4000, i) })));
     const wal = statSync(join(dir, `${DB_FILE}-wal`)).size;
     expect(wal).toBeGreaterThan(100_000);
-    expect(log.usedBytes()).toBeGreaterThanOrEqual(wal);
+    // the records' pages (about 200 KB) and the WAL that holds them until a checkpoint
+    expect(log.usedBytes()).toBeGreaterThanOrEqual(wal + 150_000);
     log.close();
   });
 
@@ -211,5 +213,30 @@ describe('commit log', () => {
     db.pragma('user_version = 2');
     db.close();
     expect(() => reader(dir)).toThrow(/must be opened by the gateway first/);
+  });
+
+  it('corruption seen while running is checked at the next start: a damaged file is moved aside then, an intact one kept', () => {
+    const dir = tmp();
+    let log = open(dir);
+    log.append(Array.from({ length: 200 }, (_, i) => ({ ...entry('a', i), payload: Buffer.alloc(500, i) })));
+    log.close();
+    // an append or the forwarder hit SQLITE_CORRUPT: recorded beside the file, nothing moved
+    const err = logError('EB_ERR_LOG_WRITE', join(dir, DB_FILE), 'append', Object.assign(new Error('database disk image is malformed'), { code: 'SQLITE_CORRUPT' }));
+    expect(err.code).toBe('EB_ERR_LOG_CORRUPT');
+    expect(existsSync(join(dir, `${DB_FILE}.damaged`))).toBe(true);
+    expect(existsSync(join(dir, DB_FILE))).toBe(true);
+    // the file is intact after all: kept, the mark cleared
+    log = open(dir);
+    expect(existsSync(join(dir, `${DB_FILE}.damaged`))).toBe(false);
+    expect(log.append([entry('a', 999)])).toEqual([201]);
+    log.close();
+    // now really damaged in the middle (the header still reads fine), and seen so
+    const fd = openSync(join(dir, DB_FILE), 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, 4096 * 8);
+    closeSync(fd);
+    logError('EB_ERR_LOG_READ', join(dir, DB_FILE), 'read', Object.assign(new Error('malformed'), { code: 'SQLITE_CORRUPT' }));
+    expect(() => open(dir)).toThrow(expect.objectContaining({ code: 'EB_ERR_LOG_CORRUPT' }));
+    expect(readdirSync(dir).some((f) => f.startsWith(`${DB_FILE}.corrupt-`))).toBe(true);
+    expect(existsSync(join(dir, `${DB_FILE}.damaged`))).toBe(false);
   });
 });
