@@ -137,6 +137,8 @@ export class Forwarder {
   private lastError = '';
   private attempt = 0;
   private suspectTwin = false;
+  /** This forwarder has committed its claim at least once (see failed(): fences). */
+  private claimed = false;
   private lastCommitAt = 0;
   /** Kafka has every record up to here (valid once connected). */
   private positionValue = 0;
@@ -229,6 +231,7 @@ export class Forwarder {
     const claimed = await this.sink.send({ records: [], deadLetters: [] }, this.checkpointAt(this.positionValue));
     if (claimed !== undefined) this.hint = claimed;
     this.connected = true;
+    this.claimed = true;
     this.suspectTwin = false;
     this.storePosition();
     return true;
@@ -449,13 +452,17 @@ export class Forwarder {
     this.connected = false;
     await this.sink.reset();
     if (isFencedError(err)) {
-      // Kafka also bumps the producer epoch when a transaction outlives transactionTimeoutMs, so
-      // one fence is only a suspicion: reconnect and read the checkpoint. A checkpoint from
-      // another log, or a second fence before any commit succeeds, means a twin gateway.
-      if (this.suspectTwin) {
-        await this.enterFenced(this.lastError);
-        return { kind: 'fenced' };
+      // A fence is only a suspicion: Kafka also bumps the producer epoch when a transaction
+      // outlives transactionTimeoutMs, and a twin checking on us fences us too. Only evidence
+      // decides: on the next connect, a latest checkpoint written from another log means a twin
+      // took over, and this gateway stops. Until this gateway has claimed its id once, a fence is
+      // a race with the gateway it replaces, which stops once it sees this one's claim: the
+      // newcomer never gives up, so of two twins exactly one goes on.
+      if (!this.claimed) {
+        this.trouble('retrying', { err: this.lastError }, 'still fenced while starting: another gateway with this gateway.id is running');
+        return backoff();
       }
+      if (this.suspectTwin) return backoff();
       this.suspectTwin = true;
       this.options.logger.warn({ err: this.lastError }, 'producer fenced: checking whether another gateway uses this gateway.id');
       return { kind: 'retry', delayMs: 0 };

@@ -211,23 +211,39 @@ describe('forwarder', () => {
     close();
   });
 
-  it('stops forwarding, without retrying, once fenced', async () => {
+  it('a fence with only its own checkpoint in Kafka is no twin: it keeps checking with backoff, and never sends twice', async () => {
     const { log, reader, close } = openLog();
     log.append([entry('a', 1)]);
     const sink = new MemorySink();
     const fwd = new Forwarder(reader, sink, options);
     await fwd.connect();
+    const send = sink.send.bind(sink);
     sink.send = async () => {
       throw Object.assign(new Error('There is a newer producer with the same transactionalId which fences the current one'), {
         type: 'PRODUCER_FENCED',
       });
     };
-    // one reconnect to tell a timed-out transaction from a twin, then no more
-    expect(await fwd.step()).toEqual({ kind: 'retry', delayMs: 0 });
-    expect(await fwd.step()).toEqual({ kind: 'fenced' });
-    expect(fwd.state).toBe('fenced');
-    expect(sink.connects).toBe(2);
-    expect(reader.position()).toBe(0);
+    expect(await fwd.step()).toEqual({ kind: 'retry', delayMs: 0 }); // check at once
+    for (let i = 0; i < 3; i++) expect((await fwd.step()).kind).toBe('retry');
+    const again = await fwd.step();
+    expect(again.kind === 'retry' && again.delayMs > 0).toBe(true); // then with backoff
+    expect(fwd.state).not.toBe('fenced');
+    sink.send = send;
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    expect(offsets(sink.delivered)).toEqual([1]);
+    close();
+  });
+
+  it('a fence before its first claim is a race with the gateway it replaces: it goes on trying, and wins', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1)]);
+    const sink = new MemorySink();
+    sink.checkpoint = { logId: 'the-older-gateway', offset: 40 };
+    sink.fenceNext = 3; // the older gateway's checks fence our claim three times
+    const fwd = new Forwarder(reader, sink, options);
+    for (let i = 0; i < 3; i++) expect((await fwd.step()).kind).toBe('retry');
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    expect(fwd.state).toBe('forwarding');
     close();
   });
 
