@@ -7,7 +7,8 @@ import { ForwarderThread } from './forward/forwarder-thread.js';
 import type { ForwardSettings } from './forward/settings.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
-import { CommitLog, DEFAULT_WAL_LIMIT_BYTES } from './log/commit-log.js';
+import { CommitLog } from './log/commit-log.js';
+import { walBudget } from './log/database.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
 import { GroupCommit } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
@@ -22,11 +23,6 @@ export interface GatewayOptions {
   readonly statusIntervalMs?: number;
 }
 
-/** The WAL may use an eighth of storage.maxBytes (at most 16 MiB): it counts against the limit. */
-export function walLimitBytes(config: Config): number {
-  return Math.min(DEFAULT_WAL_LIMIT_BYTES, Math.floor(config.storage.maxBytes / 8));
-}
-
 /**
  * What the forwarder's thread is given: the forwarding part of the config, and every topic there
  * is something to forward to. That is the routes' topics and the topics of records already in
@@ -37,7 +33,7 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
   return {
     gatewayId: config.gateway.id,
     logLevel: config.log.level,
-    storage: { dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) },
+    storage: { dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walBudget(config.storage.maxBytes).limitBytes },
     kafka: {
       brokers: config.kafka.brokers,
       clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
@@ -91,9 +87,10 @@ export class Gateway {
     const logger = options.logger ?? createLogger(config.log.level);
     const routes = new RouteTable(config.routes);
     const lock = lockStorageDir(config.storage.dir);
+    const wal = walBudget(config.storage.maxBytes);
     let log: CommitLog;
     try {
-      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) });
+      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
       log.pruneTopics(routes.kafkaTopics);
     } catch (err) {
       lock.release();
@@ -112,6 +109,7 @@ export class Gateway {
     const logHealth: { failure: EdgebridgeError | null } = { failure: null };
     const groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
+      maxBatchBytes: wal.maxTransactionBytes,
       maxPending: config.storage.maxQueuedRecords,
       maxPendingBytes: config.storage.maxQueuedBytes,
       onCommit: (lastOffset) => forwarder?.notify(lastOffset),
@@ -129,7 +127,7 @@ export class Gateway {
         }
         logHealth.failure = err;
       },
-      storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition },
+      storage: { maxBytes: config.storage.maxBytes, walReserveBytes: wal.reserveBytes, overflow: config.storage.overflow, forwardPosition },
       logger: logLogger,
     });
     const retention = new Retention(log, {

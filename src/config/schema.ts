@@ -131,10 +131,12 @@ export const configSchema = z.strictObject({
     groupCommitMaxRecords: z.number().int().min(1).max(100000).default(5000),
     /**
      * Most publishes waiting to be stored (while acknowledgements are held under backpressure);
-     * more are refused at once, unacknowledged, so memory stays bounded.
+     * more are refused at once, unacknowledged, so memory stays bounded. Well above what one
+     * connection sends in one socket read (aedes reads no more from a client until those are
+     * acknowledged): a bound below one such burst would refuse that client for good.
      */
-    maxQueuedRecords: z.number().int().min(1).default(50_000),
-    /** Most payload bytes waiting to be stored. */
+    maxQueuedRecords: z.number().int().min(10_000).default(50_000),
+    /** Most bytes of publishes waiting to be stored (above one socket read of 64 KiB). */
     maxQueuedBytes: bytes(1024 * 1024).default(64 * 1024 * 1024),
     /** Largest the commit log may grow on disk (database pages in use plus the WAL). */
     maxBytes: bytes(1024 * 1024).default(1024 ** 3),

@@ -291,6 +291,7 @@ export class Forwarder {
    * failures become a `retry` (or `fenced`) outcome.
    */
   async step(): Promise<StepOutcome> {
+    if (this.stateValue === 'stopped') this.setState('connecting');
     try {
       if (!this.connected) {
         if (!(await this.connect())) {

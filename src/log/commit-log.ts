@@ -53,7 +53,7 @@ export interface CommitLogOptions {
    * acknowledged) rather than stall the ingest thread.
    */
   readonly busyTimeoutMs?: number;
-  /** Most bytes the WAL keeps between checkpoints (counted in usedBytes). */
+  /** The WAL is checkpointed and truncated at this size (walBudget; counted in usedBytes). */
   readonly walLimitBytes?: number;
 }
 
@@ -116,7 +116,7 @@ export class CommitLog {
       this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
       const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
       this.db.pragma(`journal_size_limit = ${walLimit}`);
-      this.db.pragma(`wal_autocheckpoint = ${Math.max(64, Math.floor(walLimit / this.pageSize))}`);
+      this.db.pragma(`wal_autocheckpoint = ${Math.max(16, Math.floor(walLimit / this.pageSize))}`);
       migrate(this.db, this.file);
       this.stmts = this.prepare();
       this.logId = this.readOrCreateLogId();
@@ -300,10 +300,15 @@ export class CommitLog {
    * which holds changed pages until they are checkpointed into the database file.
    */
   usedBytes(): number {
+    return this.pageBytes() + walBytes(this.file);
+  }
+
+  /** Bytes of the database pages in use (not free pages waiting for reuse), the WAL left out. */
+  pageBytes(): number {
     this.assertOpen();
     const pages = this.db.pragma('page_count', { simple: true }) as number;
     const free = this.db.pragma('freelist_count', { simple: true }) as number;
-    return (pages - free) * this.pageSize + walBytes(this.file);
+    return (pages - free) * this.pageSize;
   }
 
   /** Records after `position` (the backlog). */

@@ -21,7 +21,10 @@ export interface AppendSink {
 }
 
 export interface StoragePolicy {
+  /** Most disk the log may use: database pages in use plus the WAL. */
   readonly maxBytes: number;
+  /** The part of maxBytes kept for the WAL (its size limit); records may fill the rest. */
+  readonly walReserveBytes: number;
   readonly overflow: 'backpressure' | 'drop-oldest';
   /** The forwarder's position: records at or before it are in Kafka and may go at any time. */
   readonly forwardPosition: () => number;
@@ -30,6 +33,8 @@ export interface StoragePolicy {
 export interface GroupCommitOptions {
   /** Largest transaction; a bigger burst is split (bounds the time one write blocks the loop). */
   readonly maxBatch?: number;
+  /** Most bytes one transaction writes (bounds how far it takes the WAL past its limit). */
+  readonly maxBatchBytes?: number;
   /** Most publishes waiting to be stored (held while storage is full); more are refused at once. */
   readonly maxPending?: number;
   /** Most payload bytes waiting to be stored. */
@@ -70,6 +75,8 @@ interface Pending {
 }
 
 const SHUTTING_DOWN = 'the gateway is shutting down; the message was not stored';
+/** Pages kept free for the b-tree pages a group commit dirties beyond its records. */
+export const ADMIT_SLACK_BYTES = 32 * 1024;
 
 /**
  * Group commit: collects the appends of one event-loop turn and writes them in one SQLite
@@ -173,7 +180,7 @@ export class GroupCommit implements AppendSink {
     this.scheduled = false;
     this.dropAbandoned();
     while (this.pending.length > 0 && !this.holdTimer) {
-      const admitted = this.admit(this.pending.slice(0, this.maxBatch));
+      const admitted = this.admit(this.pending.slice(0, this.groupLength()));
       if (admitted === 0) {
         this.hold();
         return;
@@ -209,6 +216,19 @@ export class GroupCommit implements AppendSink {
       }
       if (stored > 0) this.options.onCommit?.(last, stored);
     }
+  }
+
+  /** How many waiting entries the next group takes: maxBatch, and maxBatchBytes (at least one). */
+  private groupLength(): number {
+    const maxBytes = this.options.maxBatchBytes ?? Infinity;
+    let bytes = 0;
+    let n = 0;
+    while (n < this.pending.length && n < this.maxBatch) {
+      bytes += this.pending[n]!.bytes;
+      if (bytes > maxBytes && n > 0) break;
+      n++;
+    }
+    return n;
   }
 
   /**
@@ -281,8 +301,11 @@ export class GroupCommit implements AppendSink {
     const storage = this.options.storage;
     if (!storage || this.log.isClosed) return group.length;
     try {
-      const sizes = group.map((p) => p.bytes);
-      const room = (): number => storage.maxBytes - this.log.usedBytes();
+      // Records are estimated a quarter larger than their bytes (pages are not filled to the
+      // brim), and a few pages stay free for the b-tree pages one group commit dirties.
+      const sizes = group.map((p) => Math.ceil(p.bytes * 1.25));
+      const budget = storage.maxBytes - storage.walReserveBytes - ADMIT_SLACK_BYTES;
+      const room = (): number => budget - this.log.pageBytes();
       const fitting = (): number => {
         let left = room();
         let n = 0;
@@ -313,7 +336,7 @@ export class GroupCommit implements AppendSink {
       // Hysteresis: "full" starts when nothing fits and ends below 90 % of maxBytes, so a log
       // hovering at its limit does not log a pair of lines per removal.
       if (n === 0) this.setFull(true);
-      else if (this.fullSince !== 0 && room() >= storage.maxBytes * 0.1) this.setFull(false);
+      else if (this.fullSince !== 0 && room() >= budget * 0.1) this.setFull(false);
       return n;
     } catch (err) {
       const now = Date.now();

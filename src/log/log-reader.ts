@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import type Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
-import { toRecord, type LogRecord, type RecordRow } from './commit-log.js';
+import { DEFAULT_WAL_LIMIT_BYTES, toRecord, type LogRecord, type RecordRow } from './commit-log.js';
 import {
   DB_FILE,
   POSITION_CHECKPOINT_HINT,
@@ -31,8 +31,6 @@ export interface LogBatch {
 
 /** Offsets removed per delete statement (see removeThrough). */
 const REMOVE_CHUNK = 5000;
-/** Pages given back per incremental_vacuum step (each its own short write transaction). */
-const VACUUM_STEP_PAGES = 256;
 
 /**
  * The forwarder's connection to the commit log (its own, in its own thread): batch reads, the
@@ -52,6 +50,7 @@ export class LogReader {
   private readonly stmts: ReturnType<LogReader['prepare']>;
   private readonly readInSnapshot: (after: number, maxRecords: number, maxBytes: number) => LogBatch;
   private readonly syncEveryBatch: boolean;
+  private vacuumStepPages = 256;
   private closed = false;
 
   constructor(options: LogReaderOptions) {
@@ -67,7 +66,13 @@ export class LogReader {
         );
       }
       this.db.pragma('synchronous = NORMAL');
-      if (options.walLimitBytes !== undefined) this.db.pragma(`journal_size_limit = ${options.walLimitBytes}`);
+      const pageSize = this.db.pragma('page_size', { simple: true }) as number;
+      const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
+      // The forwarder's own writes (positions, removals, vacuum) checkpoint the WAL like appends do.
+      this.db.pragma(`journal_size_limit = ${walLimit}`);
+      this.db.pragma(`wal_autocheckpoint = ${Math.max(16, Math.floor(walLimit / pageSize))}`);
+      // A vacuum step writes the pages it moves to the WAL: a step stays well within its limit.
+      this.vacuumStepPages = Math.max(16, Math.min(256, Math.floor(walLimit / pageSize / 2)));
       this.stmts = this.prepare();
       const logId = this.db.prepare("SELECT value FROM meta WHERE key = 'log_id'").pluck().get() as string | undefined;
       if (logId === undefined) throw new EdgebridgeError('EB_ERR_LOG_OPEN', `commit log ${this.file} has no log id`);
@@ -198,8 +203,8 @@ export class LogReader {
   shrink(): boolean {
     return this.run('shrink the log', () => {
       const free = this.db.pragma('freelist_count', { simple: true }) as number;
-      if (free > 0) this.db.pragma(`incremental_vacuum(${Math.min(free, VACUUM_STEP_PAGES)})`);
-      if (free > VACUUM_STEP_PAGES) return true;
+      if (free > 0) this.db.pragma(`incremental_vacuum(${Math.min(free, this.vacuumStepPages)})`);
+      if (free > this.vacuumStepPages) return true;
       this.db.pragma('wal_checkpoint(PASSIVE)');
       this.db.pragma('wal_checkpoint(TRUNCATE)');
       return false;

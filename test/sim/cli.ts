@@ -19,8 +19,10 @@ const steps = Number(values.steps);
 const seeds = values.seed !== undefined ? [Number(values.seed)] : Array.from({ length: Number(values.seeds) }, (_, i) => Number(values.from) + i);
 const started = Date.now();
 let failed = 0;
+const coverage = new Map<string, number>();
 for (const seed of seeds) {
   const result = await simulate({ seed, steps });
+  for (const c of result.coverage) coverage.set(c, (coverage.get(c) ?? 0) + 1);
   if (values.trace) process.stdout.write(`${result.trace.join('\n')}\n`);
   if (!result.ok) {
     failed++;
@@ -32,5 +34,9 @@ for (const seed of seeds) {
   }
 }
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
+if (seeds.length > 1) {
+  process.stdout.write(`coverage (seeds that went through each):\n`);
+  for (const [c, n] of [...coverage].sort()) process.stdout.write(`  ${c.padEnd(36)} ${n}\n`);
+}
 process.stdout.write(`${seeds.length - failed}/${seeds.length} seeds held the guarantee (${seconds} s)\n`);
 process.exit(failed === 0 ? 0 : 1);

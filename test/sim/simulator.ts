@@ -23,11 +23,11 @@ import type { Config } from '../../src/config/schema.js';
 import { EdgebridgeError } from '../../src/errors.js';
 import { Forwarder, type StepOutcome } from '../../src/forward/forwarder.js';
 import { forwarderLimits } from '../../src/forward/settings.js';
-import { forwardSettings, walLimitBytes } from '../../src/gateway.js';
+import { forwardSettings } from '../../src/gateway.js';
 import { toLogEntry } from '../../src/ingress/entry.js';
 import { RouteTable } from '../../src/ingress/routes.js';
 import { CommitLog } from '../../src/log/commit-log.js';
-import { DB_FILE, logError } from '../../src/log/database.js';
+import { DB_FILE, logError, walBudget } from '../../src/log/database.js';
 import { GroupCommit, type AppendOwner } from '../../src/log/group-commit.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { Retention } from '../../src/log/retention.js';
@@ -51,6 +51,8 @@ export interface SimResult {
   /** A digest of the trace: the same seed must give the same digest. */
   readonly digest: string;
   readonly summary: string;
+  /** What this run went through (faults hit, policies that acted): coverage across seeds. */
+  readonly coverage: readonly string[];
 }
 
 const ROUTE = 'devices/{deviceId}/telemetry';
@@ -137,6 +139,9 @@ class Simulation {
   private readonly synchronous: 'full' | 'normal';
   private readonly deadLetter: boolean;
   private readonly settings: Record<string, unknown>;
+  /** Padding of each reading: some seeds fill the log (backpressure, drop-oldest, eviction). */
+  private readonly padBytes: number;
+  private readonly coverage = new Set<string>();
 
   constructor(private readonly options: SimOptions) {
     this.rng = new Prng(options.seed);
@@ -145,6 +150,7 @@ class Simulation {
     this.dir = join(this.base, 'data');
     const rng = this.rng;
     this.synchronous = rng.pick(['full', 'normal'] as const);
+    this.padBytes = rng.pick([0, 0, 1800]);
     this.deadLetter = rng.chance(0.7);
     this.settings = {
       synchronous: this.synchronous,
@@ -152,7 +158,7 @@ class Simulation {
       maxBytes: rng.pick([1024 * 1024, 2 * 1024 * 1024, 64 * 1024 * 1024]),
       maxAge: rng.pick([5_000, 30_000, 7 * 86400_000]),
       groupCommitMaxRecords: rng.pick([1, 3, 5000]),
-      maxQueuedRecords: rng.pick([8, 50, 50_000]),
+      maxQueuedRecords: rng.pick([10_000, 50_000]),
       batchMaxRecords: rng.pick([1, 3, 16, 500]),
     };
     this.oracle = new Oracle({ deadLetterTopic: this.deadLetter ? DEAD_LETTER : undefined });
@@ -162,7 +168,7 @@ class Simulation {
       this.devices.push({
         id: `dev-${i + 1}`,
         plain: rng.chance(0.25),
-        window: rng.int(1, 3),
+        window: rng.int(1, 3) * (this.padBytes > 0 ? 4 : 1),
         bootId: `b${i + 1}-1`,
         boots: 1,
         seq: 0,
@@ -179,7 +185,13 @@ class Simulation {
     this.trace.push(`${this.step} ${line}`);
   }
 
+  private readonly reported = new Set<string>();
+
+  /** Records a violation (each distinct message once: an invariant that stays broken is one finding). */
   private violation(message: string): void {
+    const kind = message.replace(/\d+/g, '#');
+    if (this.reported.has(kind)) return;
+    this.reported.add(kind);
     this.violations.push(`step ${this.step}: ${message}`);
     this.log(`VIOLATION ${message}`);
   }
@@ -215,7 +227,8 @@ class Simulation {
     this.config = this.makeConfig();
     const config = this.config;
     const routes = new RouteTable(config.routes);
-    const log = new CommitLog({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) });
+    const wal = walBudget(config.storage.maxBytes);
+    const log = new CommitLog({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
     log.pruneTopics(routes.kafkaTopics);
     const inspector = new Database(join(this.dir, DB_FILE));
     this.instrumentLog(log, inspector);
@@ -225,10 +238,16 @@ class Simulation {
     const node: Partial<Node> & { scheduledFlush: (() => void) | undefined } = { scheduledFlush: undefined };
     const gc = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
+      maxBatchBytes: wal.maxTransactionBytes,
       maxPending: config.storage.maxQueuedRecords,
       maxPendingBytes: config.storage.maxQueuedBytes,
       onCommit: (last) => forwarder?.notify(last),
-      storage: { maxBytes: config.storage.maxBytes, overflow: config.storage.overflow, forwardPosition: () => log.forwardPosition() },
+      storage: {
+        maxBytes: config.storage.maxBytes,
+        walReserveBytes: wal.reserveBytes,
+        overflow: config.storage.overflow,
+        forwardPosition: () => log.forwardPosition(),
+      },
       logger: silent,
       holdRetryMs: 1e9, // the simulator releases held groups itself
       clock: () => this.now,
@@ -242,7 +261,7 @@ class Simulation {
       intervalMs: 0,
     });
     const settings = forwardSettings(config, log);
-    const reader = new LogReader({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: walLimitBytes(config) });
+    const reader = new LogReader({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
     this.instrumentReader(reader);
     const sink = new ModelSink(this.model, {
       gatewayId: GATEWAY,
@@ -352,6 +371,7 @@ class Simulation {
     for (const f of [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`]) rmSync(join(this.dir, f), { force: true });
     for (const f of [DB_FILE, `${DB_FILE}-wal`]) if (existsSync(join(to.dir, f))) copyFileSync(join(to.dir, f), join(this.dir, f));
     this.oracle.rolledBackTo(to.step, kind === 'tail-loss');
+    this.coverage.add(kind);
     this.log(`${kind} back to step ${to.step}`);
     this.snapshots.splice(0, this.snapshots.length, ...this.snapshots.filter((s) => s.step <= to.step));
     this.lastDurableStep = Math.min(this.lastDurableStep, to.step);
@@ -383,6 +403,7 @@ class Simulation {
     const body: Record<string, unknown> = d.plain ? { dev: d.id, seq: d.seq, n: d.count } : { bootId: d.bootId, seq: d.seq, dev: d.id };
     body.v = this.rng.int(0, 999);
     if (poison) body.pad = 'x'.repeat(MAX_MESSAGE_BYTES + 100);
+    else if (this.padBytes > 0) body.pad = 'x'.repeat(this.padBytes);
     const key = d.plain ? `${d.id}/plain/${d.count}` : `${d.id}/${d.bootId}/${d.seq}`;
     const stream = d.plain ? `${d.id}/plain` : `${d.id}/${d.bootId}`;
     this.oracle.created(key, d.id, stream, d.plain ? d.count : d.seq, d.plain, poison);
@@ -426,6 +447,8 @@ class Simulation {
       (err, result) => {
         if (typeof result === 'number') this.oracle.stored(item.key, result, entry.kafkaTopic, this.step);
         this.log(`${d.id} ${replay ? 'replay ' : ''}${item.key} -> ${err ? `refused (${(err as EdgebridgeError).code})` : result}`);
+        if (err) this.coverage.add(`append-refused:${(err as EdgebridgeError).code}`);
+        else if (result === 'duplicate') this.coverage.add(replay ? 'replay-dropped' : 'retransmit-dropped');
         if (replay || conn !== d.conn || conn.closed) return;
         if (err) {
           this.disconnect(d); // aedes closes the connection of a refused publish
@@ -452,13 +475,21 @@ class Simulation {
     const node = this.node;
     if (!node) return undefined;
     const before = node.forwarder.position;
+    const appendedBefore = node.log.lastOffset;
     const outcome = await node.forwarder.step();
     const moved = node.forwarder.position !== before;
     if (outcome.kind === 'retry') this.now += outcome.delayMs;
+    this.coverage.add(`forwarder:${node.forwarder.state}`);
+    const c = node.forwarder.counters;
+    if (c.deadLettered > 0) this.coverage.add('refused:dead-letter');
+    if (c.droppedRejected > 0) this.coverage.add('refused:dropped');
+    if (c.skippedByCheckpoint > 0) this.coverage.add('resumed-after-checkpoint');
+    if (outcome.kind === 'skipped') this.coverage.add('skipped-gone-records');
     this.log(`forward ${JSON.stringify(outcome)} position=${node.forwarder.position} state=${node.forwarder.state}`);
     if (outcome.kind === 'fenced') this.violation('the forwarder fenced itself, with no twin gateway running');
-    // Idle means nothing left to forward, gaps included: idling short of the end is a stall.
-    if (outcome.kind === 'idle' && node.forwarder.position < node.reader.end()) {
+    // Idle means nothing left to forward, gaps included: idling short of the end is a stall
+    // (unless the step itself let held appends in, which wake the forwarder again).
+    if (outcome.kind === 'idle' && node.log.lastOffset === appendedBefore && node.forwarder.position < node.reader.end()) {
       this.violation(`the forwarder idles at ${node.forwarder.position} with offsets up to ${node.reader.end()} handed out`);
     }
     // Every step makes progress or asks for a wait; one that asks to go on at once without
@@ -480,6 +511,7 @@ class Simulation {
     const node = this.node;
     const kind = rng.weighted({
       publish: 30,
+      burst: this.padBytes > 0 ? 4 : 1,
       flush: 22,
       forward: 22,
       time: 6,
@@ -504,6 +536,11 @@ class Simulation {
       case 'poison': {
         const d = rng.pick(this.devices);
         this.newReading(d, kind === 'poison');
+        break;
+      }
+      case 'burst': {
+        // a fleet reconnecting after an outage, each device emptying its flash buffer
+        for (let i = rng.int(10, this.padBytes > 0 ? 150 : 40); i > 0; i--) this.newReading(rng.pick(this.devices), false);
         break;
       }
       case 'flush':
@@ -554,7 +591,7 @@ class Simulation {
       }
       case 'kafka': {
         const what = rng.weighted({ down: 3, fault: 6, deny: 1 });
-        if (what === 'down') this.downFor = rng.int(3, 40);
+        if (what === 'down') this.downFor = rng.int(3, rng.chance(0.3) ? 120 : 40);
         else if (what === 'deny') this.deniedFor = rng.int(3, 20);
         else this.model.faults.push(rng.pick<SendFault>(['fail-before', 'fail-after', 'fail-after', 'fence', 'leader-moved']));
         this.log(`kafka ${what} ${what === 'fault' ? this.model.faults[this.model.faults.length - 1] : ''}`);
@@ -652,6 +689,13 @@ class Simulation {
         await this.event();
         const waiting = this.node?.gc.waiting ?? 0;
         if (waiting > this.config.storage.maxQueuedRecords) this.violation(`${waiting} publishes wait, more than storage.maxQueuedRecords`);
+        if (this.node?.gc.holding) this.coverage.add('acks-held:backpressure');
+        if ((this.node?.gc.counters.droppedOverflow ?? 0) > 0) this.coverage.add('overflow:drop-oldest');
+        if ((this.node?.retention.counters.droppedExpired ?? 0) > 0) this.coverage.add('expired:maxAge');
+        const used = this.node?.log.usedBytes() ?? 0;
+        if (used > this.config.storage.maxBytes) {
+          this.violation(`the log uses ${used} bytes (${this.node!.log.pageBytes()} in pages), more than storage.maxBytes ${this.config.storage.maxBytes}`);
+        }
       }
       await this.calm();
     } catch (err) {
@@ -661,11 +705,22 @@ class Simulation {
     const found = this.oracle.judge(committed, (value) => readingKey(value));
     for (const v of found) this.violation(v);
     const s = this.oracle.stats();
+    if (s.dropped > 0) this.coverage.add('dropped-by-policy');
+    if (s.lost > 0) this.coverage.add('records-lost-to-rollback');
+    if (this.evictedSeen > 0) this.coverage.add('dedup-evicted');
     const summary =
       `seed ${this.options.seed}: ${s.readings} readings, ${s.acked} acked, ${s.stored} stored, ${s.lost} lost to faults, ${s.dropped} dropped by policy, ` +
       `${committed.length} in Kafka, ${this.model.transactions} transactions`;
     const digest = createHash('sha1').update(this.trace.join('\n')).digest('hex');
-    return { seed: this.options.seed, ok: this.violations.length === 0, violations: this.violations, trace: this.trace, digest, summary };
+    return {
+      seed: this.options.seed,
+      ok: this.violations.length === 0,
+      violations: this.violations,
+      trace: this.trace,
+      digest,
+      summary,
+      coverage: [...this.coverage].sort(),
+    };
   }
 
   dispose(): void {

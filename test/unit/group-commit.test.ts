@@ -2,10 +2,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
 import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
-import { GroupCommit } from '../../src/log/group-commit.js';
+import { ADMIT_SLACK_BYTES, GroupCommit } from '../../src/log/group-commit.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from '../helpers/entries.js';
+
+/** A storage limit that leaves `bytes` for records (no WAL reserve), above what the log holds now. */
+const room = (log: CommitLog, bytes: number) => log.pageBytes() + ADMIT_SLACK_BYTES + bytes;
 
 describe('group commit', () => {
   const tmp = useTmpDirs();
@@ -89,7 +92,7 @@ describe('group commit', () => {
     const gc = new GroupCommit(log, {
       maxPending: 3,
       holdRetryMs: 10,
-      storage: { maxBytes: log.usedBytes() + 100, overflow: 'backpressure', forwardPosition: () => 0 },
+      storage: { maxBytes: room(log, 100), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => 0 },
     });
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     const a = { closed: false };
@@ -188,7 +191,7 @@ describe('group commit: dedup and storage limits', () => {
     let position = 0;
     const gc = new GroupCommit(log, {
       holdRetryMs: 10,
-      storage: { maxBytes: log.usedBytes() + 4000, overflow: 'backpressure', forwardPosition: () => position },
+      storage: { maxBytes: room(log, 4000), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => position },
     });
     let acked = false;
     gc.append(big(99), (err) => (acked = !err));
@@ -212,7 +215,7 @@ describe('group commit: dedup and storage limits', () => {
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     const gc = new GroupCommit(log, {
       holdRetryMs: 10,
-      storage: { maxBytes: log.usedBytes() + 3 * 8200, overflow: 'backpressure', forwardPosition: () => 0 },
+      storage: { maxBytes: room(log, 3 * 8200 * 1.25), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => 0 },
     });
     const acked: number[] = [];
     for (let i = 1; i <= 10; i++) gc.append(big(i), (err) => !err && acked.push(i));
@@ -230,7 +233,7 @@ describe('group commit: dedup and storage limits', () => {
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     await appendAll(new GroupCommit(log), Array.from({ length: 40 }, (_, i) => big(i)));
     const gc = new GroupCommit(log, {
-      storage: { maxBytes: log.usedBytes() + 4000, overflow: 'drop-oldest', forwardPosition: () => 0 },
+      storage: { maxBytes: room(log, 4000), walReserveBytes: 0, overflow: 'drop-oldest', forwardPosition: () => 0 },
     });
     expect(await appendAll(gc, [big(99)])).toEqual([41]);
     expect(gc.counters.droppedOverflow).toBeGreaterThan(0);
