@@ -52,19 +52,28 @@ describe('disk full', () => {
     writeFileSync(ballast, Buffer.alloc(Math.max(0, free() - 1.5 * 1024 * 1024)));
 
     const acked: string[] = [];
-    const client = await mqtt.connectAsync(url, { clientId: 'filler', reconnectPeriod: 200 });
-    client.on('error', () => undefined);
     let i = 0;
-    const publishOne = () =>
-      new Promise<boolean>((resolve) => {
-        const payload = JSON.stringify({ deviceId: 'f1', bootId: 'b', seq: ++i, pad: 'x'.repeat(2000) });
-        const timer = setTimeout(() => resolve(false), 1500);
-        client.publish('devices/f1/telemetry', payload, { qos: 1 }, (err) => {
-          clearTimeout(timer);
-          if (!err) acked.push(payload);
-          resolve(!err);
+    // One publish on a connection of its own: true when PUBACKed, false when the gateway closed
+    // the connection instead (it refuses what it cannot store, before or after CONNACK). Decided
+    // by events, never by a timeout: a slow machine only makes it slower.
+    const publishOne = async (): Promise<boolean> => {
+      const payload = JSON.stringify({ deviceId: 'f1', bootId: 'b', seq: ++i, pad: 'x'.repeat(2000) });
+      const client = mqtt.connect(url, { clientId: `filler-${i}`, reconnectPeriod: 0 });
+      client.on('error', () => undefined);
+      try {
+        return await new Promise<boolean>((resolve) => {
+          client.once('close', () => resolve(false));
+          client.once('connect', () =>
+            client.publish('devices/f1/telemetry', payload, { qos: 1 }, (err) => {
+              if (!err) acked.push(payload);
+              resolve(!err);
+            }),
+          );
         });
-      });
+      } finally {
+        client.end(true);
+      }
+    };
     // Publish until the disk refuses; the gateway must not acknowledge what it could not store.
     while ((await publishOne()) && i < 5000);
     expect(i).toBeLessThan(5000);
@@ -81,7 +90,6 @@ describe('disk full', () => {
     await expect.poll(() => publishOne(), { timeout: 20_000, interval: 200 }).toBe(true);
     for (let k = 0; k < 20; k++) expect(await publishOne()).toBe(true);
     expect(logLines.some((l) => l.msg === 'commit log stores messages again')).toBe(true);
-    await client.endAsync();
     await gw.close();
 
     // Every acknowledged message is in the log.
