@@ -2,10 +2,10 @@ import { setImmediate as yieldToLoop, setTimeout as delay } from 'node:timers/pr
 import type { Logger } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
 import type { LogRecord } from '../log/commit-log.js';
-import { epochIndexOf, lineageOf, type LogEpoch } from '../log/epochs.js';
+import { epochIndexOf, historyThrough, type EpochMark, type LogEpoch } from '../log/epochs.js';
 import type { LogBatch } from '../log/log-reader.js';
 import { backoffDelay } from './backoff.js';
-import { resumePosition, type ResumeDecision } from './resume.js';
+import { kafkaHistory, resumePosition, type ResumeDecision } from './resume.js';
 import {
   RecordRejectedError,
   authorizationFailure,
@@ -147,6 +147,8 @@ export class Forwarder {
   private hint: number | undefined;
   private knownEnd = 0;
   private epochs: LogEpoch[] = [];
+  /** How far Kafka has each epoch's records: from the checkpoint read at connect, then our commits. */
+  private history: EpochMark[] = [];
   private removedThrough = 0;
   private lastRemoveAt = 0;
   private needsShrink = false;
@@ -227,9 +229,12 @@ export class Forwarder {
     const decision = resumePosition(checkpoint, { logId: this.source.logId, position: stored, epochs, end });
     this.explain(decision, checkpoint, stored, end);
     this.positionValue = decision.position;
+    this.history = checkpoint && checkpoint.logId === this.source.logId ? kafkaHistory(checkpoint, epochs) : [];
     this.counters.skippedByCheckpoint += decision.skipped;
-    const claimed = await this.sink.send({ records: [], deadLetters: [] }, this.checkpointAt(this.positionValue));
+    const claim = this.checkpointAt(this.positionValue);
+    const claimed = await this.sink.send({ records: [], deadLetters: [] }, claim);
     if (claimed !== undefined) this.hint = claimed;
+    if (claim.history) this.history = [...claim.history];
     this.connected = true;
     this.claimed = true;
     this.suspectTwin = false;
@@ -266,7 +271,7 @@ export class Forwarder {
       case 'diverged':
         logger.error(
           { ...fields, code: 'EB_ERR_LOG_DIVERGED' },
-          'the commit log shares no epoch with its checkpoint in Kafka (a backup older than the checkpoint lineage was restored): forwarding from the local position, records after it may reach Kafka twice',
+          'the commit log shares no epoch with what Kafka holds (a backup older than the 16 epochs a checkpoint remembers was restored): forwarding from the local position, records after it may reach Kafka twice',
         );
         break;
       case 'checkpoint':
@@ -277,13 +282,14 @@ export class Forwarder {
     }
   }
 
-  /** The checkpoint for a transaction ending at `offset`: its epoch and that epoch's lineage. */
+  /**
+   * The checkpoint for a transaction ending at `offset`: its epoch, and how far Kafka has each
+   * epoch once it commits (what it had, however far back a restore took the log, is kept).
+   */
   private checkpointAt(offset: number): Checkpoint {
-    const index = epochIndexOf(this.epochs, offset);
-    const epoch = this.epochs[index];
-    return epoch === undefined
-      ? { logId: this.source.logId, offset }
-      : { logId: this.source.logId, offset, epoch: epoch.id, lineage: lineageOf(this.epochs, index) };
+    const epoch = this.epochs[epochIndexOf(this.epochs, offset)];
+    if (epoch === undefined) return { logId: this.source.logId, offset };
+    return { logId: this.source.logId, offset, epoch: epoch.id, history: historyThrough(this.history, this.epochs, offset) };
   }
 
   /**
@@ -358,9 +364,11 @@ export class Forwarder {
   /** Sends one transaction ending at `last`; once Kafka committed it, moves the position. */
   private async commit(batch: ForwardBatch, last: number): Promise<void> {
     this.lastCommitAt = this.clock();
-    const kafkaOffset = await this.sink.send(batch, this.checkpointAt(last));
+    const checkpoint = this.checkpointAt(last);
+    const kafkaOffset = await this.sink.send(batch, checkpoint);
     // The transaction (records + checkpoint) is committed: only now may the position move.
     this.positionValue = last;
+    if (checkpoint.history) this.history = [...checkpoint.history];
     if (kafkaOffset !== undefined) this.hint = kafkaOffset;
     const delta = zeroCounters();
     delta.forwarded = batch.records.length;

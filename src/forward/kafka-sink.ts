@@ -223,7 +223,7 @@ export class KafkaSink implements RecordSink {
       value: JSON.stringify({
         logId: checkpoint.logId,
         offset: checkpoint.offset,
-        ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, lineage: checkpoint.lineage ?? [] }),
+        ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
         records: batch.records.length,
         at: Date.now(),
       }),
@@ -280,15 +280,19 @@ export class KafkaSink implements RecordSink {
 
 export function parseCheckpoint(value: Buffer): Omit<Checkpoint, 'kafkaOffset'> | undefined {
   try {
-    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; offset?: unknown; epoch?: unknown; lineage?: unknown };
+    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; offset?: unknown; epoch?: unknown; history?: unknown };
     if (typeof v.logId === 'string' && typeof v.offset === 'number' && Number.isInteger(v.offset)) {
       const epoch = typeof v.epoch === 'string' ? v.epoch : undefined;
-      const lineage = Array.isArray(v.lineage) ? v.lineage.filter((x): x is string => typeof x === 'string') : undefined;
+      const history = Array.isArray(v.history)
+        ? v.history
+            .filter((m): m is [string, number] => Array.isArray(m) && typeof m[0] === 'string' && Number.isInteger(m[1]))
+            .map(([e, through]) => ({ epoch: e, through }))
+        : undefined;
       return {
         logId: v.logId,
         offset: v.offset,
         ...(epoch === undefined ? {} : { epoch }),
-        ...(lineage === undefined ? {} : { lineage }),
+        ...(history === undefined ? {} : { history }),
       };
     }
   } catch {

@@ -1,4 +1,4 @@
-import { epochEnd, type LogEpoch } from '../log/epochs.js';
+import { epochEnd, recordInHistory, type EpochMark, type LogEpoch } from '../log/epochs.js';
 import type { Checkpoint } from './sink.js';
 
 /** What the local log knows when the forwarder (re)connects. */
@@ -22,9 +22,9 @@ export type ResumeKind =
   | 'checkpoint-behind'
   /** The log lost records after they were forwarded; new records reuse those offsets under a later epoch. */
   | 'tail-lost'
-  /** The checkpoint's epoch is not in this log, one of its earlier epochs is: a restored backup. */
+  /** The checkpoint's epoch is not in this log, an earlier one Kafka has records of is: a restored backup. */
   | 'restored'
-  /** Neither the checkpoint's epoch nor any of its lineage is in this log: the local position. */
+  /** No epoch Kafka has records of is in this log: the local position. */
   | 'diverged';
 
 export interface ResumeDecision {
@@ -34,18 +34,23 @@ export interface ResumeDecision {
   readonly skipped: number;
 }
 
+/** What Kafka holds of each epoch, as the checkpoint tells it (a checkpoint without epochs: genesis). */
+export function kafkaHistory(checkpoint: Checkpoint, epochs: readonly LogEpoch[]): EpochMark[] {
+  const own = checkpoint.epoch ?? epochs[0]?.id;
+  return own === undefined ? [...(checkpoint.history ?? [])] : recordInHistory(checkpoint.history ?? [], own, checkpoint.offset);
+}
+
 /**
  * Where forwarding resumes, from the checkpoint committed in Kafka and the local log. Every
- * record at or before the result is in Kafka, and none after it is, for each case below; only
- * `diverged` cannot be decided, and then the forwarder sends from the local position again
- * (duplicates rather than loss).
+ * record at or before the result is in Kafka, and none after it is; only `diverged` cannot be
+ * decided, and then the forwarder sends from the local position again (duplicates rather than
+ * loss).
  *
- * The checkpoint (epoch c, offset X) covers the log up to X as it was when it was written. If
- * epoch c is in the local log, its records up to X are the ones Kafka has, unless the log lost
- * its tail (X beyond the end of c here): then Kafka has all of c that survived, and the epochs
- * after c hold new records. If c is not here, the log was rolled back behind c's start (a
- * restored backup): the newest epoch of c's lineage found here was entirely forwarded, and the
- * epochs after it are new.
+ * The checkpoint's history says up to which offset Kafka has the records of each epoch. The
+ * newest epoch of the local log that Kafka has records of decides: Kafka has it up to that
+ * offset or up to where the epoch ends here, whichever comes first (a restored backup may have
+ * kept less of it than Kafka has, or more); the log's earlier epochs came before it and are in
+ * Kafka; its later epochs were written since and are not.
  */
 export function resumePosition(checkpoint: Checkpoint | undefined, log: LocalLogView): ResumeDecision {
   const local = log.position;
@@ -53,20 +58,15 @@ export function resumePosition(checkpoint: Checkpoint | undefined, log: LocalLog
   if (!checkpoint) return keep('fresh');
   if (checkpoint.logId !== log.logId) return keep('other-log');
   const { epochs } = log;
-  let target: number;
-  let kind: ResumeKind;
-  // A checkpoint written before epochs existed refers to the genesis epoch (the first).
-  const index = checkpoint.epoch === undefined ? 0 : epochs.findIndex((e) => e.id === checkpoint.epoch);
-  if (index >= 0) {
-    const end = epochEnd(epochs, index, log.end);
-    target = Math.min(checkpoint.offset, end);
-    kind = checkpoint.offset > end ? 'tail-lost' : 'checkpoint';
-  } else {
-    const ancestor = (checkpoint.lineage ?? []).map((id) => epochs.findIndex((e) => e.id === id)).find((i) => i >= 0);
-    if (ancestor === undefined) return keep('diverged');
-    target = epochEnd(epochs, ancestor, log.end);
-    kind = 'restored';
-  }
+  const history = new Map(kafkaHistory(checkpoint, epochs).map((m) => [m.epoch, m.through]));
+  let index = epochs.length - 1;
+  while (index >= 0 && !history.has(epochs[index]!.id)) index--;
+  if (index < 0) return keep('diverged');
+  const end = epochEnd(epochs, index, log.end);
+  const through = history.get(epochs[index]!.id)!;
+  const target = Math.min(through, end);
+  const current = epochs[index]!.id === (checkpoint.epoch ?? epochs[0]?.id);
+  const kind: ResumeKind = !current ? 'restored' : through > end ? 'tail-lost' : 'checkpoint';
   // The local position only ever advances after Kafka committed, so it is a safe lower bound;
   // moving back would send records twice.
   if (target < local) return keep(kind === 'checkpoint' ? 'checkpoint-behind' : kind);

@@ -1,4 +1,5 @@
 import type { LogRecord } from '../log/commit-log.js';
+import type { EpochMark } from '../log/epochs.js';
 
 /**
  * The forwarder's view of Kafka: small enough to be replaced by an in-memory model in unit tests
@@ -11,8 +12,8 @@ export interface Checkpoint {
   readonly offset: number;
   /** The epoch of `offset` (absent in checkpoints written before epochs existed). */
   readonly epoch?: string;
-  /** Earlier epochs of the log that hold records, newest first (see log/epochs.ts). */
-  readonly lineage?: readonly string[];
+  /** How far Kafka has the records of each epoch, newest first, `epoch` included (log/epochs.ts). */
+  readonly history?: readonly EpochMark[];
   /** Offset of the checkpoint record in the checkpoint topic partition. */
   readonly kafkaOffset?: number;
 }

@@ -2,9 +2,9 @@
  * Log epochs, in the manner of Kafka's leader epochs (KIP-101): the log records, for every opening
  * by a gateway process, a random epoch id and the first offset that process hands out. Offsets are
  * unique within a log only while the log keeps its tail; once it lost it (a restored backup), new
- * records reuse offsets, but under a new epoch. A checkpoint names the epoch of its offset and up
- * to LINEAGE_LENGTH earlier epochs, which is enough to find where the local log and what Kafka
- * holds part ways.
+ * records reuse offsets, but under a new epoch. A checkpoint says, for the epochs Kafka has
+ * records of (the newest HISTORY_LENGTH), up to which offset it has them: enough to find where
+ * the local log and what Kafka holds part ways, however many backups were restored in between.
  */
 export interface LogEpoch {
   readonly id: string;
@@ -12,8 +12,14 @@ export interface LogEpoch {
   readonly start: number;
 }
 
-/** How many earlier epochs (with records) a checkpoint names. */
-export const LINEAGE_LENGTH = 16;
+/** Kafka has the records of `epoch` up to offset `through` (and, before them, the log's earlier ones). */
+export interface EpochMark {
+  readonly epoch: string;
+  readonly through: number;
+}
+
+/** How many epochs a checkpoint's history names. */
+export const HISTORY_LENGTH = 16;
 
 /** Index of the epoch that handed out `offset` (the last one starting at or before it); 0 for offset 0. */
 export function epochIndexOf(epochs: readonly LogEpoch[], offset: number): number {
@@ -30,11 +36,26 @@ export function epochEnd(epochs: readonly LogEpoch[], index: number, logEnd: num
   return next === undefined ? logEnd : next.start - 1;
 }
 
-/** Epochs before `index` that hold records (an empty epoch tells nothing), newest first. */
-export function lineageOf(epochs: readonly LogEpoch[], index: number, max = LINEAGE_LENGTH): string[] {
-  const lineage: string[] = [];
-  for (let i = index - 1; i >= 0 && lineage.length < max; i--) {
-    if (epochs[i]!.start < epochs[i + 1]!.start) lineage.push(epochs[i]!.id);
+/**
+ * The history after Kafka committed up to `through` in `epoch`: that epoch first (it never forgets
+ * how far Kafka got: a restore may roll the log back, not Kafka), then the others, newest first.
+ */
+export function recordInHistory(history: readonly EpochMark[], epoch: string, through: number): EpochMark[] {
+  const previous = history.find((m) => m.epoch === epoch)?.through ?? -1;
+  return [{ epoch, through: Math.max(previous, through) }, ...history.filter((m) => m.epoch !== epoch)].slice(0, HISTORY_LENGTH);
+}
+
+/**
+ * The history once Kafka has every record of this log up to `offset`: that covers the epoch of
+ * `offset` up to it, and each earlier epoch of the log (that holds records) up to its end.
+ */
+export function historyThrough(history: readonly EpochMark[], epochs: readonly LogEpoch[], offset: number): EpochMark[] {
+  const index = epochIndexOf(epochs, offset);
+  let marks = [...history];
+  // oldest first, so that the epoch of `offset` ends up first
+  for (let i = Math.max(0, index - HISTORY_LENGTH); i <= index; i++) {
+    const end = epochEnd(epochs, i, offset);
+    if (i === index || end >= epochs[i]!.start) marks = recordInHistory(marks, epochs[i]!.id, Math.min(offset, end));
   }
-  return lineage;
+  return marks;
 }

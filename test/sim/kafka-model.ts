@@ -10,6 +10,8 @@ import { RecordRejectedError, type Checkpoint, type ForwardBatch, type RecordSin
  */
 export interface ModelRecord {
   readonly topic: string;
+  /** The log offset it was forwarded from (the model's own bookkeeping, for the oracle). */
+  readonly offset: number;
   readonly key: string;
   readonly value: Buffer;
   readonly headers: Readonly<Record<string, string>>;
@@ -70,6 +72,8 @@ export interface ModelSinkOptions {
   readonly deadLetterTopic: string | undefined;
   /** Called on every connect after the first: `afterTrouble` unless Kafka failed since the last one. */
   readonly onReconnect?: (afterTrouble: boolean) => void;
+  /** Called while a transaction is in flight, before it commits. */
+  readonly duringSend?: () => void;
 }
 
 /**
@@ -152,7 +156,7 @@ export class ModelSink implements RecordSink {
       if (r.payload.length > topic.maxMessageBytes) {
         throw new RecordRejectedError('MESSAGE_TOO_LARGE', r.kafkaTopic, false, `model: ${r.payload.length} > max.message.bytes`);
       }
-      staged.push({ topic: r.kafkaTopic, key: r.deviceId, value: r.payload, headers: { 'mqtt-topic': r.mqttTopic } });
+      staged.push({ topic: r.kafkaTopic, offset: r.offset, key: r.deviceId, value: r.payload, headers: { 'mqtt-topic': r.mqttTopic } });
     }
     const dlq = this.options.deadLetterTopic;
     for (const d of batch.deadLetters) {
@@ -163,11 +167,14 @@ export class ModelSink implements RecordSink {
       }
       staged.push({
         topic: dlq,
+        offset: d.record.offset,
         key: d.record.deviceId,
         value: d.record.payload,
         headers: { 'edgebridge-error': d.reason, 'edgebridge-original-topic': d.record.kafkaTopic },
       });
     }
+    // The gateway's ingest thread goes on while a transaction is in flight.
+    this.options.duringSend?.();
     // commit: all or nothing
     for (const r of staged) this.model.topics.get(r.topic)!.records.push(r);
     this.model.checkpoints.push({ key: this.options.gatewayId, value: checkpoint });

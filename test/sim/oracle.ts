@@ -2,6 +2,7 @@ import type { ModelRecord } from './kafka-model.js';
 
 /** One stored copy of a reading: an append that returned an offset. */
 interface Copy {
+  readonly id: number;
   readonly step: number;
   readonly offset: number;
   readonly topic: string;
@@ -41,7 +42,8 @@ export interface OracleSettings {
  */
 export class Oracle {
   private readonly readings = new Map<string, Reading>();
-  private readonly liveByOffset = new Map<number, Copy>();
+  private readonly copies: Copy[] = [];
+  private liveByOffset = new Map<number, Copy>();
 
   constructor(private readonly settings: OracleSettings) {}
 
@@ -51,9 +53,15 @@ export class Oracle {
   }
 
   stored(key: string, offset: number, topic: string, step: number): void {
-    const copy: Copy = { step, offset, topic, lost: false, tailLost: false, dropped: false };
+    const copy: Copy = { id: this.copies.length, step, offset, topic, lost: false, tailLost: false, dropped: false };
+    this.copies.push(copy);
     this.reading(key).copies.push(copy);
     this.liveByOffset.set(offset, copy);
+  }
+
+  /** The copies in the log now (what a snapshot of it holds). */
+  inLog(): ReadonlySet<number> {
+    return new Set(this.copies.filter((c) => !c.lost).map((c) => c.id));
   }
 
   acked(key: string): void {
@@ -61,20 +69,24 @@ export class Oracle {
   }
 
   /**
-   * The log was put back to its state at `step` (a tail loss after the last sync, or a restored
-   * backup): what was stored later is gone, and its dedup keys.
+   * The log was put back to a snapshot holding `inSnapshot` (a tail loss after the last sync, or a
+   * restored backup, from any time, even one newer than an earlier restore): copies not in it are
+   * gone, with their dedup keys; copies in it are back, and must reach Kafka once.
    */
-  rolledBackTo(step: number, tailLoss: boolean): void {
+  restored(inSnapshot: ReadonlySet<number>, tailLoss: boolean): void {
     for (const r of this.readings.values()) {
       for (const c of r.copies) {
-        if (c.step > step && !c.lost) {
+        if (inSnapshot.has(c.id)) {
+          c.lost = false;
+          c.tailLost = false;
+        } else if (!c.lost) {
           c.lost = true;
           c.tailLost = tailLoss;
           r.dedupForgotten = true;
         }
       }
     }
-    for (const [offset, c] of this.liveByOffset) if (c.lost) this.liveByOffset.delete(offset);
+    this.liveByOffset = new Map(this.copies.filter((c) => !c.lost).map((c) => [c.offset, c]));
   }
 
   dropped(offset: number): void {
@@ -96,6 +108,17 @@ export class Oracle {
   /** Judges what Kafka holds; returns the violations found (empty: the guarantee held). */
   judge(committed: readonly ModelRecord[], keyOf: (value: Buffer) => string | undefined): string[] {
     const violations: string[] = [];
+    // Each stored copy at most once: Kafka records matched to copies by reading and log offset.
+    const perCopy = new Map<string, number>();
+    for (const rec of committed) {
+      const key = keyOf(rec.value);
+      if (key !== undefined) perCopy.set(`${key}@${rec.offset}`, (perCopy.get(`${key}@${rec.offset}`) ?? 0) + 1);
+    }
+    for (const [id, n] of perCopy) {
+      const [key, offset] = id.split('@') as [string, string];
+      const copies = this.readings.get(key)?.copies.filter((c) => c.offset === Number(offset)).length ?? 0;
+      if (n > copies) violations.push(`${key}: the copy at offset ${offset} is in Kafka ${n} times (stored ${copies} times there)`);
+    }
     const inKafka = new Map<string, ModelRecord[]>();
     for (const rec of committed) {
       const key = keyOf(rec.value);

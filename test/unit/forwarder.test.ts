@@ -470,4 +470,65 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     expect(sink.delivered.filter((r) => r.deviceId === 'new').map((r) => r.offset)).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     expect(sink.delivered).toHaveLength(20);
   });
+
+  it('two backups restored in turn, the newer one last: what Kafka never had is forwarded (nothing lost)', async () => {
+    const dir = tmp();
+    const [mid, full] = [tmp(), tmp()];
+    const sink = new MemorySink();
+    let log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 50 }, (_, i) => entry('a', i + 1)));
+    snapshot(dir, mid);
+    log.append(Array.from({ length: 50 }, (_, i) => entry('a', i + 51)));
+    snapshot(dir, full);
+    log.close();
+    // Kafka got 1..60 only
+    let reader = new LogReader({ dir, synchronous: 'full' });
+    let fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 60 });
+    await fwd.connect();
+    await fwd.step();
+    reader.close();
+    expect(sink.delivered).toHaveLength(60);
+    restore(mid, dir);
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 10 }, (_, i) => entry('b', i + 1))); // offsets 51..60 again
+    log.close();
+    await forwardAll(dir, sink);
+    restore(full, dir);
+    await forwardAll(dir, sink);
+    const seen = sink.delivered.map((r) => `${r.deviceId}:${r.offset}`);
+    expect(seen.filter((x) => x.startsWith('a:'))).toEqual(Array.from({ length: 100 }, (_, i) => `a:${i + 1}`));
+    expect(seen.filter((x) => x.startsWith('b:'))).toHaveLength(10);
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+
+  it('two backups from different epochs restored in turn: nothing Kafka has is sent again', async () => {
+    const dir = tmp();
+    const [b1, b2] = [tmp(), tmp()];
+    const sink = new MemorySink();
+    let log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 100 }, (_, i) => entry('a', i + 1)));
+    log.close();
+    snapshot(dir, b1); // within epoch 1 (all 100)
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 20 }, (_, i) => entry('a', i + 101)));
+    log.close();
+    snapshot(dir, b2); // within epoch 2 (120)
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 30 }, (_, i) => entry('a', i + 121)));
+    log.close();
+    await forwardAll(dir, sink); // all 150
+    restore(b1, dir);
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 5 }, (_, i) => entry('c', i + 1)));
+    log.close();
+    await forwardAll(dir, sink);
+    restore(b2, dir);
+    log = new CommitLog({ dir, synchronous: 'full' });
+    log.append(Array.from({ length: 5 }, (_, i) => entry('d', i + 1)));
+    log.close();
+    await forwardAll(dir, sink);
+    const a = sink.delivered.filter((r) => r.deviceId === 'a').map((r) => r.offset);
+    expect(a).toEqual(Array.from({ length: 150 }, (_, i) => i + 1));
+    expect(sink.delivered.filter((r) => r.deviceId !== 'a').map((r) => r.deviceId).join('')).toBe('cccccddddd');
+  });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { resumePosition, type LocalLogView } from '../../src/forward/resume.js';
-import { epochEnd, epochIndexOf, lineageOf, type LogEpoch } from '../../src/log/epochs.js';
+import { epochEnd, epochIndexOf, recordInHistory, type LogEpoch } from '../../src/log/epochs.js';
 
 const epochs = (...starts: [string, number][]): LogEpoch[] => starts.map(([id, start]) => ({ id, start }));
 const view = (over: Partial<LocalLogView>): LocalLogView => ({
@@ -21,9 +21,13 @@ describe('log epochs', () => {
     expect(epochEnd(e, 2, 12)).toBe(4); // empty
     expect(epochEnd(e, 4, 12)).toBe(12);
   });
-  it('name only earlier epochs that hold records as lineage', () => {
-    expect(lineageOf(e, 4)).toEqual(['c', 'a']);
-    expect(lineageOf(e, 4, 1)).toEqual(['c']);
+  it('remember how far Kafka got in each, newest first, never less than before', () => {
+    let h = recordInHistory([], 'a', 4);
+    h = recordInHistory(h, 'b', 9);
+    expect(h).toEqual([{ epoch: 'b', through: 9 }, { epoch: 'a', through: 4 }]);
+    // a claim after a restore at a lower offset of an epoch does not forget what Kafka has of it
+    expect(recordInHistory(h, 'a', 2)).toEqual([{ epoch: 'a', through: 4 }, { epoch: 'b', through: 9 }]);
+    expect(Array.from({ length: 20 }, (_, i) => i).reduce((x, i) => recordInHistory(x, `e${i}`, i), h)).toHaveLength(16);
   });
 });
 
@@ -50,17 +54,38 @@ describe('where forwarding resumes', () => {
   it('the log lost its tail inside the epoch of the checkpoint: up to what survived of that epoch', () => {
     // epoch a wrote 1..10, Kafka has them; the log kept 1..3; epoch b appended 4.. again
     const v = view({ epochs: epochs(['g', 1], ['a', 1], ['b', 4]), end: 13 });
-    expect(resumePosition({ logId: 'L', offset: 10, epoch: 'a', lineage: [] }, v)).toEqual({ position: 3, kind: 'tail-lost', skipped: 3 });
+    expect(resumePosition({ logId: 'L', offset: 10, epoch: 'a', history: [] }, v)).toEqual({ position: 3, kind: 'tail-lost', skipped: 3 });
   });
 
-  it("rolled back behind the checkpoint's epoch: up to the end of the newest epoch of its lineage found here", () => {
+  it("rolled back behind the checkpoint's epoch: up to where Kafka got in the newest epoch found here", () => {
     // a wrote 1..3, b (lost) wrote 4..10 and Kafka has them, c appended 4..13 after the restore
     const v = view({ epochs: epochs(['g', 1], ['a', 1], ['c', 4]), end: 13, position: 2 });
-    expect(resumePosition({ logId: 'L', offset: 10, epoch: 'b', lineage: ['a'] }, v)).toEqual({ position: 3, kind: 'restored', skipped: 1 });
+    const checkpoint = { logId: 'L', offset: 10, epoch: 'b', history: [{ epoch: 'b', through: 10 }, { epoch: 'a', through: 3 }] };
+    expect(resumePosition(checkpoint, v)).toEqual({ position: 3, kind: 'restored', skipped: 1 });
   });
 
-  it('no common epoch at all: the local position, and says so', () => {
+  it('a second, newer backup restored after an older one: what Kafka never had of it is forwarded', () => {
+    // epoch a wrote 1..100; Kafka got 1..60; a backup at 50 restored (epoch b forwarded 51..70);
+    // then a backup at 100 restored: a's 61..100 are here and were never in Kafka
+    const v = view({ epochs: epochs(['g', 1], ['a', 1], ['c', 101]), end: 120, position: 40 });
+    const checkpoint = { logId: 'L', offset: 70, epoch: 'b', history: [{ epoch: 'b', through: 70 }, { epoch: 'a', through: 60 }] };
+    expect(resumePosition(checkpoint, v)).toEqual({ position: 60, kind: 'restored', skipped: 20 });
+  });
+
+  it('a backup from before an epoch Kafka has all of: nothing of it again', () => {
+    // a 1..100 and b 101..150 all forwarded; restored to a backup taken in a; c forwarded 51..80;
+    // then restored to a backup taken at 120 (in b): b's 101..120 are in Kafka already
+    const v = view({ epochs: epochs(['g', 1], ['a', 1], ['b', 101], ['d', 121]), end: 130, position: 110 });
+    const history = [{ epoch: 'c', through: 80 }, { epoch: 'b', through: 150 }, { epoch: 'a', through: 100 }];
+    expect(resumePosition({ logId: 'L', offset: 80, epoch: 'c', history }, v)).toEqual({ position: 120, kind: 'restored', skipped: 10 });
+  });
+
+  it('no epoch Kafka has records of is here: the local position, and says so', () => {
     const v = view({ epochs: epochs(['g', 1], ['c', 4]), position: 2 });
-    expect(resumePosition({ logId: 'L', offset: 10, epoch: 'b', lineage: ['a'] }, v)).toEqual({ position: 2, kind: 'diverged', skipped: 0 });
+    expect(resumePosition({ logId: 'L', offset: 10, epoch: 'b', history: [{ epoch: 'a', through: 3 }] }, v)).toEqual({
+      position: 2,
+      kind: 'diverged',
+      skipped: 0,
+    });
   });
 });

@@ -27,12 +27,15 @@ describe('kafka errors, told apart', () => {
 });
 
 describe('checkpoint and dead-letter records', () => {
-  it('a checkpoint carries its epoch and lineage; one without (written before epochs) still parses', () => {
-    expect(parseCheckpoint(Buffer.from('{"logId":"L","offset":7,"epoch":"e1","lineage":["e0"]}'))).toEqual({
+  it('a checkpoint carries its epoch and history; one without (written before epochs) still parses', () => {
+    expect(parseCheckpoint(Buffer.from('{"logId":"L","offset":7,"epoch":"e1","history":[["e1",7],["e0",3]]}'))).toEqual({
       logId: 'L',
       offset: 7,
       epoch: 'e1',
-      lineage: ['e0'],
+      history: [
+        { epoch: 'e1', through: 7 },
+        { epoch: 'e0', through: 3 },
+      ],
     });
     expect(parseCheckpoint(Buffer.from('{"logId":"L","offset":7}'))).toEqual({ logId: 'L', offset: 7 });
     expect(parseCheckpoint(Buffer.from('{"probe":1}'))).toBeUndefined();
