@@ -216,8 +216,9 @@ export class Forwarder {
    */
   async connect(): Promise<boolean> {
     const hint = this.hint ?? this.fromLog(() => this.source.checkpointHint());
-    const checkpoint = await this.sink.connect(hint > 0 ? hint : undefined);
-    if (this.suspectTwin && checkpoint && checkpoint.logId !== this.source.logId) return false;
+    const { checkpoint, foreignClaim } = await this.sink.connect({ ...(hint > 0 ? { hint } : {}), checking: this.suspectTwin });
+    // Evidence of a twin: since this gateway last wrote under its id, another log did.
+    if (this.suspectTwin && (foreignClaim || (checkpoint !== undefined && checkpoint.logId !== this.source.logId))) return false;
     const { stored, epochs, end } = this.fromLog(() => ({
       stored: this.source.position(),
       epochs: this.source.epochs(),

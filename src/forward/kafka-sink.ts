@@ -5,6 +5,7 @@ import {
   RecordRejectedError,
   rejectionType,
   type Checkpoint,
+  type ConnectResult,
   type ForwardBatch,
   type RecordSink,
 } from './sink.js';
@@ -12,6 +13,8 @@ import {
 export interface KafkaSinkOptions {
   readonly kafka: Kafka;
   readonly gatewayId: string;
+  /** The commit log forwarded: its id marks this gateway's probes, as checkpoints carry it. */
+  readonly logId: string;
   /** Topics to create (if missing) and learn at connect; others are learned when first sent to. */
   readonly topics: readonly string[];
   readonly checkpointTopic: string;
@@ -45,7 +48,7 @@ export class KafkaSink implements RecordSink {
     this.transactionalId = `edgebridge-${options.gatewayId}`;
   }
 
-  async connect(hint?: number): Promise<Checkpoint | undefined> {
+  async connect({ hint, checking }: { hint?: number; checking: boolean }): Promise<ConnectResult> {
     if (!this.topicsReady) {
       const internal = [this.options.checkpointTopic, ...(this.options.deadLetterTopic ? [this.options.deadLetterTopic] : [])];
       await this.ensureTopics([...new Set([...this.options.topics, ...internal, ...this.partitions.keys()])]);
@@ -72,7 +75,7 @@ export class KafkaSink implements RecordSink {
       }
       this.producer = producer;
     }
-    return this.readCheckpoint(hint);
+    return this.readCheckpoint(hint, checking);
   }
 
   /** Creates the missing ones of `topics` and learns the partitions of all of them. */
@@ -121,10 +124,10 @@ export class KafkaSink implements RecordSink {
    * with it) into the same partition, then reads with read_committed until the probe is seen:
    * by then every transaction before it has been resolved, and the checkpoint found is the latest.
    */
-  private async readCheckpoint(hint?: number): Promise<Checkpoint | undefined> {
+  private async readCheckpoint(hint: number | undefined, checking: boolean): Promise<ConnectResult> {
     const { kafka, checkpointTopic, gatewayId } = this.options;
     const partition = this.partitionOf(checkpointTopic, gatewayId);
-    const probeOffset = await this.commitProbe(partition);
+    const probeOffset = await this.commitProbe(partition, checking);
 
     const consumer = kafka.consumer({
       // A fresh group per read: nothing is committed, and a stale member of a killed process
@@ -135,6 +138,8 @@ export class KafkaSink implements RecordSink {
       sessionTimeout: 10_000,
     });
     let latest: Checkpoint | undefined;
+    let foreignClaim = false;
+    const probeKey = `${gatewayId}#probe`;
     try {
       await consumer.connect();
       await consumer.subscribe({ topic: checkpointTopic, fromBeginning: true });
@@ -144,10 +149,18 @@ export class KafkaSink implements RecordSink {
         autoCommit: false,
         eachMessage: async ({ partition: p, message }) => {
           if (p !== partition) return;
-          if (Number(message.offset) >= probeOffset) probeSeen();
-          if (message.key?.toString() !== gatewayId || !message.value) return;
+          if (Number(message.offset) >= probeOffset) {
+            probeSeen();
+            return;
+          }
+          const key = message.key?.toString();
+          if ((key !== gatewayId && key !== probeKey) || !message.value) return;
+          const writer = writerOf(message.value);
+          if (writer.logId === this.options.logId) foreignClaim = false;
+          else if (writer.logId !== undefined && writer.claims) foreignClaim = true;
+          if (key !== gatewayId) return;
           const parsed = parseCheckpoint(message.value);
-          if (parsed && Number(message.offset) < probeOffset) latest = { ...parsed, kafkaOffset: Number(message.offset) };
+          if (parsed) latest = { ...parsed, kafkaOffset: Number(message.offset) };
         },
       });
       // Start near the last checkpoint this log knows of; an offset compacted away falls back
@@ -169,11 +182,11 @@ export class KafkaSink implements RecordSink {
     } finally {
       await consumer.disconnect().catch(() => undefined);
     }
-    return latest;
+    return { checkpoint: latest, foreignClaim };
   }
 
   /** Commits the probe record in its own transaction; returns its offset. */
-  private async commitProbe(partition: number): Promise<number> {
+  private async commitProbe(partition: number, checking: boolean): Promise<number> {
     if (!this.producer) throw new Error('kafka sink is not connected');
     const txn = await this.producer.transaction();
     try {
@@ -182,7 +195,15 @@ export class KafkaSink implements RecordSink {
         topicMessages: [
           {
             topic: this.options.checkpointTopic,
-            messages: [{ key: `${this.options.gatewayId}#probe`, value: JSON.stringify({ probe: Date.now() }), partition }],
+            // The probe says which log fenced: a twin's claim is visible from here on, before its
+            // first checkpoint (which waits for the checkpoint read) commits.
+            messages: [
+              {
+                key: `${this.options.gatewayId}#probe`,
+                value: JSON.stringify({ probe: Date.now(), logId: this.options.logId, claim: !checking }),
+                partition,
+              },
+            ],
           },
         ],
       });
@@ -275,6 +296,18 @@ export class KafkaSink implements RecordSink {
 
   async close(): Promise<void> {
     await this.reset();
+  }
+}
+
+/** The log that wrote a checkpoint or probe record, and whether the record claims the gateway id. */
+function writerOf(value: Buffer): { logId: string | undefined; claims: boolean } {
+  try {
+    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; probe?: unknown; claim?: unknown };
+    const logId = typeof v.logId === 'string' ? v.logId : undefined;
+    // a checkpoint always claims; a probe unless its connect was only checking for a twin
+    return { logId, claims: v.probe === undefined || v.claim === true };
+  } catch {
+    return { logId: undefined, claims: false };
   }
 }
 

@@ -30,13 +30,26 @@ export interface ForwardBatch {
   readonly deadLetters: readonly DeadLetter[];
 }
 
+/** What a connect found in the checkpoint partition for this gateway id. */
+export interface ConnectResult {
+  /** The latest committed checkpoint, if any. */
+  readonly checkpoint: Checkpoint | undefined;
+  /**
+   * Another commit log claimed this gateway id since this log last wrote under it: with a
+   * checkpoint, or with the probe a connect commits right after fencing (unless that connect was
+   * only checking for a twin). Evidence of a twin gateway.
+   */
+  readonly foreignClaim: boolean;
+}
+
 export interface RecordSink {
   /**
    * Connects, fences any earlier producer with this gateway's transactional id (aborting its open
-   * transaction), makes sure the topics exist, and returns this gateway's last committed
-   * checkpoint, if any. `hint` is where a recent checkpoint record was, to read from there.
+   * transaction), makes sure the topics exist, and reads this gateway's checkpoint partition.
+   * `hint` is where a recent checkpoint record was, to read from there. `checking`: this connect
+   * only checks for a twin (after a fence), and its probe claims nothing.
    */
-  connect(hint?: number): Promise<Checkpoint | undefined>;
+  connect(options: { hint?: number; checking: boolean }): Promise<ConnectResult>;
   /**
    * Writes the batch and the checkpoint in one Kafka transaction. Resolves once committed, with
    * the checkpoint record's offset; rejects otherwise (the outcome of a failed commit is learned

@@ -26,6 +26,7 @@ function main(s: ForwardSettings): void {
   const sink = new KafkaSink({
     kafka: createKafka({ ...s.kafka, logger }),
     gatewayId: s.gatewayId,
+    logId: reader.logId,
     topics: s.topics,
     checkpointTopic: s.checkpointTopic,
     ...(s.deadLetterTopic === undefined ? {} : { deadLetterTopic: s.deadLetterTopic }),

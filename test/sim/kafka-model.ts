@@ -1,4 +1,4 @@
-import { RecordRejectedError, type Checkpoint, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
+import { RecordRejectedError, type Checkpoint, type ConnectResult, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
 
 /**
  * An in-memory model of a transactional Kafka cluster, as the forwarder relies on it: a
@@ -22,8 +22,11 @@ export type SendFault = 'fail-before' | 'fail-after' | 'fence' | 'leader-moved';
 export class KafkaModel {
   /** Committed records per topic, in commit order (per key, that is partition order). */
   readonly topics = new Map<string, { maxMessageBytes: number; records: ModelRecord[] }>();
-  /** The committed checkpoint records (one shared partition), in order. */
-  readonly checkpoints: { key: string; value: Checkpoint }[] = [];
+  /**
+   * The checkpoint partition (shared by all gateways), in order: checkpoints, and the probe each
+   * connect commits right after fencing (with the log that wrote it, and whether it claims).
+   */
+  readonly checkpoints: { key: string; value?: Checkpoint; probe?: { logId: string; claim: boolean } }[] = [];
   private readonly producerEpochs = new Map<string, number>();
   down = false;
   /** Missing ACLs: every request is refused with an authorization error. */
@@ -48,11 +51,19 @@ export class KafkaModel {
     return this.producerEpochs.get(transactionalId) ?? 0;
   }
 
-  latestCheckpoint(key: string): Checkpoint | undefined {
-    for (let i = this.checkpoints.length - 1; i >= 0; i--) {
-      if (this.checkpoints[i]!.key === key) return { ...this.checkpoints[i]!.value, kafkaOffset: i };
+  /** What a read of the checkpoint partition up to `before` finds for `key`, as KafkaSink reads it. */
+  readCheckpoints(key: string, logId: string, before: number): { checkpoint: Checkpoint | undefined; foreignClaim: boolean } {
+    let checkpoint: Checkpoint | undefined;
+    let foreignClaim = false;
+    for (let i = 0; i < before; i++) {
+      const entry = this.checkpoints[i]!;
+      if (entry.key !== key) continue;
+      const writer = entry.value?.logId ?? entry.probe?.logId;
+      if (writer === logId) foreignClaim = false;
+      else if (entry.value || entry.probe?.claim) foreignClaim = true;
+      if (entry.value) checkpoint = { ...entry.value, kafkaOffset: i };
     }
-    return undefined;
+    return { checkpoint, foreignClaim };
   }
 
   records(topic: string): readonly ModelRecord[] {
@@ -74,6 +85,10 @@ export interface ModelSinkOptions {
   readonly onReconnect?: (afterTrouble: boolean) => void;
   /** Called while a transaction is in flight, before it commits. */
   readonly duringSend?: () => void;
+  /** The log this sink forwards (its probes carry it). */
+  readonly logId?: string;
+  /** Awaited between the fence (and probe) and the checkpoint read, as a consumer join takes time. */
+  readonly readGate?: () => Promise<void>;
 }
 
 /**
@@ -102,16 +117,20 @@ export class ModelSink implements RecordSink {
     if (this.model.denied) throw typed('not authorized (model: ACLs missing)', 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED');
   }
 
-  async connect(): Promise<Checkpoint | undefined> {
+  async connect(options?: { checking: boolean }): Promise<ConnectResult> {
     try {
-      return this.doConnect();
+      const probe = this.fence(options?.checking ?? false);
+      await this.options.readGate?.();
+      this.check();
+      return this.model.readCheckpoints(this.options.gatewayId, this.options.logId ?? '', probe);
     } catch (err) {
       this.trouble = true;
       throw err;
     }
   }
 
-  private doConnect(): Checkpoint | undefined {
+  /** InitProducerId (fencing older producers) and the probe; returns the probe's offset. */
+  private fence(checking: boolean): number {
     this.check();
     if (this.connectedBefore) this.options.onReconnect?.(this.trouble);
     this.connectedBefore = true;
@@ -122,7 +141,8 @@ export class ModelSink implements RecordSink {
       this.known.add(t);
     }
     this.epoch = this.model.initProducer(this.transactionalId);
-    return this.model.latestCheckpoint(this.options.gatewayId);
+    this.model.checkpoints.push({ key: this.options.gatewayId, probe: { logId: this.options.logId ?? '', claim: !checking } });
+    return this.model.checkpoints.length - 1;
   }
 
   async send(batch: ForwardBatch, checkpoint: Checkpoint): Promise<number | undefined> {
@@ -175,6 +195,9 @@ export class ModelSink implements RecordSink {
     }
     // The gateway's ingest thread goes on while a transaction is in flight.
     this.options.duringSend?.();
+    if (this.epoch !== this.model.epochOf(this.transactionalId)) {
+      throw typed('Producer attempted an operation with an old epoch', 'INVALID_PRODUCER_EPOCH');
+    }
     // commit: all or nothing
     for (const r of staged) this.model.topics.get(r.topic)!.records.push(r);
     this.model.checkpoints.push({ key: this.options.gatewayId, value: checkpoint });

@@ -267,6 +267,7 @@ class Simulation {
     this.instrumentReader(reader);
     const sink = new ModelSink(this.model, {
       gatewayId: GATEWAY,
+      logId: log.logId,
       topics: settings.topics,
       checkpointTopic: settings.checkpointTopic,
       deadLetterTopic: settings.deadLetterTopic,

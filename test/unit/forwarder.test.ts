@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { describe, expect, it, vi } from 'vitest';
 import { backoffDelay } from '../../src/forward/backoff.js';
 import { Forwarder, type ForwarderOptions } from '../../src/forward/forwarder.js';
-import { RecordRejectedError, type Checkpoint, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
+import { RecordRejectedError, type Checkpoint, type ConnectResult, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
 import { CommitLog, DB_FILE, type LogRecord } from '../../src/log/commit-log.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
@@ -29,10 +29,12 @@ class MemorySink implements RecordSink {
   resets = 0;
   sends = 0;
   checkpointWrites = 0;
-  async connect(): Promise<Checkpoint | undefined> {
+  /** A twin's probe seen after our last checkpoint (set by a test). */
+  foreignClaim = false;
+  async connect(): Promise<ConnectResult> {
     this.connects++;
     if (this.unauthorized) throw Object.assign(new Error('not authorized'), { type: 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED' });
-    return this.checkpoint;
+    return { checkpoint: this.checkpoint, foreignClaim: this.foreignClaim };
   }
   async send(batch: ForwardBatch, checkpoint: Checkpoint): Promise<number> {
     this.sends++;
@@ -275,6 +277,20 @@ describe('forwarder', () => {
     expect(sink.delivered).toEqual([]);
     expect(reader.position()).toBe(0);
     await fwd.close();
+    close();
+  });
+
+  it("a twin that fenced us but has not committed a checkpoint yet is seen by its probe: we stop, it goes on", async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1)]);
+    const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, options);
+    await fwd.connect();
+    sink.fenceNext = 1;
+    sink.foreignClaim = true; // the newer gateway committed its probe; its claim is still to come
+    expect(await fwd.step()).toEqual({ kind: 'retry', delayMs: 0 });
+    expect(await fwd.step()).toEqual({ kind: 'fenced' });
+    expect(sink.delivered).toEqual([]);
     close();
   });
 
