@@ -8,7 +8,7 @@ import type { ForwardSettings } from './forward/settings.js';
 import { MqttIngress } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
 import { CommitLog } from './log/commit-log.js';
-import { walBudget } from './log/database.js';
+import { storageBudget } from './log/budget.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
 import { GroupCommit } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
@@ -33,7 +33,11 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
   return {
     gatewayId: config.gateway.id,
     logLevel: config.log.level,
-    storage: { dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: walBudget(config.storage.maxBytes).limitBytes },
+    storage: {
+      dir: config.storage.dir,
+      synchronous: config.storage.synchronous,
+      walLimitBytes: storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes).walLimitBytes,
+    },
     kafka: {
       brokers: config.kafka.brokers,
       clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
@@ -87,10 +91,10 @@ export class Gateway {
     const logger = options.logger ?? createLogger(config.log.level);
     const routes = new RouteTable(config.routes);
     const lock = lockStorageDir(config.storage.dir);
-    const wal = walBudget(config.storage.maxBytes);
+    const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
     let log: CommitLog;
     try {
-      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
+      log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: budget.walLimitBytes });
       log.pruneTopics(routes.kafkaTopics);
     } catch (err) {
       lock.release();
@@ -109,7 +113,7 @@ export class Gateway {
     const logHealth: { failure: EdgebridgeError | null } = { failure: null };
     const groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
-      maxBatchBytes: wal.maxTransactionBytes,
+      maxBatchBytes: budget.maxTransactionBytes,
       maxPending: config.storage.maxQueuedRecords,
       maxPendingBytes: config.storage.maxQueuedBytes,
       onCommit: (lastOffset) => forwarder?.notify(lastOffset),
@@ -127,7 +131,7 @@ export class Gateway {
         }
         logHealth.failure = err;
       },
-      storage: { maxBytes: config.storage.maxBytes, walReserveBytes: wal.reserveBytes, overflow: config.storage.overflow, forwardPosition },
+      storage: { recordBytes: budget.recordBytes, overflow: config.storage.overflow, forwardPosition },
       logger: logLogger,
     });
     const retention = new Retention(log, {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { compileRoute } from '../ingress/routes.js';
+import { EMPTY_LOG_BYTES, storageBudget } from '../log/budget.js';
 import { parseBytes, parseDurationMs } from './units.js';
 
 /** A size: bytes as a number, or a string with a unit ("512MB", "1GiB"). */
@@ -166,6 +167,17 @@ export const configSchema = z.strictObject({
   .superRefine((config, ctx) => {
     // A record larger than a transaction may hold could never be forwarded and would block the
     // log behind it: refuse such publishes at the door instead.
+    // The log must hold a couple of the largest records next to its WAL (see log/budget.ts):
+    // one that could never fit would hold every publish behind it for good.
+    const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
+    if (budget.recordBytes < EMPTY_LOG_BYTES + 2 * budget.largestRecordBytes) {
+      const needed = config.storage.maxBytes - budget.recordBytes + EMPTY_LOG_BYTES + 2 * budget.largestRecordBytes;
+      ctx.addIssue({
+        code: 'custom',
+        path: ['storage', 'maxBytes'],
+        message: `leaves ${Math.max(0, budget.recordBytes)} bytes for records beside the WAL: too little for publishes of mqtt.maxPayloadBytes (${config.mqtt.maxPayloadBytes}); raise it to at least ${needed} or lower mqtt.maxPayloadBytes`,
+      });
+    }
     if (config.mqtt.maxPayloadBytes > config.forward.batchMaxBytes) {
       ctx.addIssue({
         code: 'custom',

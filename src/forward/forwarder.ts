@@ -10,6 +10,7 @@ import {
   RecordRejectedError,
   authorizationFailure,
   isFencedError,
+  rejectionType,
   type Checkpoint,
   type DeadLetter,
   type ForwardBatch,
@@ -104,6 +105,8 @@ export type StepOutcome =
   /** Another gateway took over this gateway.id: stop. */
   | { readonly kind: 'fenced' };
 
+const CLOCK_HINT =
+  "Kafka refuses the timestamps this gateway sets now: its clock is probably far from the brokers' (log.message.timestamp.after.max.ms, default 1 h); fix the clock (NTP)";
 const REMOVE_EVERY_RECORDS = 20_000;
 const REMOVE_EVERY_MS = 1_000;
 
@@ -482,7 +485,10 @@ export class Forwarder {
       this.trouble('unauthorized', { err: this.lastError, denied, requiredAcls: this.options.requiredAcls }, 'kafka still refuses this gateway (ACLs)');
       return backoff();
     }
-    this.trouble('retrying', { err: this.lastError }, 'kafka still unreachable');
+    // Kafka refusing the timestamps of the gateway's own records (the checkpoint, the probe): the
+    // clock of this gateway is off, which no retry fixes; say so.
+    const clock = rejectionType(err) === 'INVALID_TIMESTAMP' ? { hint: CLOCK_HINT } : {};
+    this.trouble('retrying', { err: this.lastError, ...clock }, 'kafka still unreachable');
     return backoff();
   }
 
@@ -493,6 +499,11 @@ export class Forwarder {
    */
   private isolate(err: RecordRejectedError): StepOutcome {
     const attempted = this.attempted;
+    if (err.deadLetter && err.type === 'INVALID_TIMESTAMP') {
+      // A dead letter is stamped now: Kafka refusing that is this gateway's clock, not the record.
+      this.trouble('retrying', { err: this.lastError, hint: CLOCK_HINT }, 'kafka still refuses the timestamps of this gateway');
+      return { kind: 'retry', delayMs: backoffDelay(this.attempt++, this.options.retry.initialMs, this.options.retry.maxMs, this.options.random) };
+    }
     if (err.deadLetter) {
       if (this.refused) this.refused = { ...this.refused, deadLetterRefused: true };
     } else if (attempted !== undefined && attempted.count > 1) {

@@ -346,17 +346,20 @@ export function toMessage(record: LogRecord, gatewayId: string): Message {
 /**
  * A refused record as a dead-letter record, in the manner of Kafka Connect's DLQ context headers.
  * A record refused for its size cannot be written anywhere in Kafka: its payload is left out and
- * its size and SHA-256 are given instead.
+ * its size and SHA-256 are given instead. It is stamped with the time it is dead-lettered (its
+ * own timestamp may be what Kafka refused); the time it was received is a header.
  */
-export function toDeadLetterMessage(record: LogRecord, reason: string, gatewayId: string): Message {
+export function toDeadLetterMessage(record: LogRecord, reason: string, gatewayId: string, now = Date.now()): Message {
   const base = toMessage(record, gatewayId);
   const withoutPayload = SIZE_REJECTIONS.has(reason);
   return {
     ...base,
     value: withoutPayload ? Buffer.alloc(0) : record.payload,
+    timestamp: String(now),
     headers: {
       ...(base.headers as Record<string, string>),
       'edgebridge-error': reason,
+      'edgebridge-received-at': String(record.receivedAt),
       'edgebridge-original-topic': record.kafkaTopic,
       'edgebridge-log-offset': String(record.offset),
       'edgebridge-payload-bytes': String(record.payload.length),

@@ -156,6 +156,9 @@ export class CommitLog {
       dedupPruneOldest: db.prepare(
         'DELETE FROM dedup WHERE key IN (SELECT key FROM dedup ORDER BY expires_at LIMIT ?)',
       ),
+      removeForwarded: db.prepare(
+        'DELETE FROM records WHERE log_offset IN (SELECT log_offset FROM records WHERE log_offset <= ? ORDER BY log_offset LIMIT ?)',
+      ),
       dropOldest: db.prepare(
         'DELETE FROM records WHERE log_offset IN (SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?)',
       ),
@@ -173,7 +176,8 @@ export class CommitLog {
       ),
       getPosition: db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
       counts: db.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
-      pendingCount: db.prepare('SELECT count(*) FROM records WHERE log_offset > ?').pluck(),
+      // EXISTS stops at the first row: counting a large backlog on the ingest thread would stall it.
+      anyAfter: db.prepare('SELECT EXISTS (SELECT 1 FROM records WHERE log_offset > ?)').pluck(),
       topics: db.prepare('SELECT kafka_topic FROM topics').pluck(),
       addTopic: db.prepare('INSERT OR IGNORE INTO topics (kafka_topic) VALUES (?)'),
       topicHasRecords: db.prepare('SELECT 1 FROM records WHERE kafka_topic = ? LIMIT 1').pluck(),
@@ -268,6 +272,15 @@ export class CommitLog {
     return (this.stmts.getPosition.get(name) as number | undefined) ?? 0;
   }
 
+  /**
+   * Removes up to `count` records at or before `position` (the forwarder's: they are in Kafka).
+   * The forwarder does this in bulk; storage limits do it first when space runs out.
+   */
+  removeForwarded(position: number, count: number): number {
+    this.assertOpen();
+    return this.stmts.removeForwarded.run(position, count).changes;
+  }
+
   /** Drops up to `count` of the oldest records after `position` (overflow: drop-oldest). */
   dropOldest(position: number, count: number): number {
     this.assertOpen();
@@ -311,10 +324,10 @@ export class CommitLog {
     return (pages - free) * this.pageSize;
   }
 
-  /** Records after `position` (the backlog). */
-  pendingAfter(position: number): number {
+  /** Whether any record is after `position` (a backlog). */
+  hasRecordsAfter(position: number): boolean {
     this.assertOpen();
-    return this.stmts.pendingCount.get(position) as number;
+    return this.stmts.anyAfter.get(position) === 1;
   }
 
   /** Kafka topics that records in the log were written for (routes may have changed since). */

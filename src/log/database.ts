@@ -193,17 +193,6 @@ export function checkIfMarkedDamaged(db: Database.Database, file: string): void 
   rmSync(`${file}.damaged`, { force: true });
 }
 
-/**
- * How storage.maxBytes is shared with the WAL, which holds changed pages until a checkpoint copies
- * them into the database file: an eighth of maxBytes (at most 32 MiB) is kept for it. The WAL is
- * checkpointed and truncated at half of that, and no single transaction may write more than a
- * quarter, so even a WAL that just passed its limit stays within its share.
- */
-export function walBudget(maxBytes: number): { reserveBytes: number; limitBytes: number; maxTransactionBytes: number } {
-  const reserveBytes = Math.min(32 * 1024 * 1024, Math.floor(maxBytes / 8));
-  return { reserveBytes, limitBytes: Math.floor(reserveBytes / 2), maxTransactionBytes: Math.floor(reserveBytes / 4) };
-}
-
 /** Bytes of the WAL file (0 when absent): disk the log uses beyond its pages. */
 export function walBytes(file: string): number {
   try {

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
 import type { AppendResult, CommitLog, LogEntry } from './commit-log.js';
+import { EMPTY_LOG_BYTES, admissionBytes } from './budget.js';
 import { recordBytes } from './database.js';
 
 /** `offset` is the record's log offset, or `duplicate` when dedup dropped it (still acknowledged). */
@@ -21,10 +22,8 @@ export interface AppendSink {
 }
 
 export interface StoragePolicy {
-  /** Most disk the log may use: database pages in use plus the WAL. */
-  readonly maxBytes: number;
-  /** The part of maxBytes kept for the WAL (its size limit); records may fill the rest. */
-  readonly walReserveBytes: number;
+  /** What records may use of storage.maxBytes (see budget.ts): database pages in use. */
+  readonly recordBytes: number;
   readonly overflow: 'backpressure' | 'drop-oldest';
   /** The forwarder's position: records at or before it are in Kafka and may go at any time. */
   readonly forwardPosition: () => number;
@@ -75,8 +74,6 @@ interface Pending {
 }
 
 const SHUTTING_DOWN = 'the gateway is shutting down; the message was not stored';
-/** Pages kept free for the b-tree pages a group commit dirties beyond its records. */
-export const ADMIT_SLACK_BYTES = 32 * 1024;
 
 /**
  * Group commit: collects the appends of one event-loop turn and writes them in one SQLite
@@ -182,6 +179,16 @@ export class GroupCommit implements AppendSink {
     while (this.pending.length > 0 && !this.holdTimer) {
       const admitted = this.admit(this.pending.slice(0, this.groupLength()));
       if (admitted === 0) {
+        // One that could not fit even in an empty log would hold everything behind it for good
+        // (the config schema prevents it; this is the last line): refused, the others go on.
+        const head = this.pending[0]!;
+        if (this.options.storage && admissionBytes(head.bytes) > this.options.storage.recordBytes - EMPTY_LOG_BYTES) {
+          this.pending.shift();
+          this.pendingBytes -= head.bytes;
+          this.refuseOwner(head.owner);
+          this.settle(head, new EdgebridgeError('EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', 'the message is larger than storage.maxBytes can ever hold'));
+          continue;
+        }
         this.hold();
         return;
       }
@@ -224,7 +231,7 @@ export class GroupCommit implements AppendSink {
     let bytes = 0;
     let n = 0;
     while (n < this.pending.length && n < this.maxBatch) {
-      bytes += this.pending[n]!.bytes;
+      bytes += admissionBytes(this.pending[n]!.bytes);
       if (bytes > maxBytes && n > 0) break;
       n++;
     }
@@ -301,10 +308,8 @@ export class GroupCommit implements AppendSink {
     const storage = this.options.storage;
     if (!storage || this.log.isClosed) return group.length;
     try {
-      // Records are estimated a quarter larger than their bytes (pages are not filled to the
-      // brim), and a few pages stay free for the b-tree pages one group commit dirties.
-      const sizes = group.map((p) => Math.ceil(p.bytes * 1.25));
-      const budget = storage.maxBytes - storage.walReserveBytes - ADMIT_SLACK_BYTES;
+      const sizes = group.map((p) => admissionBytes(p.bytes));
+      const budget = storage.recordBytes;
       const room = (): number => budget - this.log.pageBytes();
       const fitting = (): number => {
         let left = room();
@@ -315,8 +320,13 @@ export class GroupCommit implements AppendSink {
       let n = fitting();
       if (n < group.length) {
         const need = sizes.reduce((a, b) => a + b, 0);
+        const position = storage.forwardPosition();
+        // Records already in Kafka go first: the forwarder removes them in bulk, once a second,
+        // and until then they would count as full (and cost unforwarded records or dedup keys).
+        for (let round = 0; round < 64 && room() < need; round++) {
+          if (this.log.removeForwarded(position, 5000) === 0) break;
+        }
         if (storage.overflow === 'drop-oldest') {
-          const position = storage.forwardPosition();
           for (let round = 0; round < 64 && room() < need; round++) {
             const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
             if (dropped === 0) break;
@@ -326,7 +336,7 @@ export class GroupCommit implements AppendSink {
         // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
         // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
         for (let round = 0; round < 64 && room() < need; round++) {
-          if (storage.overflow === 'backpressure' && this.log.pendingAfter(storage.forwardPosition()) > 0) break;
+          if (storage.overflow === 'backpressure' && this.log.hasRecordsAfter(position)) break;
           const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
           if (evicted === 0) break;
           this.counters.dedupEvicted += evicted;
@@ -356,7 +366,7 @@ export class GroupCommit implements AppendSink {
         {
           code: 'EB_ERR_LOG_FULL',
           usedBytes: this.log.usedBytes(),
-          maxBytes: this.options.storage?.maxBytes,
+          recordBytes: this.options.storage?.recordBytes,
           overflow: this.options.storage?.overflow,
         },
         'commit log full: holding acknowledgements until the forwarder frees space',

@@ -27,7 +27,8 @@ import { forwardSettings } from '../../src/gateway.js';
 import { toLogEntry } from '../../src/ingress/entry.js';
 import { RouteTable } from '../../src/ingress/routes.js';
 import { CommitLog } from '../../src/log/commit-log.js';
-import { DB_FILE, logError, walBudget } from '../../src/log/database.js';
+import { storageBudget } from '../../src/log/budget.js';
+import { DB_FILE, logError } from '../../src/log/database.js';
 import { GroupCommit, type AppendOwner } from '../../src/log/group-commit.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { Retention } from '../../src/log/retention.js';
@@ -58,7 +59,7 @@ export interface SimResult {
 const ROUTE = 'devices/{deviceId}/telemetry';
 const TOPICS = ['iot.a', 'iot.b'] as const;
 const DEAD_LETTER = 'edgebridge.dead-letter';
-const MAX_MESSAGE_BYTES = 2048;
+const MAX_MESSAGE_BYTES = 48 * 1024;
 const GATEWAY = 'gw-sim';
 const silent = pino({ level: 'silent' });
 
@@ -152,7 +153,7 @@ class Simulation {
     this.dir = join(this.base, 'data');
     const rng = this.rng;
     this.synchronous = rng.pick(['full', 'normal'] as const);
-    this.padBytes = rng.pick([0, 1800]);
+    this.padBytes = rng.pick([0, 1800, 1800, 20_000]);
     this.deadLetter = rng.chance(0.7);
     this.settings = {
       synchronous: this.synchronous,
@@ -226,11 +227,12 @@ class Simulation {
   // ---- the gateway ----------------------------------------------------------------------------
 
   private open(): void {
+    if (this.node) throw new Error('simulator: a second gateway process on one storage.dir');
     this.config = this.makeConfig();
     const config = this.config;
     const routes = new RouteTable(config.routes);
-    const wal = walBudget(config.storage.maxBytes);
-    const log = new CommitLog({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
+    const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
+    const log = new CommitLog({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: budget.walLimitBytes });
     log.pruneTopics(routes.kafkaTopics);
     const inspector = new Database(join(this.dir, DB_FILE));
     this.instrumentLog(log, inspector);
@@ -240,13 +242,12 @@ class Simulation {
     const node: Partial<Node> & { scheduledFlush: (() => void) | undefined } = { scheduledFlush: undefined };
     const gc = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
-      maxBatchBytes: wal.maxTransactionBytes,
+      maxBatchBytes: budget.maxTransactionBytes,
       maxPending: config.storage.maxQueuedRecords,
       maxPendingBytes: config.storage.maxQueuedBytes,
       onCommit: (last) => forwarder?.notify(last),
       storage: {
-        maxBytes: config.storage.maxBytes,
-        walReserveBytes: wal.reserveBytes,
+        recordBytes: budget.recordBytes,
         overflow: config.storage.overflow,
         forwardPosition: () => log.forwardPosition(),
       },
@@ -263,7 +264,7 @@ class Simulation {
       intervalMs: 0,
     });
     const settings = forwardSettings(config, log);
-    const reader = new LogReader({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: wal.limitBytes });
+    const reader = new LogReader({ dir: this.dir, synchronous: config.storage.synchronous, walLimitBytes: budget.walLimitBytes });
     this.instrumentReader(reader);
     const sink = new ModelSink(this.model, {
       gatewayId: GATEWAY,
@@ -285,6 +286,7 @@ class Simulation {
     });
     Object.assign(node, { log, gc, retention, reader, forwarder, routes, inspector });
     this.node = node as Node;
+    this.evictedSeen = 0; // a new process counts from zero
     this.log(`open epoch=${log.epoch.start} topic=${TOPICS[this.topicIndex]} topics=${settings.topics.join(',')}`);
   }
 
@@ -328,10 +330,14 @@ class Simulation {
     };
   }
 
-  /** Everything committed so far is on disk: a tail loss can take only what comes after. */
+  /**
+   * Everything committed so far is on disk: a tail loss can take only what comes after. The
+   * state at the barrier is kept as a snapshot now and then (copying the files each time would
+   * make a seed slow); a tail loss picks among the snapshots taken since.
+   */
   private durable(why: string): void {
     this.lastDurableStep = this.step;
-    this.snapshot(why);
+    if (why === 'open' || this.rng.chance(0.25)) this.snapshot(why);
   }
 
   private snapshot(why: string): void {
@@ -367,9 +373,16 @@ class Simulation {
     this.crash('clean stop');
   }
 
+  /** Puts the log back to a snapshot and restarts; a power cut with no snapshot since the last sync loses nothing. */
   private rollBack(kind: 'tail-loss' | 'restore'): void {
     const candidates = kind === 'tail-loss' ? this.snapshots.filter((s) => s.step >= this.lastDurableStep) : this.snapshots;
-    if (candidates.length === 0) return;
+    if (candidates.length === 0) {
+      if (kind === 'tail-loss') {
+        this.crash('power cut, nothing lost since the last sync');
+        this.restart();
+      }
+      return;
+    }
     const to = this.rng.pick(candidates);
     this.crash(kind);
     for (const f of [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`]) rmSync(join(this.dir, f), { force: true });
@@ -380,6 +393,7 @@ class Simulation {
     if (kind === 'restore' && this.lastRestoredTo !== undefined && to.step > this.lastRestoredTo) this.coverage.add('restore:newer-after-older');
     if (kind === 'restore') this.lastRestoredTo = to.step;
     this.log(`${kind} back to step ${to.step}`);
+    this.restart();
   }
 
   private restart(): void {
@@ -436,6 +450,7 @@ class Simulation {
 
   private send(d: Device, conn: Connection, item: Item, dup: boolean, replay = false): void {
     const node = this.node!;
+    this.log(`${d.id} sends ${item.key} on connection ${conn.id}${dup ? ' (DUP)' : ''}${replay ? ' (replay)' : ''}`);
     const topic = `devices/${d.id}/telemetry`;
     const match = node.routes.match(topic)!;
     const entry = toLogEntry(match, {
@@ -505,9 +520,7 @@ class Simulation {
       this.violation(`the forwarder goes round without progress or a wait (${JSON.stringify(outcome)})`);
       this.zeroProgress = 0;
     }
-    const evicted = node.gc.counters.dedupEvicted;
-    if (evicted > this.evictedSeen) this.oracle.dedupEvicted();
-    this.evictedSeen = evicted;
+    this.noticeEvictions();
     return outcome;
   }
 
@@ -545,7 +558,8 @@ class Simulation {
       }
       case 'burst': {
         // a fleet reconnecting after an outage, each device emptying its flash buffer
-        for (let i = rng.int(10, this.padBytes > 0 ? 150 : 40); i > 0; i--) this.newReading(rng.pick(this.devices), false);
+        const most = this.padBytes > 10_000 ? 60 : this.padBytes > 0 ? 150 : 40;
+        for (let i = rng.int(10, most); i > 0; i--) this.newReading(rng.pick(this.devices), false);
         break;
       }
       case 'flush':
@@ -627,10 +641,7 @@ class Simulation {
         break;
       case 'tailLoss':
       case 'restore':
-        if (node) {
-          this.rollBack(kind === 'tailLoss' ? 'tail-loss' : 'restore');
-          this.restart();
-        }
+        if (node) this.rollBack(kind === 'tailLoss' ? 'tail-loss' : 'restore');
         break;
     }
   }
@@ -655,6 +666,16 @@ class Simulation {
       else this.now += this.rng.int(0, 3000);
     }
     this.coverage.add('ingest-during-transaction');
+  }
+
+  /** Dedup keys evicted early (storage full of them): from then on a reading may be stored again. */
+  private noticeEvictions(): void {
+    const evicted = this.node?.gc.counters.dedupEvicted ?? 0;
+    if (evicted > this.evictedSeen) {
+      this.oracle.dedupEvicted();
+      this.coverage.add('dedup-evicted');
+    }
+    this.evictedSeen = evicted;
   }
 
   /** Counts down the faults that last a while; the model follows. */
@@ -684,6 +705,7 @@ class Simulation {
       node().scheduledFlush = undefined;
       flush?.();
       node().gc.release();
+      this.noticeEvictions();
       let idle = false;
       for (let i = 0; i < 50 && !idle; i++) idle = (await this.forwardStep())?.kind === 'idle';
       const waiting = this.devices.reduce((n, d) => n + d.outbox.length, 0);
@@ -714,6 +736,7 @@ class Simulation {
       for (this.step = 1; this.step <= steps; this.step++) {
         this.tick();
         await this.event();
+        this.noticeEvictions();
         if (this.node?.gc.holding) this.coverage.add('acks-held:backpressure');
         if ((this.node?.gc.counters.droppedOverflow ?? 0) > 0) this.coverage.add('overflow:drop-oldest');
         if ((this.node?.retention.counters.droppedExpired ?? 0) > 0) this.coverage.add('expired:maxAge');
@@ -732,7 +755,6 @@ class Simulation {
     const s = this.oracle.stats();
     if (s.dropped > 0) this.coverage.add('dropped-by-policy');
     if (s.lost > 0) this.coverage.add('records-lost-to-rollback');
-    if (this.evictedSeen > 0) this.coverage.add('dedup-evicted');
     const summary =
       `seed ${this.options.seed}: ${s.readings} readings, ${s.acked} acked, ${s.stored} stored, ${s.lost} lost to faults, ${s.dropped} dropped by policy, ` +
       `${committed.length} in Kafka, ${this.model.transactions} transactions`;

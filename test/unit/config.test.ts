@@ -82,6 +82,14 @@ describe('config', () => {
     expect(err.message).toContain('mqtt.maxPayloadBytes: must not exceed forward.batchMaxBytes');
   });
 
+  it('refuses a storage limit that could not hold the largest publishes beside its WAL', () => {
+    const err = errorOf(() => loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: 1MiB')), {}));
+    expect(err.message).toMatch(/storage\.maxBytes: leaves \d+ bytes for records beside the WAL: too little for publishes of mqtt\.maxPayloadBytes \(262144\); raise it to at least \d+/);
+    // with smaller publishes the same limit is fine
+    const config = loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: 1MiB').replace('port: 1883', 'port: 1883\n  maxPayloadBytes: 64KiB')), {});
+    expect(config.storage.maxBytes).toBe(1024 * 1024);
+  });
+
   it('accepts IPv6 brokers in brackets', () => {
     const config = loadConfig(write(MINIMAL.replace('["127.0.0.1:9092"]', '["[::1]:9092", "kafka-1.site:9092"]')), {});
     expect(config.kafka.brokers).toEqual(['[::1]:9092', 'kafka-1.site:9092']);

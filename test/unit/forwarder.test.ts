@@ -25,6 +25,7 @@ class MemorySink implements RecordSink {
   fenceNext = 0;
   unauthorized = false;
   reject: (r: LogRecord) => string | undefined = () => undefined;
+  rejectDeadLetters: () => string | undefined = () => undefined;
   connects = 0;
   resets = 0;
   sends = 0;
@@ -50,6 +51,10 @@ class MemorySink implements RecordSink {
     for (const r of batch.records) {
       const type = this.reject(r);
       if (type) throw new RecordRejectedError(type, r.kafkaTopic, false, `refused: ${type}`);
+    }
+    if (batch.deadLetters.length > 0) {
+      const type = this.rejectDeadLetters();
+      if (type) throw new RecordRejectedError(type, 'edgebridge.dead-letter', true, `dead letter refused: ${type}`);
     }
     this.delivered.push(...batch.records);
     this.deadLetters.push(...batch.deadLetters.map((d) => ({ offset: d.record.offset, reason: d.reason })));
@@ -405,6 +410,31 @@ describe('forwarder', () => {
     expect(sink.deadLetters).toEqual([]);
     expect(fwd.counters).toMatchObject({ forwarded: 2, droppedRejected: 1 });
     await fwd.close();
+    close();
+  });
+
+  it("a record refused for its timestamp is dead-lettered; while Kafka refuses this gateway's own timestamps too, it waits for the clock instead of dropping", async () => {
+    const { log, reader, close } = openLog();
+    const future = Date.now() + 2 * 3600_000; // stored while the gateway clock ran 2 h fast
+    log.append([entry('a', 1), { ...entry('a', 2), receivedAt: future }, entry('a', 3)]);
+    const lines: { msg: string; hint?: string }[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const sink = new MemorySink();
+    sink.reject = (r) => (r.receivedAt > Date.now() + 3600_000 ? 'INVALID_TIMESTAMP' : undefined);
+    let clockFixed = false;
+    sink.rejectDeadLetters = () => (clockFixed ? undefined : 'INVALID_TIMESTAMP');
+    const fwd = new Forwarder(reader, sink, { ...options, logger });
+    let outcome = await fwd.step();
+    for (let i = 0; i < 12 && !(outcome.kind === 'retry' && outcome.delayMs > 0); i++) outcome = await fwd.step();
+    expect(outcome.kind === 'retry' && outcome.delayMs > 0).toBe(true); // waiting, not dropping
+    expect(fwd.state).toBe('retrying');
+    expect(lines.some((l) => l.hint?.includes('clock'))).toBe(true);
+    expect(fwd.counters.droppedRejected).toBe(0);
+    clockFixed = true;
+    while (reader.position() < 3) await fwd.step();
+    expect(offsets(sink.delivered)).toEqual([1, 3]);
+    expect(sink.deadLetters).toEqual([{ offset: 2, reason: 'INVALID_TIMESTAMP' }]);
+    expect(fwd.counters).toMatchObject({ deadLettered: 1, droppedRejected: 0 });
     close();
   });
 

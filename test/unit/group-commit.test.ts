@@ -2,13 +2,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
 import { CommitLog, DB_FILE } from '../../src/log/commit-log.js';
-import { ADMIT_SLACK_BYTES, GroupCommit } from '../../src/log/group-commit.js';
+import { GroupCommit } from '../../src/log/group-commit.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from '../helpers/entries.js';
 
-/** A storage limit that leaves `bytes` for records (no WAL reserve), above what the log holds now. */
-const room = (log: CommitLog, bytes: number) => log.pageBytes() + ADMIT_SLACK_BYTES + bytes;
+/** A record budget that leaves `bytes` for records above what the log holds now. */
+const room = (log: CommitLog, bytes: number) => log.pageBytes() + bytes;
 
 describe('group commit', () => {
   const tmp = useTmpDirs();
@@ -89,12 +89,13 @@ describe('group commit', () => {
 
   it('bounds what waits: beyond maxPending, appends are refused at once; a closed connection gives up its waiting ones', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    log.append(Array.from({ length: 40 }, (_, i) => big(100 + i))); // a backlog fills the log
     const gc = new GroupCommit(log, {
       maxPending: 3,
       holdRetryMs: 10,
-      storage: { maxBytes: room(log, 100), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => 0 },
+      storage: { recordBytes: room(log, 100), overflow: 'backpressure', forwardPosition: () => 0 },
     });
-    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     const a = { closed: false };
     const results: string[] = [];
     for (let i = 1; i <= 3; i++) gc.append(big(i), (err) => results.push(err ? (err as { code?: string }).code ?? 'error' : 'stored'), a);
@@ -107,7 +108,7 @@ describe('group commit', () => {
     await vi.waitFor(() => expect(gc.waiting).toBe(0));
     expect(results.slice(1)).toEqual(['EB_ERR_LOG_WRITE', 'EB_ERR_LOG_WRITE', 'EB_ERR_LOG_WRITE']);
     expect(gc.counters.abandoned).toBe(3);
-    expect(log.lastOffset).toBe(0);
+    expect(log.lastOffset).toBe(40);
     gc.close();
     log.close();
   });
@@ -191,7 +192,7 @@ describe('group commit: dedup and storage limits', () => {
     let position = 0;
     const gc = new GroupCommit(log, {
       holdRetryMs: 10,
-      storage: { maxBytes: room(log, 4000), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => position },
+      storage: { recordBytes: room(log, 4000), overflow: 'backpressure', forwardPosition: () => position },
     });
     let acked = false;
     gc.append(big(99), (err) => (acked = !err));
@@ -215,7 +216,7 @@ describe('group commit: dedup and storage limits', () => {
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     const gc = new GroupCommit(log, {
       holdRetryMs: 10,
-      storage: { maxBytes: room(log, 3 * 8200 * 1.25), walReserveBytes: 0, overflow: 'backpressure', forwardPosition: () => 0 },
+      storage: { recordBytes: room(log, 3 * 8200 * 1.25), overflow: 'backpressure', forwardPosition: () => 0 },
     });
     const acked: number[] = [];
     for (let i = 1; i <= 10; i++) gc.append(big(i), (err) => !err && acked.push(i));
@@ -228,12 +229,21 @@ describe('group commit: dedup and storage limits', () => {
     log.close();
   });
 
+  it('a publish that could never fit, even in an empty log, is refused rather than holding the others for good', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const gc = new GroupCommit(log, { holdRetryMs: 10, storage: { recordBytes: log.pageBytes() + 20_000, overflow: 'backpressure', forwardPosition: () => 0 } });
+    const results = await appendAll(gc, [{ ...entry('d', 1), payload: Buffer.alloc(200_000) }, entry('d', 2)]).catch((err: { code?: string }) => err.code);
+    expect(results).toBe('EB_ERR_INGRESS_PAYLOAD_TOO_LARGE');
+    expect(await appendAll(gc, [entry('d', 3)])).toEqual([2]); // 'd' 2 was stored behind it
+    log.close();
+  });
+
   it('drop-oldest makes room by dropping the oldest unforwarded records, and counts them', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
     const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
     await appendAll(new GroupCommit(log), Array.from({ length: 40 }, (_, i) => big(i)));
     const gc = new GroupCommit(log, {
-      storage: { maxBytes: room(log, 4000), walReserveBytes: 0, overflow: 'drop-oldest', forwardPosition: () => 0 },
+      storage: { recordBytes: room(log, 4000), overflow: 'drop-oldest', forwardPosition: () => 0 },
     });
     expect(await appendAll(gc, [big(99)])).toEqual([41]);
     expect(gc.counters.droppedOverflow).toBeGreaterThan(0);

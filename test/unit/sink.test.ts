@@ -53,6 +53,9 @@ describe('checkpoint and dead-letter records', () => {
       'mqtt-topic': 'devices/dev-1/telemetry',
       'gateway-id': 'gw',
     });
+    // stamped when dead-lettered (its own timestamp may be what Kafka refused), received-at kept
+    expect(toDeadLetterMessage(record, 'INVALID_TIMESTAMP', 'gw', 1234).timestamp).toBe('1234');
+    expect((invalid.headers as Record<string, string>)['edgebridge-received-at']).toBe(String(record.receivedAt));
     const large = toDeadLetterMessage(record, 'MESSAGE_TOO_LARGE', 'gw');
     expect(large.value).toEqual(Buffer.alloc(0));
     expect((large.headers as Record<string, string>)['edgebridge-payload-bytes']).toBe(String(record.payload.length));
