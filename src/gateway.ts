@@ -200,19 +200,22 @@ export class Gateway {
 
   status(): GatewayStatus {
     const counters = this.forwarder.counters;
-    const forwardPosition = this.log.forwardPosition();
+    let forwardPosition = 0;
     let storageBytes = 0;
+    let readError = '';
     try {
+      forwardPosition = this.log.forwardPosition();
       storageBytes = this.log.usedBytes();
-    } catch {
-      // a log that cannot be read reports through logWritable and the forwarder state
+    } catch (err) {
+      // A log that cannot even be read is not writable either: health says so (503), not 500.
+      readError = describeError(err);
     }
     return {
       gatewayId: this.config.gateway.id,
       forwarder: this.forwarder.state,
       forwarderError: this.forwarder.state === 'forwarding' ? '' : this.forwarder.lastErrorMessage,
-      logWritable: this.logHealth.failure === null,
-      logError: this.logHealth.failure?.message ?? '',
+      logWritable: this.logHealth.failure === null && readError === '',
+      logError: this.logHealth.failure?.message ?? readError,
       mqttClients: this.ingress.connectedClients,
       received: this.ingress.counters.routed,
       duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,

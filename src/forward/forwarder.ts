@@ -333,6 +333,7 @@ export class Forwarder {
       // overflow: drop-oldest, compaction): move over them with a checkpoint-only transaction,
       // so that neither the position nor the checkpoint waits for records that will not come.
       this.attempted = undefined;
+      this.refused = undefined; // an isolated record that expired meanwhile is gone, not refused
       await this.commit({ records: [], deadLetters: [] }, end);
       return { kind: 'skipped' };
     }
@@ -356,7 +357,7 @@ export class Forwarder {
     // With storage.synchronous: normal, what Kafka is about to have must first be on disk here:
     // a power cut must never take records that were forwarded (or their dedup keys).
     this.fromLog(() => this.source.makeDurable(last));
-    await this.commit(batch, last);
+    await this.commit(batch, last, refusedRecord !== undefined && batch.deadLetters.length === 0);
     if (refusedRecord) {
       this.refused = undefined;
       this.reportRefused(refusedRecord, refused!.reason, batch.deadLetters.length > 0);
@@ -366,7 +367,7 @@ export class Forwarder {
   }
 
   /** Sends one transaction ending at `last`; once Kafka committed it, moves the position. */
-  private async commit(batch: ForwardBatch, last: number): Promise<void> {
+  private async commit(batch: ForwardBatch, last: number, dropsRefused = false): Promise<void> {
     this.lastCommitAt = this.clock();
     const checkpoint = this.checkpointAt(last);
     const kafkaOffset = await this.sink.send(batch, checkpoint);
@@ -377,8 +378,8 @@ export class Forwarder {
     const delta = zeroCounters();
     delta.forwarded = batch.records.length;
     delta.transactions = 1;
-    if (batch.deadLetters.length > 0) delta.deadLettered = batch.deadLetters.length;
-    else if (this.refused !== undefined) delta.droppedRejected = 1;
+    delta.deadLettered = batch.deadLetters.length;
+    if (dropsRefused) delta.droppedRejected = 1;
     for (const k of Object.keys(delta) as (keyof ForwarderCounters)[]) this.counters[k] += delta[k];
     this.options.onProgress?.(delta);
     this.storePosition();

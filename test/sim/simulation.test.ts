@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { simulate } from './simulator.js';
 
 /** Seeds per `npm test` run; `npm run sim -- --seeds N` runs many more. */
-const SEEDS = Number(process.env.EDGEBRIDGE_SIM_SEEDS ?? 300);
+const SEEDS = Number(process.env.EDGEBRIDGE_SIM_SEEDS ?? 250);
 /** A fixed window, so a run is reproducible; `npm run sim -- --from S` explores others. */
 const FIRST = Number(process.env.EDGEBRIDGE_SIM_FROM ?? 1);
 
