@@ -28,8 +28,8 @@ export interface ForwardSource {
   checkpointHint(): number;
   commitCheckpointHint(kafkaOffset: number): void;
   epochs(): LogEpoch[];
-  /** Makes the records up to `through` durable before they are forwarded. */
-  makeDurable(through: number): void;
+  /** Makes every record appended so far durable (before they are forwarded). */
+  makeDurable(): void;
   removeThrough(offset: number): number;
   /** One step of giving space back; true while there is more. */
   shrink(): boolean;
@@ -220,8 +220,10 @@ export class Forwarder {
   async connect(): Promise<boolean> {
     const hint = this.hint ?? this.fromLog(() => this.source.checkpointHint());
     const { checkpoint, foreignClaim } = await this.sink.connect({ ...(hint > 0 ? { hint } : {}), checking: this.suspectTwin });
-    // Evidence of a twin: since this gateway last wrote under its id, another log did.
-    if (this.suspectTwin && (foreignClaim || (checkpoint !== undefined && checkpoint.logId !== this.source.logId))) return false;
+    // Evidence of a twin: since this gateway last wrote under its id, another one claimed it.
+    // Only the order counts (not whose checkpoint is latest): of two twins checking on each
+    // other, the one whose claim came last finds none after its own and goes on.
+    if (this.suspectTwin && foreignClaim) return false;
     const { stored, epochs, end } = this.fromLog(() => ({
       stored: this.source.position(),
       epochs: this.source.epochs(),
@@ -356,7 +358,7 @@ export class Forwarder {
     this.attempted = { first: considered[0]!.offset, last, count: considered.length };
     // With storage.synchronous: normal, what Kafka is about to have must first be on disk here:
     // a power cut must never take records that were forwarded (or their dedup keys).
-    this.fromLog(() => this.source.makeDurable(last));
+    this.fromLog(() => this.source.makeDurable());
     await this.commit(batch, last, refusedRecord !== undefined && batch.deadLetters.length === 0);
     if (refusedRecord) {
       this.refused = undefined;

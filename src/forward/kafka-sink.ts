@@ -13,8 +13,14 @@ import {
 export interface KafkaSinkOptions {
   readonly kafka: Kafka;
   readonly gatewayId: string;
-  /** The commit log forwarded: its id marks this gateway's probes, as checkpoints carry it. */
+  /** The commit log forwarded: checkpoints carry it, and resuming goes by this log's own. */
   readonly logId: string;
+  /**
+   * Who writes under this gateway id: the epoch this process opened the log with. Probes and
+   * checkpoints carry it; another writer's claim after ours is a twin, even one whose storage.dir
+   * was cloned from ours (same log id).
+   */
+  readonly writer: string;
   /** Topics to create (if missing) and learn at connect; others are learned when first sent to. */
   readonly topics: readonly string[];
   readonly checkpointTopic: string;
@@ -138,6 +144,7 @@ export class KafkaSink implements RecordSink {
       sessionTimeout: 10_000,
     });
     let latest: Checkpoint | undefined;
+    let latestOwn: Checkpoint | undefined;
     let foreignClaim = false;
     const probeKey = `${gatewayId}#probe`;
     try {
@@ -156,11 +163,14 @@ export class KafkaSink implements RecordSink {
           const key = message.key?.toString();
           if ((key !== gatewayId && key !== probeKey) || !message.value) return;
           const writer = writerOf(message.value);
-          if (writer.logId === this.options.logId) foreignClaim = false;
+          const mine = writer.writer !== undefined ? writer.writer === this.options.writer : writer.logId === this.options.logId;
+          if (mine) foreignClaim = false;
           else if (writer.logId !== undefined && writer.claims) foreignClaim = true;
           if (key !== gatewayId) return;
           const parsed = parseCheckpoint(message.value);
-          if (parsed) latest = { ...parsed, kafkaOffset: Number(message.offset) };
+          if (!parsed) return;
+          latest = { ...parsed, kafkaOffset: Number(message.offset) };
+          if (parsed.logId === this.options.logId) latestOwn = latest;
         },
       });
       // Start near the last checkpoint this log knows of; an offset compacted away falls back
@@ -182,7 +192,9 @@ export class KafkaSink implements RecordSink {
     } finally {
       await consumer.disconnect().catch(() => undefined);
     }
-    return { checkpoint: latest, foreignClaim };
+    // Resuming goes by this log's own latest checkpoint: a twin's, written later, says nothing of
+    // what this log has in Kafka (and would make it send its last batch again).
+    return { checkpoint: latestOwn ?? latest, foreignClaim };
   }
 
   /** Commits the probe record in its own transaction; returns its offset. */
@@ -200,7 +212,7 @@ export class KafkaSink implements RecordSink {
             messages: [
               {
                 key: `${this.options.gatewayId}#probe`,
-                value: JSON.stringify({ probe: Date.now(), logId: this.options.logId, claim: !checking }),
+                value: JSON.stringify({ probe: Date.now(), logId: this.options.logId, writer: this.options.writer, claim: !checking }),
                 partition,
               },
             ],
@@ -243,6 +255,7 @@ export class KafkaSink implements RecordSink {
       key: gatewayId,
       value: JSON.stringify({
         logId: checkpoint.logId,
+        writer: this.options.writer,
         offset: checkpoint.offset,
         ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
         records: batch.records.length,
@@ -300,14 +313,15 @@ export class KafkaSink implements RecordSink {
 }
 
 /** The log that wrote a checkpoint or probe record, and whether the record claims the gateway id. */
-function writerOf(value: Buffer): { logId: string | undefined; claims: boolean } {
+function writerOf(value: Buffer): { logId: string | undefined; writer: string | undefined; claims: boolean } {
   try {
-    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; probe?: unknown; claim?: unknown };
+    const v = JSON.parse(value.toString('utf8')) as { logId?: unknown; writer?: unknown; probe?: unknown; claim?: unknown };
     const logId = typeof v.logId === 'string' ? v.logId : undefined;
+    const writer = typeof v.writer === 'string' ? v.writer : undefined;
     // a checkpoint always claims; a probe unless its connect was only checking for a twin
-    return { logId, claims: v.probe === undefined || v.claim === true };
+    return { logId, writer, claims: v.probe === undefined || v.claim === true };
   } catch {
-    return { logId: undefined, claims: false };
+    return { logId: undefined, writer: undefined, claims: false };
   }
 }
 

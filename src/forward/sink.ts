@@ -32,12 +32,12 @@ export interface ForwardBatch {
 
 /** What a connect found in the checkpoint partition for this gateway id. */
 export interface ConnectResult {
-  /** The latest committed checkpoint, if any. */
+  /** The latest checkpoint this log committed, else the latest of any (another log's), if any. */
   readonly checkpoint: Checkpoint | undefined;
   /**
-   * Another commit log claimed this gateway id since this log last wrote under it: with a
-   * checkpoint, or with the probe a connect commits right after fencing (unless that connect was
-   * only checking for a twin). Evidence of a twin gateway.
+   * Another writer (another process, whatever its log) claimed this gateway id since this one last
+   * wrote under it: with a checkpoint, or with the probe a connect commits right after fencing
+   * (unless that connect was only checking for a twin). Evidence of a twin gateway.
    */
   readonly foreignClaim: boolean;
 }

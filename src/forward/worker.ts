@@ -27,6 +27,8 @@ function main(s: ForwardSettings): void {
     kafka: createKafka({ ...s.kafka, logger }),
     gatewayId: s.gatewayId,
     logId: reader.logId,
+    // this process's epoch: the newest, the gateway opened the log before starting this thread
+    writer: reader.epochs().at(-1)?.id ?? reader.logId,
     topics: s.topics,
     checkpointTopic: s.checkpointTopic,
     ...(s.deadLetterTopic === undefined ? {} : { deadLetterTopic: s.deadLetterTopic }),

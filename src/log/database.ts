@@ -7,8 +7,8 @@ export const DB_FILE = 'edgebridge.db';
 export const POSITION_FORWARD = 'forward';
 /** Where in the checkpoint partition this log's last checkpoint record was (a read hint). */
 export const POSITION_CHECKPOINT_HINT = 'checkpoint-kafka-offset';
-/** The highest offset made durable before it was forwarded (synchronous: normal). */
-export const POSITION_DURABLE = 'durable';
+/** How many times the log was synced before forwarding (synchronous: normal). */
+export const POSITION_DURABLE = 'durable-syncs';
 
 /**
  * Schema steps; MIGRATIONS[n] takes a database from user_version n to n + 1. Never edit a step.
@@ -52,7 +52,7 @@ export const MIGRATIONS: readonly string[] = [
      start_offset INTEGER NOT NULL,
      created_at   INTEGER NOT NULL
    );
-   INSERT INTO epochs (id, start_offset, created_at) VALUES (lower(hex(randomblob(6))), 1, 0);
+   INSERT INTO epochs (id, start_offset, created_at) VALUES ('genesis', 1, 0);
    CREATE TABLE topics (
      kafka_topic TEXT PRIMARY KEY
    ) WITHOUT ROWID;

@@ -47,15 +47,20 @@ export function recordInHistory(history: readonly EpochMark[], epoch: string, th
 
 /**
  * The history once Kafka has every record of this log up to `offset`: that covers the epoch of
- * `offset` up to it, and each earlier epoch of the log (that holds records) up to its end.
+ * `offset` up to it (that epoch moves to the front), and each earlier epoch of the log that holds
+ * records up to its end. Earlier epochs keep their place, or join at the back: what ages out of
+ * the history first is the oldest news, never an epoch of another branch of restores that was
+ * forwarded more recently than the ancestors this branch shares with it.
  */
 export function historyThrough(history: readonly EpochMark[], epochs: readonly LogEpoch[], offset: number): EpochMark[] {
   const index = epochIndexOf(epochs, offset);
-  let marks = [...history];
-  // oldest first, so that the epoch of `offset` ends up first
-  for (let i = Math.max(0, index - HISTORY_LENGTH); i <= index; i++) {
+  const marks = [...history];
+  for (let i = index - 1; i >= Math.max(0, index - HISTORY_LENGTH); i--) {
     const end = epochEnd(epochs, i, offset);
-    if (i === index || end >= epochs[i]!.start) marks = recordInHistory(marks, epochs[i]!.id, Math.min(offset, end));
+    if (end < epochs[i]!.start) continue; // holds no records
+    const at = marks.findIndex((m) => m.epoch === epochs[i]!.id);
+    if (at === -1) marks.push({ epoch: epochs[i]!.id, through: end });
+    else if (marks[at]!.through < end) marks[at] = { epoch: epochs[i]!.id, through: end };
   }
-  return marks;
+  return recordInHistory(marks, epochs[index]!.id, offset);
 }

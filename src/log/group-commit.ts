@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
 import type { AppendResult, CommitLog, LogEntry } from './commit-log.js';
 import { EMPTY_LOG_BYTES, admissionBytes } from './budget.js';
-import { recordBytes } from './database.js';
+import { logError, recordBytes } from './database.js';
 
 /** `offset` is the record's log offset, or `duplicate` when dedup dropped it (still acknowledged). */
 export type AppendCallback = (err: Error | null, result?: AppendResult) => void;
@@ -108,7 +108,6 @@ export class GroupCommit implements AppendSink {
   private readonly refusedOwners = new WeakSet<AppendOwner>();
   private closed = false;
   private fullSince = 0;
-  private lastAdmitErrorAt = 0;
   private lastOverloadLogAt = 0;
   private writeFailing = false;
 
@@ -177,7 +176,17 @@ export class GroupCommit implements AppendSink {
     this.scheduled = false;
     this.dropAbandoned();
     while (this.pending.length > 0 && !this.holdTimer) {
-      const admitted = this.admit(this.pending.slice(0, this.groupLength()));
+      let admitted: number;
+      try {
+        admitted = this.admit(this.pending.slice(0, this.groupLength()));
+      } catch (err) {
+        // The size check could not be made (the log cannot be read): storing unchecked could
+        // pass the limit; refuse the group like a failed write (devices resend it).
+        const group = this.pending.splice(0, this.groupLength());
+        for (const p of group) this.pendingBytes -= p.bytes;
+        this.failGroup(group, logError('EB_ERR_LOG_WRITE', this.log.file, 'check the log size', err));
+        continue;
+      }
       if (admitted === 0) {
         // One that could not fit even in an empty log would hold everything behind it for good
         // (the config schema prevents it; this is the last line): refused, the others go on.
@@ -307,55 +316,47 @@ export class GroupCommit implements AppendSink {
   private admit(group: readonly Pending[]): number {
     const storage = this.options.storage;
     if (!storage || this.log.isClosed) return group.length;
-    try {
-      const sizes = group.map((p) => admissionBytes(p.bytes));
-      const budget = storage.recordBytes;
-      const room = (): number => budget - this.log.pageBytes();
-      const fitting = (): number => {
-        let left = room();
-        let n = 0;
-        while (n < sizes.length && left >= sizes[n]!) left -= sizes[n++]!;
-        return n;
-      };
-      let n = fitting();
-      if (n < group.length) {
-        const need = sizes.reduce((a, b) => a + b, 0);
-        const position = storage.forwardPosition();
-        // Records already in Kafka go first: the forwarder removes them in bulk, once a second,
-        // and until then they would count as full (and cost unforwarded records or dedup keys).
-        for (let round = 0; round < 64 && room() < need; round++) {
-          if (this.log.removeForwarded(position, 5000) === 0) break;
-        }
-        if (storage.overflow === 'drop-oldest') {
-          for (let round = 0; round < 64 && room() < need; round++) {
-            const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
-            if (dropped === 0) break;
-            this.counters.droppedOverflow += dropped;
-          }
-        }
-        // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
-        // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
-        for (let round = 0; round < 64 && room() < need; round++) {
-          if (storage.overflow === 'backpressure' && this.log.hasRecordsAfter(position)) break;
-          const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
-          if (evicted === 0) break;
-          this.counters.dedupEvicted += evicted;
-        }
-        n = fitting();
-      }
-      // Hysteresis: "full" starts when nothing fits and ends below 90 % of maxBytes, so a log
-      // hovering at its limit does not log a pair of lines per removal.
-      if (n === 0) this.setFull(true);
-      else if (this.fullSince !== 0 && room() >= budget * 0.1) this.setFull(false);
+    const sizes = group.map((p) => admissionBytes(p.bytes));
+    const budget = storage.recordBytes;
+    const room = (): number => budget - this.log.pageBytes();
+    const fitting = (): number => {
+      let left = room();
+      let n = 0;
+      while (n < sizes.length && left >= sizes[n]!) left -= sizes[n++]!;
       return n;
-    } catch (err) {
-      const now = Date.now();
-      if (now - this.lastAdmitErrorAt > 60_000) {
-        this.lastAdmitErrorAt = now;
-        this.options.logger?.error({ err: describeError(err) }, 'checking the commit log size failed; appending anyway');
+    };
+    let n = fitting();
+    if (n < group.length) {
+      const need = sizes.reduce((a, b) => a + b, 0);
+      const position = storage.forwardPosition();
+      // Records already in Kafka go first: the forwarder removes them in bulk, once a second,
+      // and until then they would count as full (and cost unforwarded records or dedup keys).
+      for (let round = 0; round < 64 && room() < need; round++) {
+        if (this.log.removeForwarded(position, 5000) === 0) break;
       }
-      return group.length;
+      // overflow: drop-oldest: the policy the operator chose drops unforwarded records next.
+      if (storage.overflow === 'drop-oldest') {
+        for (let round = 0; round < 64 && room() < need; round++) {
+          const dropped = this.log.dropOldest(position, Math.max(group.length * 2, 100));
+          if (dropped === 0) break;
+          this.counters.droppedOverflow += dropped;
+        }
+      }
+      // Nothing (more) to forward yet still full: the dedup index is what fills the storage.
+      // Acknowledged data comes first; shorten the dedup memory rather than refuse messages.
+      for (let round = 0; round < 64 && room() < need; round++) {
+        if (storage.overflow === 'backpressure' && this.log.hasRecordsAfter(position)) break;
+        const evicted = this.log.pruneDedupOldest(Math.max(group.length * 4, 1000));
+        if (evicted === 0) break;
+        this.counters.dedupEvicted += evicted;
+      }
+      n = fitting();
     }
+    // Hysteresis: "full" starts when nothing fits and ends below 90 % of the records' share, so
+    // a log hovering at its limit does not log a pair of lines per removal.
+    if (n === 0) this.setFull(true);
+    else if (this.fullSince !== 0 && room() >= budget * 0.1) this.setFull(false);
+    return n;
   }
 
   private setFull(full: boolean): void {

@@ -110,6 +110,7 @@ export class LogReader {
       setPosition: db.prepare(
         'INSERT INTO positions (name, log_offset) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset',
       ),
+      countSync: db.prepare('INSERT INTO positions (name, log_offset) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET log_offset = log_offset + 1'),
       firstOffset: db.prepare('SELECT min(log_offset) FROM records').pluck(),
       removeThrough: db.prepare('DELETE FROM records WHERE log_offset <= ?'),
       epochs: db.prepare('SELECT id, start_offset AS start FROM epochs ORDER BY seq'),
@@ -167,16 +168,23 @@ export class LogReader {
    * normal, appends are not synced one by one; this commit with synchronous=FULL syncs the WAL,
    * and with it every earlier append. With full, each append was durable already.
    */
-  makeDurable(through: number): void {
+  makeDurable(): void {
     if (!this.syncEveryBatch) return;
     this.run('sync the log before forwarding', () => {
       this.db.pragma('synchronous = FULL');
       try {
-        this.stmts.setPosition.run(POSITION_DURABLE, through);
+        // A value that changes every time: a commit that changes nothing writes no WAL frame,
+        // and SQLite then syncs nothing.
+        this.stmts.countSync.run(POSITION_DURABLE);
       } finally {
         this.db.pragma('synchronous = NORMAL');
       }
     });
+  }
+
+  /** How many times the log was synced before forwarding (each one a commit that synced the WAL). */
+  syncs(): number {
+    return this.run('read the sync count', () => (this.stmts.getPosition.get(POSITION_DURABLE) as number | undefined) ?? 0);
   }
 
   /**

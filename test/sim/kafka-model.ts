@@ -26,7 +26,7 @@ export class KafkaModel {
    * The checkpoint partition (shared by all gateways), in order: checkpoints, and the probe each
    * connect commits right after fencing (with the log that wrote it, and whether it claims).
    */
-  readonly checkpoints: { key: string; value?: Checkpoint; probe?: { logId: string; claim: boolean } }[] = [];
+  readonly checkpoints: { key: string; writer: string; value?: Checkpoint; probe?: { logId: string; claim: boolean } }[] = [];
   private readonly producerEpochs = new Map<string, number>();
   down = false;
   /** Missing ACLs: every request is refused with an authorization error. */
@@ -52,18 +52,21 @@ export class KafkaModel {
   }
 
   /** What a read of the checkpoint partition up to `before` finds for `key`, as KafkaSink reads it. */
-  readCheckpoints(key: string, logId: string, before: number): { checkpoint: Checkpoint | undefined; foreignClaim: boolean } {
-    let checkpoint: Checkpoint | undefined;
+  readCheckpoints(key: string, logId: string, writer: string, before: number): { checkpoint: Checkpoint | undefined; foreignClaim: boolean } {
+    let latest: Checkpoint | undefined;
+    let latestOwn: Checkpoint | undefined;
     let foreignClaim = false;
     for (let i = 0; i < before; i++) {
       const entry = this.checkpoints[i]!;
       if (entry.key !== key) continue;
-      const writer = entry.value?.logId ?? entry.probe?.logId;
-      if (writer === logId) foreignClaim = false;
+      if (entry.writer === writer) foreignClaim = false;
       else if (entry.value || entry.probe?.claim) foreignClaim = true;
-      if (entry.value) checkpoint = { ...entry.value, kafkaOffset: i };
+      if (entry.value) {
+        latest = { ...entry.value, kafkaOffset: i };
+        if (entry.value.logId === logId) latestOwn = latest;
+      }
     }
-    return { checkpoint, foreignClaim };
+    return { checkpoint: latestOwn ?? latest, foreignClaim };
   }
 
   records(topic: string): readonly ModelRecord[] {
@@ -87,6 +90,8 @@ export interface ModelSinkOptions {
   readonly duringSend?: () => void;
   /** The log this sink forwards (its probes carry it). */
   readonly logId?: string;
+  /** Who writes: the epoch the process opened the log with (see KafkaSinkOptions.writer). */
+  readonly writer?: string;
   /** Awaited between the fence (and probe) and the checkpoint read, as a consumer join takes time. */
   readonly readGate?: () => Promise<void>;
 }
@@ -102,6 +107,9 @@ export class ModelSink implements RecordSink {
   private readonly transactionalId: string;
   private readonly known = new Set<string>();
   private connectedBefore = false;
+  private get writer(): string {
+    return this.options.writer ?? this.options.logId ?? '';
+  }
   /** Kafka (not a refused record) failed a request since the last connect. */
   private trouble = false;
 
@@ -122,7 +130,7 @@ export class ModelSink implements RecordSink {
       const probe = this.fence(options?.checking ?? false);
       await this.options.readGate?.();
       this.check();
-      return this.model.readCheckpoints(this.options.gatewayId, this.options.logId ?? '', probe);
+      return this.model.readCheckpoints(this.options.gatewayId, this.options.logId ?? '', this.writer, probe);
     } catch (err) {
       this.trouble = true;
       throw err;
@@ -141,7 +149,7 @@ export class ModelSink implements RecordSink {
       this.known.add(t);
     }
     this.epoch = this.model.initProducer(this.transactionalId);
-    this.model.checkpoints.push({ key: this.options.gatewayId, probe: { logId: this.options.logId ?? '', claim: !checking } });
+    this.model.checkpoints.push({ key: this.options.gatewayId, writer: this.writer, probe: { logId: this.options.logId ?? '', claim: !checking } });
     return this.model.checkpoints.length - 1;
   }
 
@@ -200,7 +208,7 @@ export class ModelSink implements RecordSink {
     }
     // commit: all or nothing
     for (const r of staged) this.model.topics.get(r.topic)!.records.push(r);
-    this.model.checkpoints.push({ key: this.options.gatewayId, value: checkpoint });
+    this.model.checkpoints.push({ key: this.options.gatewayId, writer: this.writer, value: checkpoint });
     this.model.transactions++;
     const offset = this.model.checkpoints.length - 1;
     if (fault === 'fail-after') throw typed('Request timed out (model: after the commit took effect)', 'REQUEST_TIMED_OUT');

@@ -269,6 +269,7 @@ class Simulation {
     const sink = new ModelSink(this.model, {
       gatewayId: GATEWAY,
       logId: log.logId,
+      writer: log.epoch.id,
       topics: settings.topics,
       checkpointTopic: settings.checkpointTopic,
       deadLetterTopic: settings.deadLetterTopic,
@@ -316,9 +317,13 @@ class Simulation {
 
   private instrumentReader(reader: LogReader): void {
     const makeDurable = reader.makeDurable.bind(reader);
-    reader.makeDurable = (through) => {
-      makeDurable(through);
-      if (this.synchronous === 'normal') this.durable(`forward-sync ${through}`);
+    reader.makeDurable = () => {
+      const before = reader.syncs();
+      makeDurable();
+      if (this.synchronous !== 'normal') return;
+      // The barrier is booked on its effect, a commit that synced the WAL, not on the call.
+      if (reader.syncs() > before) this.durable('forward-sync');
+      else this.violation('the log was not synced before forwarding (storage.synchronous: normal)');
     };
     const readBatch = reader.readBatch.bind(reader);
     reader.readBatch = (after, max, bytes) => {

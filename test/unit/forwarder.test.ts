@@ -277,6 +277,7 @@ describe('forwarder', () => {
     expect(await fwd.connect()).toBe(true);
     sink.fenceNext = 1;
     sink.checkpoint = { logId: 'the-twin', offset: 99 }; // the twin committed after fencing us
+    sink.foreignClaim = true;
     fwd.start();
     await until(() => fwd.state === 'fenced', 'fenced');
     expect(sink.delivered).toEqual([]);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { resumePosition, type LocalLogView } from '../../src/forward/resume.js';
-import { epochEnd, epochIndexOf, recordInHistory, type LogEpoch } from '../../src/log/epochs.js';
+import { epochEnd, epochIndexOf, historyThrough, recordInHistory, type EpochMark, type LogEpoch } from '../../src/log/epochs.js';
 
 const epochs = (...starts: [string, number][]): LogEpoch[] => starts.map(([id, start]) => ({ id, start }));
 const view = (over: Partial<LocalLogView>): LocalLogView => ({
@@ -87,5 +87,23 @@ describe('where forwarding resumes', () => {
       kind: 'diverged',
       skipped: 0,
     });
+  });
+
+  it('the history keeps another branch of restores over the ancestors this branch shares with it', () => {
+    // Branch Y: epochs a (1..5) and b (6..10), all forwarded. Then a backup from a (offset 5) is
+    // restored, and 15 restarts follow there, each forwarding one reading. Then the backup with
+    // a and b is restored: b is in Kafka, nothing of it may go again.
+    const y = epochs(['genesis', 1], ['a', 1], ['b', 6]);
+    let history: EpochMark[] = historyThrough([], y, 10);
+    let x = epochs(['genesis', 1], ['a', 1]);
+    for (let i = 0; i < 15; i++) {
+      x = [...x, { id: `x${i}`, start: 6 + i }];
+      history = historyThrough(history, x, 6 + i);
+    }
+    expect(history).toHaveLength(16);
+    expect(history.map((m) => m.epoch)).toContain('b');
+    const restoredY = view({ epochs: [...y, { id: 'z', start: 11 }], end: 12, position: 5 });
+    const checkpoint = { logId: 'L', offset: 20, epoch: 'x14', history };
+    expect(resumePosition(checkpoint, restoredY)).toMatchObject({ position: 10, kind: 'restored' });
   });
 });

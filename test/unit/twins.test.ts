@@ -1,3 +1,5 @@
+import { copyFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Forwarder, type ForwarderOptions } from '../../src/forward/forwarder.js';
@@ -25,13 +27,13 @@ function gate(): { wait: () => Promise<void>; open: () => void; closed: boolean 
 
 describe('two gateways with one gateway.id (twins), against the Kafka model', () => {
   const tmp = useTmpDirs();
-  const gateway = (model: KafkaModel, readGate?: () => Promise<void>) => {
-    const dir = tmp();
+  const gateway = (model: KafkaModel, readGate?: () => Promise<void>, dir = tmp()) => {
     const log = new CommitLog({ dir, synchronous: 'full' });
     const reader = new LogReader({ dir, synchronous: 'full' });
     const sink = new ModelSink(model, {
       gatewayId: 'gw-twin',
       logId: log.logId,
+      writer: log.epoch.id,
       topics: ['iot.telemetry'],
       checkpointTopic: 'edgebridge.checkpoints',
       deadLetterTopic: undefined,
@@ -90,5 +92,83 @@ describe('two gateways with one gateway.id (twins), against the Kafka model', ()
     expect(newer.fwd.state).toBe('forwarding');
     older.close();
     newer.close();
+  });
+
+  it('the older one reconnecting after an outage (a claiming connect) while the newer one checks on it: one goes on, never neither', async () => {
+    const model = new KafkaModel(1_000_000);
+    const slowRead = gate();
+    slowRead.open(); // reads are quick until the test closes the gate
+    const older = gateway(model, () => slowRead.wait());
+    older.log.append([entry('a', 1)]);
+    expect(await older.fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    model.down = true; // the older one's uplink fails once: Kafka errors, not a fence
+    older.log.append([entry('a', 2)]);
+    expect((await older.fwd.step()).kind).toBe('retry');
+    model.down = false;
+    const newer = gateway(model);
+    newer.log.append([entry('b', 1)]);
+    expect(await newer.fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    // the older one reconnects: it fences the newer one and claims, then reads slowly
+    slowRead.closed = true;
+    const olderReconnect = older.fwd.step();
+    // the busy newer one is fenced and checks at once: the older one's claim came after its own
+    newer.log.append([entry('b', 2)]);
+    expect(await newer.fwd.step()).toEqual({ kind: 'retry', delayMs: 0 });
+    expect(await newer.fwd.step()).toEqual({ kind: 'fenced' });
+    // the older one's claim was fenced by that check: it checks in turn, finds no claim after its own, goes on
+    slowRead.open();
+    let outcome = await olderReconnect;
+    while (outcome.kind === 'retry') outcome = await older.fwd.step();
+    expect(outcome).toEqual({ kind: 'forwarded', records: 1 });
+    expect([older.fwd.state, newer.fwd.state].sort()).toEqual(['fenced', 'forwarding']);
+    expect(model.records('iot.telemetry').map((r) => `${r.key}:${r.offset}`)).toEqual(['a:1', 'b:1', 'a:2']);
+    older.close();
+    newer.close();
+  });
+
+  it("a batch committed just before a twin's checkpoint (its response lost) is not sent again", async () => {
+    const model = new KafkaModel(1_000_000);
+    const older = gateway(model);
+    older.log.append([entry('a', 1)]);
+    await older.fwd.step();
+    older.log.append([entry('a', 2)]);
+    model.faults.push('fail-after'); // committed, the response lost
+    expect((await older.fwd.step()).kind).toBe('retry');
+    const newer = gateway(model);
+    newer.log.append([entry('b', 1)]);
+    expect(await newer.fwd.step()).toEqual({ kind: 'forwarded', records: 1 }); // the twin's checkpoint is now the latest
+    let outcome = await older.fwd.step(); // reconnects: resumes from its own checkpoint, not the twin's
+    while (outcome.kind === 'retry') outcome = await older.fwd.step();
+    const a = model.records('iot.telemetry').filter((r) => r.key === 'a').map((r) => r.offset);
+    expect(a).toEqual([1, 2]);
+    older.close();
+    newer.close();
+  });
+
+  it('a twin cloned from the same storage.dir (the same log id) is still a twin: one stops', async () => {
+    const model = new KafkaModel(1_000_000);
+    const dir = tmp();
+    const older = gateway(model, undefined, dir);
+    older.log.append([entry('a', 1)]);
+    await older.fwd.step();
+    older.close();
+    const cloneDir = tmp();
+    for (const f of readdirSync(dir)) copyFileSync(join(dir, f), join(cloneDir, f));
+    const first = gateway(model, undefined, dir); // the original, restarted
+    const clone = gateway(model, undefined, cloneDir); // the image with a used storage.dir
+    expect(first.log.logId).toBe(clone.log.logId);
+    first.log.append([entry('a', 2)]);
+    expect(await first.fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    clone.log.append([entry('c', 1)]);
+    expect((await clone.fwd.step()).kind).toBe('forwarded');
+    first.log.append([entry('a', 3)]);
+    expect(await first.fwd.step()).toEqual({ kind: 'retry', delayMs: 0 });
+    expect(await first.fwd.step()).toEqual({ kind: 'fenced' });
+    clone.log.append([entry('c', 2)]);
+    let outcome = await clone.fwd.step();
+    while (outcome.kind === 'retry') outcome = await clone.fwd.step();
+    expect(clone.fwd.state).toBe('forwarding');
+    first.close();
+    clone.close();
   });
 });
