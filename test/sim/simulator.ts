@@ -501,7 +501,13 @@ class Simulation {
     if (!node) return undefined;
     const before = node.forwarder.position;
     const appendedBefore = node.log.lastOffset;
+    const onlyAclsMissing = this.model.denied && !this.model.down && this.readErrorsFor === 0 && this.model.faults.length === 0;
     const outcome = await node.forwarder.step();
+    // A failure that can only be Kafka refusing this gateway (ACLs) is reported as that, never
+    // as a twin (fenced) or an outage.
+    if (onlyAclsMissing && outcome.kind === 'retry' && node.forwarder.state !== 'unauthorized') {
+      this.violation(`missing ACLs reported as '${node.forwarder.state}'`);
+    }
     const moved = node.forwarder.position !== before;
     if (outcome.kind === 'retry') this.now += outcome.delayMs;
     this.coverage.add(`forwarder:${node.forwarder.state}`);
