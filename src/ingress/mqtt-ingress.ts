@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
+import { UnstoredSends } from './dedup.js';
 import { toLogEntry } from './entry.js';
 import type { RouteMatch, RouteTable } from './routes.js';
 
@@ -44,6 +45,7 @@ const SYS_PREFIX = '$SYS/';
 export class MqttIngress {
   readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0, duplicates: 0, oversized: 0 };
   private lastOversizedLogAt = 0;
+  private readonly unstored = new UnstoredSends();
   private broker: Aedes | undefined;
   private server: Server | undefined;
 
@@ -121,17 +123,20 @@ export class MqttIngress {
     packet: PublishPacket,
     callback: (error?: Error | null) => void,
   ): void {
+    const entry = toLogEntry(match, {
+      topic: packet.topic,
+      payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload),
+      qos: packet.qos,
+      dup: packet.dup,
+      messageId: packet.messageId,
+      clientId: client?.id,
+      receivedAt: Date.now(),
+    });
+    const dedup = this.unstored.resolve(entry.dedup);
     this.options.sink.append(
-      toLogEntry(match, {
-        topic: packet.topic,
-        payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload),
-        qos: packet.qos,
-        dup: packet.dup,
-        messageId: packet.messageId,
-        clientId: client?.id,
-        receivedAt: Date.now(),
-      }),
+      dedup === entry.dedup ? entry : { ...entry, dedup },
       (err, result) => {
+        this.unstored.settled(dedup, !err);
         if (err) {
           // No PUBACK: aedes closes the connection and the device sends the message again. The
           // log's failures are reported (once per state change) where the log is wired up.
@@ -145,8 +150,10 @@ export class MqttIngress {
         callback(null);
       },
       // The connection owns the order of its publishes: once one is refused, none of its later
-      // ones may be stored ahead of it (see GroupCommit).
-      client ?? undefined,
+      // ones may be stored ahead of it (see GroupCommit). A closed client's publish is its Last
+      // Will, which aedes authorizes after the close: it has no one to be acknowledged to and
+      // must not be dropped as an abandoned publish [MQTT-3.1.2-8].
+      client !== null && !client.closed ? client : undefined,
     );
   }
 

@@ -2,7 +2,12 @@ import { connect as netConnect, type Socket } from 'node:net';
 import mqtt from 'mqtt';
 import { generate, parser as mqttParser, type Packet } from 'mqtt-packet';
 import { describe, expect, it } from 'vitest';
-import { startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { parseConfig } from '../../src/config/load.js';
+import { MqttIngress } from '../../src/ingress/mqtt-ingress.js';
+import { RouteTable } from '../../src/ingress/routes.js';
+import { CommitLog } from '../../src/log/commit-log.js';
+import { GroupCommit, type AppendSink } from '../../src/log/group-commit.js';
+import { startTestGateway, testConfig, testLogger, uniqueName } from '../helpers/gateway.js';
 import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 import { consumeAll } from '../helpers/kafka.js';
 import { kafkaBrokers } from '../helpers/gateway.js';
@@ -86,5 +91,63 @@ describe('MQTT ingress', () => {
     const records = await consumeAll(kafkaBrokers(), topic, { expected: 3 });
     expect(records.map((r) => r.value.toString())).toEqual(['q0', 'q1', 'q2']);
     expect(gw.log.lastOffset).toBe(3);
+  });
+
+  it("publishes a device's Last Will on a routed topic to Kafka when it drops off", async () => {
+    const topic = uniqueName('iot.will');
+    const gw = await startTestGateway({ dir: tmp(), topic });
+    cleanup(() => gw.close());
+    const device = await mqtt.connectAsync(gw.url, {
+      clientId: 'will-1',
+      reconnectPeriod: 0,
+      will: { topic: 'devices/will-1/telemetry/status', payload: Buffer.from('offline'), qos: 1, retain: false },
+    });
+    device.on('error', () => undefined);
+    await device.publishAsync('devices/will-1/telemetry/status', 'online', { qos: 1 });
+    device.stream.destroy(); // no DISCONNECT: the broker must publish the will [MQTT-3.1.2-8]
+    cleanup(() => device.endAsync(true));
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 2 });
+    expect(records.map((r) => r.value.toString())).toEqual(['online', 'offline']);
+    expect(gw.status().refused).toBe(0);
+  });
+
+  it('stores the DUP resend of a refused first send, even when an earlier packet had the same id and payload', async () => {
+    // A door sensor connects, publishes packet id 1 "OPEN", disconnects; minutes later the same.
+    // The second first-send is refused (the log could not take it): its DUP resend is a new
+    // reading, not a retransmit of the first one that is still in the retransmit window.
+    const config = parseConfig(testConfig({ dir: tmp(), topic: 'iot.unused', brokers: ['127.0.0.1:1'] }));
+    const log = new CommitLog({ dir: config.storage.dir, synchronous: 'full' });
+    cleanup(() => log.close());
+    const groupCommit = new GroupCommit(log);
+    let refuseNext = false;
+    const sink: AppendSink = {
+      append(entry, done, owner) {
+        if (!refuseNext) return groupCommit.append(entry, done, owner);
+        refuseNext = false;
+        done(new Error('log refused the write (test)'));
+      },
+    };
+    const ingress = new MqttIngress({ host: '127.0.0.1', port: 0, maxPayloadBytes: 65536, routes: new RouteTable(config.routes), sink, logger: testLogger() });
+    const { port } = await ingress.start();
+    cleanup(() => ingress.close());
+    const open = (dup: boolean) => ({ cmd: 'publish', topic: 'devices/door-1/telemetry', payload: Buffer.from('OPEN'), qos: 1, messageId: 1, dup, retain: false }) as const;
+
+    const morning = await rawClient(port, 'door-1');
+    morning.send(open(false));
+    expect((await morning.next('puback')).messageId).toBe(1);
+    morning.socket.destroy();
+
+    const noon = await rawClient(port, 'door-1');
+    const closed = new Promise((resolve) => noon.socket.once('close', resolve));
+    refuseNext = true;
+    noon.send(open(false));
+    await closed; // refused: no PUBACK, the connection is closed
+    const retry = await rawClient(port, 'door-1');
+    cleanup(() => void retry.socket.destroy());
+    retry.send(open(true));
+    expect((await retry.next('puback')).messageId).toBe(1);
+
+    expect(log.readAfter(0, 10).map((r) => r.payload.toString())).toEqual(['OPEN', 'OPEN']);
+    expect(ingress.counters).toMatchObject({ routed: 2, refused: 1, duplicates: 0 });
   });
 });

@@ -30,6 +30,8 @@ interface Reading {
 
 export interface OracleSettings {
   readonly deadLetterTopic: string | undefined;
+  /** The dead-letter topic takes every refused record: none may be dropped. */
+  readonly deadLetterAcceptsAll: boolean;
 }
 
 /**
@@ -148,8 +150,9 @@ export class Oracle {
       } else if (deadLettered.length > 0) {
         violations.push(`${r.key}: dead-lettered although Kafka accepts it`);
       }
-      // Every copy still in the log when it was drained went out; a refused one may be dropped.
-      const mayBeDropped = r.poison ? kept.length : 0;
+      // Every copy still in the log when it was drained went out; a refused one is dead-lettered,
+      // and may be dropped only when there is no dead-letter topic or it refuses the record too.
+      const mayBeDropped = r.poison && !this.settings.deadLetterAcceptsAll ? kept.length : 0;
       if (found.length < kept.length - mayBeDropped) {
         violations.push(
           `${r.key}${r.acked ? ' (acknowledged)' : ''}: ${found.length} in Kafka, expected ${kept.length} (stored ${stored}, lost ${r.copies.filter((c) => c.lost).length}, dropped ${r.copies.filter((c) => c.dropped).length})`,

@@ -164,8 +164,9 @@ class Simulation {
       maxQueuedRecords: rng.pick([10_000, 50_000]),
       batchMaxRecords: rng.pick([1, 3, 16, 500]),
     };
-    this.oracle = new Oracle({ deadLetterTopic: this.deadLetter ? DEAD_LETTER : undefined });
-    if (this.deadLetter) this.model.createTopic(DEAD_LETTER, rng.chance(0.2) ? 1024 : 1024 * 1024);
+    const deadLetterLimit = this.deadLetter && rng.chance(0.2) ? 1024 : 1024 * 1024; // drawn as before: seeds replay
+    this.oracle = new Oracle({ deadLetterTopic: this.deadLetter ? DEAD_LETTER : undefined, deadLetterAcceptsAll: this.deadLetter && deadLetterLimit > MAX_MESSAGE_BYTES + 1000 });
+    if (this.deadLetter) this.model.createTopic(DEAD_LETTER, deadLetterLimit);
     const devices = rng.int(2, 5);
     for (let i = 0; i < devices; i++) {
       this.devices.push({

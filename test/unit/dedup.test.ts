@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { dedupMark, type PublishIdentity } from '../../src/ingress/dedup.js';
+import { dedupMark, UnstoredSends, type PublishIdentity } from '../../src/ingress/dedup.js';
 import { compileRoute } from '../../src/ingress/routes.js';
 
 const route = compileRoute({
@@ -66,5 +66,52 @@ describe('dedup identity', () => {
   it('is off when the route says dedup: false', () => {
     const off = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: false });
     expect(dedupMark(off, 'd1', publish(reading(1)))).toBeUndefined();
+  });
+
+  it('takes no identity from an integer beyond 2^53: JSON would round distinct counters to one', () => {
+    // snowflake-style seqs: 1541815603606036480, …481, …482 parse to the same double
+    const marks = ['480', '481', '482'].map((tail, i) =>
+      dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":1541815603606036${tail}}`, { messageId: i + 1 })),
+    );
+    expect(marks.map((m) => m!.mode)).toEqual(['remember', 'remember', 'remember']);
+    expect(new Set(marks.map((m) => m!.key.toString('hex'))).size).toBe(3);
+    // as strings they are exact identities
+    const strings = ['480', '481', '482'].map((tail) => dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":"1541815603606036${tail}"}`))!);
+    expect(strings.map((m) => m.mode)).toEqual(['check', 'check', 'check']);
+    expect(new Set(strings.map((m) => m.key.toString('hex'))).size).toBe(3);
+    expect(dedupMark(route, 'd1', publish(reading(Number.MAX_SAFE_INTEGER)))!.mode).toBe('check');
+  });
+});
+
+describe('unstored first sends', () => {
+  const first = () => dedupMark(route, 'd1', publish('OPEN', { messageId: 1 }))!;
+  const resend = () => dedupMark(route, 'd1', publish('OPEN', { messageId: 1, dup: true }))!;
+
+  it('stores the DUP resend of a first send the log refused', () => {
+    const unstored = new UnstoredSends();
+    unstored.settled(unstored.resolve(first()), false);
+    const mark = unstored.resolve(resend());
+    expect(mark!.mode).toBe('remember');
+    unstored.settled(mark, true);
+    expect(unstored.size).toBe(0);
+    // a later retransmit of that stored resend is a retransmit again
+    expect(unstored.resolve(resend())!.mode).toBe('check');
+  });
+
+  it('leaves retransmits of stored first sends to the index', () => {
+    const unstored = new UnstoredSends();
+    unstored.settled(unstored.resolve(first()), true);
+    expect(unstored.resolve(resend())!.mode).toBe('check');
+    // a refused resend of a stored packet was stored before: still a retransmit
+    unstored.settled(resend(), false);
+    expect(unstored.size).toBe(0);
+  });
+
+  it('is bounded', () => {
+    const unstored = new UnstoredSends(3);
+    for (let id = 1; id <= 5; id++) unstored.settled(dedupMark(route, 'd1', publish('x', { messageId: id })), false);
+    expect(unstored.size).toBe(3);
+    expect(unstored.resolve(dedupMark(route, 'd1', publish('x', { messageId: 1, dup: true })))!.mode).toBe('check');
+    expect(unstored.resolve(dedupMark(route, 'd1', publish('x', { messageId: 5, dup: true })))!.mode).toBe('remember');
   });
 });
