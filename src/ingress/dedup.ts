@@ -30,17 +30,23 @@ function streamPrefix(...parts: string[]): Buffer {
 
 /**
  * An identity field's value as key text: non-negative integers as fixed-width digits (so byte
- * order is numeric order), the rest as JSON. `undefined` when the value cannot identify a reading:
- * null, or an integer beyond 2^53, which JSON.parse rounds (snowflake ids, nanosecond stamps:
- * 1541815603606036480 and …481 would be one reading). Such counters must be sent as strings.
+ * order is numeric order), other integers, strings and booleans as JSON. `undefined` when the
+ * value cannot identify a reading exactly: null, objects and arrays, fractions, and integers
+ * beyond 2^53, which JSON.parse rounds (snowflake ids, nanosecond stamps: 1541815603606036480
+ * and …481 would be one reading; 1e400 and 2e400 both Infinity). Such counters must be sent as
+ * strings.
  */
 function identityText(value: unknown): string | undefined {
-  if (value === null || value === undefined) return undefined;
-  if (typeof value === 'number') {
-    if (Number.isInteger(value) && !Number.isSafeInteger(value)) return undefined;
-    if (Number.isSafeInteger(value) && value >= 0) return `#${String(value).padStart(16, '0')}`;
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return JSON.stringify(value);
+    case 'number':
+      if (!Number.isSafeInteger(value)) return undefined;
+      return value >= 0 ? `#${String(value).padStart(16, '0')}` : String(value);
+    default:
+      return undefined;
   }
-  return JSON.stringify(value);
 }
 
 /** The top-level JSON object of a payload, if it is one. */
@@ -62,8 +68,8 @@ function parseObject(payload: Buffer): Record<string, unknown> | undefined {
  * `bootId` + `seq`), the identity is route + device ID + their values: a retransmit and a replay
  * after reboot/reconnect look alike, and a fresh boot (new bootId) never collides with an old
  * one. A payload that lacks any of them has no identity of its own (a sensor that sends `seq` but
- * no `bootId` restarts its counter at boot: `seq` alone would drop real readings; an integer beyond
- * 2^53 is no identity either, see `identityText`), so only MQTT
+ * no `bootId` restarts its counter at boot: `seq` alone would drop real readings; a value that
+ * JSON cannot carry exactly is no identity either, see `identityText`), so only MQTT
  * DUP retransmits of the same packet (client, packet id, payload) are collapsed: every first
  * transmission is remembered so that its DUP can be recognised, and is always stored.
  */
@@ -97,41 +103,3 @@ export function dedupMark(route: CompiledRoute, deviceId: string, publish: Publi
   };
 }
 
-/** Most first sends remembered as unstored (about 100 bytes each). */
-const MAX_UNSTORED_SENDS = 10_000;
-
-/**
- * First sends (DUP=0) of DUP-only packets that were not stored (the log refused them, or the
- * connection closed before their group commit). Their DUP resend must be stored, not taken for a
- * retransmit of an earlier packet with the same client, packet id and payload whose key is still
- * remembered: packet ids restart after a reconnect and constant payloads (on/off) are common, so
- * without this an acknowledged reading would be dropped as a duplicate. In memory only: a gateway
- * crash between such a first send and its commit still loses this knowledge (README: exceptions).
- */
-export class UnstoredSends {
-  private readonly keys = new Map<string, true>();
-
-  constructor(private readonly limit = MAX_UNSTORED_SENDS) {}
-
-  /** The mark to store with: a DUP resend of an unstored first send is stored like a first send. */
-  resolve(mark: DedupMark | undefined): DedupMark | undefined {
-    if (mark === undefined || this.keys.size === 0) return mark;
-    const id = mark.key.toString('base64');
-    if (!this.keys.delete(id)) return mark;
-    return mark.mode === 'check' ? { ...mark, mode: 'remember' } : mark;
-  }
-
-  /** After the entry was stored or refused. */
-  settled(mark: DedupMark | undefined, stored: boolean): void {
-    if (mark === undefined || mark.mode !== 'remember') return;
-    const id = mark.key.toString('base64');
-    this.keys.delete(id);
-    if (stored) return;
-    this.keys.set(id, true);
-    if (this.keys.size > this.limit) this.keys.delete(this.keys.keys().next().value!);
-  }
-
-  get size(): number {
-    return this.keys.size;
-  }
-}

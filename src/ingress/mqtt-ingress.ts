@@ -4,7 +4,6 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
-import { UnstoredSends } from './dedup.js';
 import { toLogEntry } from './entry.js';
 import type { RouteMatch, RouteTable } from './routes.js';
 
@@ -35,6 +34,11 @@ export interface IngressCounters {
 
 const SYS_PREFIX = '$SYS/';
 
+/** aedes authorizes a client's Last Will with the client itself, after it closed (not typed). */
+function isWill(client: Client | null, packet: PublishPacket): boolean {
+  return client !== null && (client as unknown as { will?: unknown }).will === packet;
+}
+
 
 /**
  * The MQTT listener (aedes, MQTT 3.1.1, QoS 0/1/2). A publish that matches a route is appended to
@@ -45,7 +49,8 @@ const SYS_PREFIX = '$SYS/';
 export class MqttIngress {
   readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0, duplicates: 0, oversized: 0 };
   private lastOversizedLogAt = 0;
-  private readonly unstored = new UnstoredSends();
+  /** Set while the gateway stops: its clients are disconnected, they did not go offline. */
+  private closing = false;
   private broker: Aedes | undefined;
   private server: Server | undefined;
 
@@ -79,6 +84,12 @@ export class MqttIngress {
   ): void {
     if (packet.topic.startsWith(SYS_PREFIX)) {
       callback(new Error(`${SYS_PREFIX} topics are reserved`));
+      return;
+    }
+    if (this.closing && isWill(client, packet)) {
+      // The gateway is stopping, the device did not go offline: no "offline" wills for every
+      // device on each restart (aedes skips a will whose authorization fails).
+      callback(new Error('the gateway is stopping: will not published'));
       return;
     }
     const match = this.options.routes.match(packet.topic);
@@ -132,11 +143,9 @@ export class MqttIngress {
       clientId: client?.id,
       receivedAt: Date.now(),
     });
-    const dedup = this.unstored.resolve(entry.dedup);
     this.options.sink.append(
-      dedup === entry.dedup ? entry : { ...entry, dedup },
+      entry,
       (err, result) => {
-        this.unstored.settled(dedup, !err);
         if (err) {
           // No PUBACK: aedes closes the connection and the device sends the message again. The
           // log's failures are reported (once per state change) where the log is wired up.
@@ -150,10 +159,10 @@ export class MqttIngress {
         callback(null);
       },
       // The connection owns the order of its publishes: once one is refused, none of its later
-      // ones may be stored ahead of it (see GroupCommit). A closed client's publish is its Last
-      // Will, which aedes authorizes after the close: it has no one to be acknowledged to and
-      // must not be dropped as an abandoned publish [MQTT-3.1.2-8].
-      client !== null && !client.closed ? client : undefined,
+      // ones may be stored ahead of it (see GroupCommit). Not so the Last Will, which aedes
+      // authorizes after the connection closed: it is no one's to acknowledge and must not be
+      // dropped as an abandoned publish of a closed connection [MQTT-3.1.2-8].
+      isWill(client, packet) ? undefined : (client ?? undefined),
     );
   }
 
@@ -163,6 +172,7 @@ export class MqttIngress {
 
   /** Stops accepting connections and disconnects clients. */
   async close(): Promise<void> {
+    this.closing = true;
     const server = this.server;
     const broker = this.broker;
     this.server = undefined;

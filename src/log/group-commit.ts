@@ -3,6 +3,7 @@ import { EdgebridgeError, describeError } from '../errors.js';
 import type { AppendResult, CommitLog, LogEntry } from './commit-log.js';
 import { EMPTY_LOG_BYTES, admissionBytes } from './budget.js';
 import { logError, recordBytes } from './database.js';
+import { UnstoredSends } from './unstored-sends.js';
 
 /** `offset` is the record's log offset, or `duplicate` when dedup dropped it (still acknowledged). */
 export type AppendCallback = (err: Error | null, result?: AppendResult) => void;
@@ -64,9 +65,15 @@ export interface GroupCommitCounters {
   overloaded: number;
   /** Waiting appends dropped because their connection closed (never acknowledged). */
   abandoned: number;
+  /**
+   * Unstored first sends of DUP-only packets forgotten because too many were noted at once: their
+   * DUP resend is checked against the index again (and may be taken for a retransmit).
+   */
+  unstoredForgotten: number;
 }
 
 interface Pending {
+  /** Its dedup mark is resolved against the unstored first sends just before it is written. */
   entry: LogEntry;
   done: AppendCallback;
   owner: AppendOwner | undefined;
@@ -95,7 +102,10 @@ export class GroupCommit implements AppendSink {
     dedupEvicted: 0,
     overloaded: 0,
     abandoned: 0,
+    unstoredForgotten: 0,
   };
+  private readonly unstored = new UnstoredSends();
+  private lastForgottenLogAt = 0;
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private scheduled = false;
@@ -123,11 +133,14 @@ export class GroupCommit implements AppendSink {
 
   append(entry: LogEntry, done: AppendCallback, owner?: AppendOwner): void {
     if (this.closed) {
-      done(new EdgebridgeError('EB_ERR_LOG_CLOSED', SHUTTING_DOWN));
+      this.settle({ entry, done, owner, bytes: 0 }, new EdgebridgeError('EB_ERR_LOG_CLOSED', SHUTTING_DOWN));
       return;
     }
     if (owner !== undefined && this.refusedOwners.has(owner)) {
-      done(new EdgebridgeError('EB_ERR_LOG_WRITE', 'an earlier publish of this connection was refused; later ones are refused too, to keep their order'));
+      this.settle(
+        { entry, done, owner, bytes: 0 },
+        new EdgebridgeError('EB_ERR_LOG_WRITE', 'an earlier publish of this connection was refused; later ones are refused too, to keep their order'),
+      );
       return;
     }
     const bytes = recordBytes(entry);
@@ -135,7 +148,8 @@ export class GroupCommit implements AppendSink {
       this.counters.overloaded++;
       this.refuseOwner(owner);
       this.logOverload();
-      done(
+      this.settle(
+        { entry, done, owner, bytes },
         new EdgebridgeError(
           'EB_ERR_INGRESS_OVERLOADED',
           `${this.pending.length} publishes (${this.pendingBytes} bytes) are already waiting to be stored`,
@@ -202,7 +216,12 @@ export class GroupCommit implements AppendSink {
         return;
       }
       const group = this.pending.splice(0, admitted);
-      for (const p of group) this.pendingBytes -= p.bytes;
+      for (const p of group) {
+        this.pendingBytes -= p.bytes;
+        // Decided now, after every earlier entry's fate (abandoned ones included), not on arrival.
+        const dedup = this.unstored.resolve(p.entry.dedup);
+        if (dedup !== p.entry.dedup) p.entry = { ...p.entry, dedup };
+      }
       let results: AppendResult[];
       try {
         results = this.log.append(
@@ -286,6 +305,7 @@ export class GroupCommit implements AppendSink {
 
   /** Calls back one append; a throwing callback must not take the other appends down with it. */
   private settle(p: Pending, err: Error | null, result?: AppendResult): void {
+    if (!this.unstored.settled(p.entry.dedup, err === null)) this.reportForgotten();
     try {
       p.done(err, result);
     } catch (callbackErr) {
@@ -379,6 +399,17 @@ export class GroupCommit implements AppendSink {
   }
 
   /** Flushes what is in flight and refuses new appends. Held groups are failed (not acknowledged). */
+  private reportForgotten(): void {
+    this.counters.unstoredForgotten++;
+    const now = this.clock();
+    if (now - this.lastForgottenLogAt < 60_000) return;
+    this.lastForgottenLogAt = now;
+    this.options.logger?.warn(
+      { code: 'EB_ERR_INGRESS_OVERLOADED', forgotten: this.counters.unstoredForgotten },
+      'too many unstored first sends to remember: the DUP resend of the oldest is checked against the dedup index and may be taken for a retransmit (logged at most once a minute)',
+    );
+  }
+
   close(): void {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;

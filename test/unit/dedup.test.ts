@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { dedupMark, UnstoredSends, type PublishIdentity } from '../../src/ingress/dedup.js';
+import { dedupMark, type PublishIdentity } from '../../src/ingress/dedup.js';
+import { UnstoredSends } from '../../src/log/unstored-sends.js';
 import { compileRoute } from '../../src/ingress/routes.js';
 
 const route = compileRoute({
@@ -80,6 +81,18 @@ describe('dedup identity', () => {
     expect(strings.map((m) => m.mode)).toEqual(['check', 'check', 'check']);
     expect(new Set(strings.map((m) => m.key.toString('hex'))).size).toBe(3);
     expect(dedupMark(route, 'd1', publish(reading(Number.MAX_SAFE_INTEGER)))!.mode).toBe('check');
+  });
+
+  it('takes identity only from values JSON carries exactly: strings, booleans, safe integers', () => {
+    const mode = (seq: string) => dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":${seq}}`))!.mode;
+    expect(['"a"', 'true', '-5', '0', '42'].map(mode)).toEqual(['check', 'check', 'check', 'check', 'check']);
+    // rounded or unbounded: 1e400 and 2e400 are both Infinity; a fraction may be rounded; nested
+    // values may hold either (and a deeply nested one must not crash the key encoding)
+    const deep = `${'['.repeat(30_000)}1${']'.repeat(30_000)}`;
+    for (const seq of ['1e400', '-1e400', '2.5', '[1541815603606036480]', '{"b":1}', deep]) {
+      expect(mode(seq), seq.slice(0, 20)).toBe('remember');
+    }
+    expect(dedupMark(route, 'd1', publish(reading(-1)))!.key.equals(dedupMark(route, 'd1', publish(reading(1)))!.key)).toBe(false);
   });
 });
 
