@@ -96,6 +96,18 @@ async function ingressOnLog(dir: string, cleanup: (fn: () => unknown) => void, m
   };
 }
 
+/** A door sensor's packet 1 "OPEN", DUP or not. */
+const open = (dup: boolean) => ({ cmd: 'publish', topic: 'devices/door-1/telemetry', payload: Buffer.from('OPEN'), qos: 1, messageId: 1, dup, retain: false }) as Packet;
+
+/** The door sensor connects, sends packet 1 "OPEN", is acknowledged and disconnects. */
+async function doorOpensInTheMorning(port: number): Promise<void> {
+  const morning = rawPipe(port);
+  morning.send(connectPacket('door-1'), open(false));
+  await vi.waitFor(() => expect(morning.acked(1)).toBe(true), { timeout: 30_000 });
+  morning.socket.destroy();
+  await morning.closed;
+}
+
 describe('MQTT ingress', () => {
   const tmp = useTmpDirs();
   const cleanup = useCleanups();
@@ -176,12 +188,7 @@ describe('MQTT ingress', () => {
     // The second first-send is refused (the disk was full): its DUP resend is a new reading, not a
     // retransmit of the first one that is still in the retransmit window.
     const gw = await ingressOnLog(tmp(), cleanup);
-    const open = (dup: boolean) => ({ cmd: 'publish', topic: 'devices/door-1/telemetry', payload: Buffer.from('OPEN'), qos: 1, messageId: 1, dup, retain: false }) as Packet;
-    const morning = rawPipe(gw.port);
-    morning.send(connectPacket('door-1'), open(false));
-    await vi.waitFor(() => expect(morning.acked(1)).toBe(true), { timeout: 30_000 });
-    morning.socket.destroy();
-    await morning.closed;
+    await doorOpensInTheMorning(gw.port);
     gw.failWrites(1);
     const noon = rawPipe(gw.port);
     noon.send(connectPacket('door-1'), open(false));
@@ -200,12 +207,7 @@ describe('MQTT ingress', () => {
     // and resends with DUP on a new one before the waiting send is dropped as abandoned: the
     // resend must be decided after that, not taken for a retransmit of the morning's OPEN.
     const gw = await ingressOnLog(tmp(), cleanup);
-    const open = (dup: boolean) => ({ cmd: 'publish', topic: 'devices/door-1/telemetry', payload: Buffer.from('OPEN'), qos: 1, messageId: 1, dup, retain: false }) as Packet;
-    const morning = rawPipe(gw.port);
-    morning.send(connectPacket('door-1'), open(false));
-    await vi.waitFor(() => expect(morning.acked(1)).toBe(true), { timeout: 30_000 });
-    morning.socket.destroy();
-    await morning.closed;
+    await doorOpensInTheMorning(gw.port);
     gw.full(true);
     const noon = rawPipe(gw.port);
     noon.send(connectPacket('door-1'), open(false));
