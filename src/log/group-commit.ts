@@ -291,11 +291,16 @@ export class GroupCommit implements AppendSink {
     if (owner !== undefined) this.refusedOwners.add(owner);
   }
 
-  /** Entries whose connection closed are never acknowledged: the device sends them again. */
+  /**
+   * QoS 1/2 entries whose connection closed cannot be acknowledged any more: they are dropped and
+   * the device sends them again, in order. QoS 0 ones are kept: nothing would resend them, and a
+   * sensor that wakes, publishes QoS 0 and disconnects at once would otherwise lose every reading.
+   */
   private dropAbandoned(): void {
-    if (!this.pending.some((p) => p.owner?.closed === true)) return;
-    const abandoned = this.pending.filter((p) => p.owner?.closed === true);
-    this.pending = this.pending.filter((p) => p.owner?.closed !== true);
+    const isAbandoned = (p: Pending) => p.owner?.closed === true && p.entry.qos > 0;
+    if (!this.pending.some(isAbandoned)) return;
+    const abandoned = this.pending.filter(isAbandoned);
+    this.pending = this.pending.filter((p) => !isAbandoned(p));
     for (const p of abandoned) {
       this.pendingBytes -= p.bytes;
       this.counters.abandoned++;
@@ -398,10 +403,9 @@ export class GroupCommit implements AppendSink {
     }
   }
 
-  /** Flushes what is in flight and refuses new appends. Held groups are failed (not acknowledged). */
   private reportForgotten(): void {
     this.counters.unstoredForgotten++;
-    const now = this.clock();
+    const now = Date.now();
     if (now - this.lastForgottenLogAt < 60_000) return;
     this.lastForgottenLogAt = now;
     this.options.logger?.warn(
@@ -410,6 +414,7 @@ export class GroupCommit implements AppendSink {
     );
   }
 
+  /** Flushes what is in flight and refuses new appends. Held groups are failed (not acknowledged). */
   close(): void {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;

@@ -15,8 +15,6 @@ const MAX_UNSTORED_SENDS = 50_000;
  */
 export class UnstoredSends {
   private readonly keys = new Set<string>();
-  /** Noted first sends forgotten because the bound was reached (their resends are checked). */
-  forgotten = 0;
 
   constructor(private readonly limit = MAX_UNSTORED_SENDS) {}
 
@@ -36,7 +34,6 @@ export class UnstoredSends {
     this.keys.add(id);
     if (this.keys.size <= this.limit) return true;
     this.keys.delete(this.keys.values().next().value!);
-    this.forgotten++;
     return false;
   }
 

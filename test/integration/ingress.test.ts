@@ -267,4 +267,17 @@ describe('MQTT ingress', () => {
     gw.groupCommit.close();
     expect(gw.log.readAfter(0, 10).map((r) => r.deviceId)).toEqual(['a']);
   });
+
+  it('stores a QoS 0 reading sent together with CONNECT and DISCONNECT (a sensor that wakes, publishes and sleeps)', async () => {
+    const gw = await ingressOnLog(tmp(), cleanup);
+    const sensor = rawPipe(gw.port);
+    sensor.send(
+      connectPacket('sleepy-1'),
+      { cmd: 'publish', topic: 'devices/sleepy-1/telemetry', payload: Buffer.from('21.5'), qos: 0, dup: false, retain: false } as Packet,
+      { cmd: 'disconnect' } as Packet,
+    );
+    await sensor.closed;
+    await vi.waitFor(() => expect(gw.stored('sleepy-1')).toEqual(['21.5']), { timeout: 30_000 });
+    expect(gw.groupCommit.counters.abandoned).toBe(0);
+  });
 });

@@ -252,4 +252,25 @@ describe('group commit: dedup and storage limits', () => {
     expect(left[left.length - 1]!.offset).toBe(41);
     log.close();
   });
+
+  it('stores the DUP resend of a first send it refused, also after that resend was refused in turn', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const gc = new GroupCommit(log);
+    const key = Buffer.from('door-1/packet-1/OPEN');
+    const send = (dup: boolean) =>
+      new Promise<Error | number | 'duplicate'>((resolve) =>
+        gc.append({ ...entry('door-1', 1), dedup: { key, mode: dup ? 'check' : 'remember', windowMs: 600_000 } }, (err, result) => resolve(err ?? result!)),
+      );
+    expect(await send(false)).toBe(1); // the morning's OPEN: stored, its key remembered
+    const failing = vi.spyOn(log, 'append').mockImplementation(() => {
+      throw new Error('database or disk is full');
+    });
+    expect(await send(false)).toBeInstanceOf(Error); // noon's OPEN, refused
+    expect(await send(true)).toBeInstanceOf(Error); // its resend (decided: a first send), refused too
+    failing.mockRestore();
+    expect(await send(true)).toBe(2); // the next resend is noon's reading, not a retransmit
+    expect(await send(true)).toBe('duplicate'); // and a retransmit of that one is a retransmit again
+    expect(gc.counters).toMatchObject({ appended: 2, duplicates: 1, unstoredForgotten: 0 });
+    log.close();
+  });
 });
