@@ -451,18 +451,19 @@ export class Forwarder {
     }
   }
 
+  /** Retry after the next delay of capped exponential backoff with jitter. */
+  private backoff(): StepOutcome {
+    return { kind: 'retry', delayMs: backoffDelay(this.attempt++, this.options.retry.initialMs, this.options.retry.maxMs, this.options.random) };
+  }
+
   private async failed(err: unknown): Promise<StepOutcome> {
     if (this.stopping) return { kind: 'idle' };
     this.counters.failures++;
     this.lastError = describeError(err);
-    const backoff = (): StepOutcome => ({
-      kind: 'retry',
-      delayMs: backoffDelay(this.attempt++, this.options.retry.initialMs, this.options.retry.maxMs, this.options.random),
-    });
     if (isLogError(err)) {
       // The log, not Kafka: the producer and its transaction state are fine; retry the log.
       this.trouble('log-error', { err: this.lastError, code: err.code }, 'commit log still failing');
-      return backoff();
+      return this.backoff();
     }
     if (err instanceof RecordRejectedError) return this.isolate(err);
     this.connected = false;
@@ -476,9 +477,9 @@ export class Forwarder {
       // newcomer never gives up, so of two twins exactly one goes on.
       if (!this.claimed) {
         this.trouble('retrying', { err: this.lastError }, 'still fenced while starting: another gateway with this gateway.id is running');
-        return backoff();
+        return this.backoff();
       }
-      if (this.suspectTwin) return backoff();
+      if (this.suspectTwin) return this.backoff();
       this.suspectTwin = true;
       this.options.logger.warn({ err: this.lastError }, 'producer fenced: checking whether another gateway uses this gateway.id');
       return { kind: 'retry', delayMs: 0 };
@@ -486,13 +487,13 @@ export class Forwarder {
     const denied = authorizationFailure(err);
     if (denied !== undefined) {
       this.trouble('unauthorized', { err: this.lastError, denied, requiredAcls: this.options.requiredAcls }, 'kafka still refuses this gateway (ACLs)');
-      return backoff();
+      return this.backoff();
     }
     // Kafka refusing the timestamps of the gateway's own records (the checkpoint, the probe): the
     // clock of this gateway is off, which no retry fixes; say so.
     const clock = rejectionType(err) === 'INVALID_TIMESTAMP' ? { hint: CLOCK_HINT } : {};
     this.trouble('retrying', { err: this.lastError, ...clock }, 'kafka still unreachable');
-    return backoff();
+    return this.backoff();
   }
 
   /**
@@ -505,7 +506,7 @@ export class Forwarder {
     if (err.deadLetter && err.type === 'INVALID_TIMESTAMP') {
       // A dead letter is stamped now: Kafka refusing that is this gateway's clock, not the record.
       this.trouble('retrying', { err: this.lastError, hint: CLOCK_HINT }, 'kafka still refuses the timestamps of this gateway');
-      return { kind: 'retry', delayMs: backoffDelay(this.attempt++, this.options.retry.initialMs, this.options.retry.maxMs, this.options.random) };
+      return this.backoff();
     }
     if (err.deadLetter) {
       if (this.refused) this.refused = { ...this.refused, deadLetterRefused: true };

@@ -3,7 +3,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
-import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, logError, migrate, openDatabase, openError, walBytes } from './database.js';
+import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, limitWal, logError, migrate, openDatabase, openError, walBytes } from './database.js';
 import type { LogEpoch } from './epochs.js';
 
 export { DB_FILE } from './database.js';
@@ -113,10 +113,7 @@ export class CommitLog {
     this.db = openDatabase(this.file, { busyTimeoutMs: options.busyTimeoutMs ?? 1000, moveAsideIfCorrupt: true });
     try {
       checkIfMarkedDamaged(this.db, this.file);
-      this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
-      const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
-      this.db.pragma(`journal_size_limit = ${walLimit}`);
-      this.db.pragma(`wal_autocheckpoint = ${Math.max(16, Math.floor(walLimit / this.pageSize))}`);
+      this.pageSize = limitWal(this.db, options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES);
       migrate(this.db, this.file);
       this.stmts = this.prepare();
       this.logId = this.readOrCreateLogId();

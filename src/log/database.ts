@@ -150,6 +150,18 @@ export function openDatabase(file: string, options: OpenOptions): Database.Datab
 }
 
 /** Runs the schema steps this database has not had yet, each atomically with its version bump. */
+/**
+ * Checkpoints and truncates the WAL at `walLimitBytes` (it counts against storage.maxBytes). Both
+ * connections set it: the forwarder's writes (positions, removals, vacuum) fill the WAL too.
+ * Returns the page size.
+ */
+export function limitWal(db: Database.Database, walLimitBytes: number): number {
+  const pageSize = db.pragma('page_size', { simple: true }) as number;
+  db.pragma(`journal_size_limit = ${walLimitBytes}`);
+  db.pragma(`wal_autocheckpoint = ${Math.max(16, Math.floor(walLimitBytes / pageSize))}`);
+  return pageSize;
+}
+
 export function migrate(db: Database.Database, file: string): void {
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version > SCHEMA_VERSION) {

@@ -8,6 +8,7 @@ import {
   POSITION_DURABLE,
   POSITION_FORWARD,
   SCHEMA_VERSION,
+  limitWal,
   logError,
   openDatabase,
   recordBytes,
@@ -50,7 +51,7 @@ export class LogReader {
   private readonly stmts: ReturnType<LogReader['prepare']>;
   private readonly readInSnapshot: (after: number, maxRecords: number, maxBytes: number) => LogBatch;
   private readonly syncEveryBatch: boolean;
-  private vacuumStepPages = 256;
+  private readonly vacuumStepPages: number;
   private closed = false;
 
   constructor(options: LogReaderOptions) {
@@ -66,11 +67,8 @@ export class LogReader {
         );
       }
       this.db.pragma('synchronous = NORMAL');
-      const pageSize = this.db.pragma('page_size', { simple: true }) as number;
       const walLimit = options.walLimitBytes ?? DEFAULT_WAL_LIMIT_BYTES;
-      // The forwarder's own writes (positions, removals, vacuum) checkpoint the WAL like appends do.
-      this.db.pragma(`journal_size_limit = ${walLimit}`);
-      this.db.pragma(`wal_autocheckpoint = ${Math.max(16, Math.floor(walLimit / pageSize))}`);
+      const pageSize = limitWal(this.db, walLimit);
       // A vacuum step writes the pages it moves to the WAL: a step stays well within its limit.
       this.vacuumStepPages = Math.max(16, Math.min(256, Math.floor(walLimit / pageSize / 2)));
       this.stmts = this.prepare();

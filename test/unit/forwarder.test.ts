@@ -5,7 +5,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { backoffDelay } from '../../src/forward/backoff.js';
 import { Forwarder, type ForwarderOptions } from '../../src/forward/forwarder.js';
 import { RecordRejectedError, type Checkpoint, type ConnectResult, type ForwardBatch, type RecordSink } from '../../src/forward/sink.js';
-import { CommitLog, DB_FILE, type LogRecord } from '../../src/log/commit-log.js';
+import { CommitLog, DB_FILE, type LogEntry, type LogRecord } from '../../src/log/commit-log.js';
 import { LogReader } from '../../src/log/log-reader.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { entry } from '../helpers/entries.js';
@@ -91,6 +91,13 @@ async function until(cond: () => boolean, what: string, ms = 10_000): Promise<vo
 }
 
 const offsets = (records: readonly LogRecord[]) => records.map((r) => r.offset);
+
+/** Opens the log (a new epoch), appends `entries`, closes it again: one gateway run's ingest. */
+function appendInNewOpening(dir: string, entries: LogEntry[]): void {
+  const log = new CommitLog({ dir, synchronous: 'full' });
+  log.append(entries);
+  log.close();
+}
 
 describe('forwarder', () => {
   const tmp = useTmpDirs();
@@ -483,9 +490,7 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     log.append([1, 2, 3].map((i) => entry('old', i)));
     log.close();
     snapshot(dir, backup); // 3 records
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append([4, 5, 6, 7, 8, 9, 10].map((i) => entry('old', i)));
-    log.close();
+    appendInNewOpening(dir, [4, 5, 6, 7, 8, 9, 10].map((i) => entry('old', i)));
     await forwardAll(dir, sink); // Kafka has 1..10
     restore(backup, dir);
     log = new CommitLog({ dir, synchronous: 'full' });
@@ -503,16 +508,14 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     const dir = tmp();
     const backup = tmp();
     const sink = new MemorySink();
-    let log = new CommitLog({ dir, synchronous: 'full' });
+    const log = new CommitLog({ dir, synchronous: 'full' });
     log.append([1, 2, 3].map((i) => entry('old', i)));
     snapshot(dir, backup);
     log.append([4, 5, 6, 7, 8, 9, 10].map((i) => entry('old', i)));
     log.close();
     await forwardAll(dir, sink);
     restore(backup, dir);
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 10 }, (_, i) => entry('new', i + 1)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 10 }, (_, i) => entry('new', i + 1)));
     await forwardAll(dir, sink);
     expect(sink.delivered.filter((r) => r.deviceId === 'new').map((r) => r.offset)).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     expect(sink.delivered).toHaveLength(20);
@@ -522,23 +525,21 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     const dir = tmp();
     const [mid, full] = [tmp(), tmp()];
     const sink = new MemorySink();
-    let log = new CommitLog({ dir, synchronous: 'full' });
+    const log = new CommitLog({ dir, synchronous: 'full' });
     log.append(Array.from({ length: 50 }, (_, i) => entry('a', i + 1)));
     snapshot(dir, mid);
     log.append(Array.from({ length: 50 }, (_, i) => entry('a', i + 51)));
     snapshot(dir, full);
     log.close();
     // Kafka got 1..60 only
-    let reader = new LogReader({ dir, synchronous: 'full' });
-    let fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 60 });
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    const fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 60 });
     await fwd.connect();
     await fwd.step();
     reader.close();
     expect(sink.delivered).toHaveLength(60);
     restore(mid, dir);
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 10 }, (_, i) => entry('b', i + 1))); // offsets 51..60 again
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 10 }, (_, i) => entry('b', i + 1))); // offsets 51..60 again
     await forwardAll(dir, sink);
     restore(full, dir);
     await forwardAll(dir, sink);
@@ -552,27 +553,17 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     const dir = tmp();
     const [b1, b2] = [tmp(), tmp()];
     const sink = new MemorySink();
-    let log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 100 }, (_, i) => entry('a', i + 1)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 100 }, (_, i) => entry('a', i + 1)));
     snapshot(dir, b1); // within epoch 1 (all 100)
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 20 }, (_, i) => entry('a', i + 101)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 20 }, (_, i) => entry('a', i + 101)));
     snapshot(dir, b2); // within epoch 2 (120)
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 30 }, (_, i) => entry('a', i + 121)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 30 }, (_, i) => entry('a', i + 121)));
     await forwardAll(dir, sink); // all 150
     restore(b1, dir);
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 5 }, (_, i) => entry('c', i + 1)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 5 }, (_, i) => entry('c', i + 1)));
     await forwardAll(dir, sink);
     restore(b2, dir);
-    log = new CommitLog({ dir, synchronous: 'full' });
-    log.append(Array.from({ length: 5 }, (_, i) => entry('d', i + 1)));
-    log.close();
+    appendInNewOpening(dir, Array.from({ length: 5 }, (_, i) => entry('d', i + 1)));
     await forwardAll(dir, sink);
     const a = sink.delivered.filter((r) => r.deviceId === 'a').map((r) => r.offset);
     expect(a).toEqual(Array.from({ length: 150 }, (_, i) => i + 1));
