@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
-import type { Config } from './config/schema.js';
+import { mqttListenHost, type Config } from './config/schema.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
 import type { ForwardSettings } from './forward/settings.js';
@@ -142,8 +142,8 @@ export class Gateway {
     });
 
     const ingress = new MqttIngress({
-      host: config.mqtt.host,
-      port: config.mqtt.port,
+      host: mqttListenHost(config.mqtt),
+      port: config.mqtt.port === false ? 0 : config.mqtt.port,
       maxPayloadBytes: config.mqtt.maxPayloadBytes,
       routes,
       sink: groupCommit,

@@ -71,6 +71,57 @@ const route = z
 
 const port = z.number().int().min(0).max(65535);
 
+const tlsListener = z
+  .strictObject({
+    /** Address of the TLS listener (default: like mqtt.host). */
+    host: z.string().min(1).optional(),
+    port: port.default(8883),
+    /** PEM server certificate (chain) and its private key. */
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    /** PEM CA bundle that client certificates must chain to. */
+    caFile: z.string().min(1).optional(),
+    /** Refuse clients without a valid certificate (mutual TLS); needs caFile. */
+    requireCertificate: z.boolean().default(false),
+    /** The certificate's CN is the client's identity (username); no password is asked. */
+    useIdentityAsUsername: z.boolean().default(false),
+  })
+  .superRefine((tls, ctx) => {
+    if (tls.requireCertificate && tls.caFile === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['caFile'], message: 'is required with requireCertificate: the CA that client certificates must chain to' });
+    }
+    if (tls.useIdentityAsUsername && !tls.requireCertificate) {
+      ctx.addIssue({ code: 'custom', path: ['useIdentityAsUsername'], message: 'needs requireCertificate: true (the identity comes from a verified client certificate)' });
+    }
+  });
+
+const kafkaSsl = z.strictObject({
+  /** PEM CA bundle of the brokers' certificates (default: the system's CAs). */
+  caFile: z.string().min(1).optional(),
+  /** PEM client certificate and key, for brokers that require mutual TLS. */
+  certFile: z.string().min(1).optional(),
+  keyFile: z.string().min(1).optional(),
+  /** Verify the brokers' certificates and host names (turn off only for tests). */
+  rejectUnauthorized: z.boolean().default(true),
+  /** Host name to verify instead of the one in kafka.brokers. */
+  servername: z.string().min(1).optional(),
+});
+
+const kafkaSasl = z
+  .strictObject({
+    mechanism: z.enum(['plain', 'scram-sha-256', 'scram-sha-512']),
+    username: z.string().min(1),
+    /** Prefer passwordFile or EDGEBRIDGE_KAFKA_SASL_PASSWORD: config files get copied around. */
+    password: z.string().min(1).optional(),
+    /** File holding the password (trailing newline ignored). */
+    passwordFile: z.string().min(1).optional(),
+  })
+  .superRefine((sasl, ctx) => {
+    if ((sasl.password === undefined) === (sasl.passwordFile === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['password'], message: 'give exactly one of password (or EDGEBRIDGE_KAFKA_SASL_PASSWORD) and passwordFile' });
+    }
+  });
+
 export const configSchema = z.strictObject({
   gateway: z.strictObject({
     /** Stable identity of this gateway: the gateway-id header, and later the transactional id. */
@@ -78,13 +129,58 @@ export const configSchema = z.strictObject({
   }),
   mqtt: z
     .strictObject({
-      host: z.string().min(1).default('0.0.0.0'),
-      port: port.default(1883),
+      /**
+       * Address of the plain TCP listener. Unset: loopback (127.0.0.1) unless authentication is
+       * configured, then every address (0.0.0.0), like Mosquitto 2's local-only default.
+       */
+      host: z.string().min(1).optional(),
+      /** Plain MQTT over TCP; `false` turns the listener off (TLS only). */
+      port: z.union([port, z.literal(false)], { error: 'must be a port number 0-65535, or false to turn the plain TCP listener off' }).default(1883),
       /** Larger publishes are refused (the client is disconnected) so one cannot block forwarding. */
       maxPayloadBytes: bytes(1).default(256 * 1024),
+      tls: tlsListener.optional(),
+      auth: z
+        .strictObject({
+          /** Mosquitto password file (`mosquitto_passwd` or `edgebridge passwd`): `user:$7$...` lines. */
+          passwordFile: z.string().min(1).optional(),
+          /** Mosquitto ACL file: `user`, `topic [read|write|readwrite|deny] T`, `pattern ... %c %u`. */
+          aclFile: z.string().min(1).optional(),
+          /** Accept clients without credentials (no identity: only the ACL file's anonymous lines apply). */
+          allowAnonymous: z.boolean().default(false),
+          /** Failed logins from one address are answered ever more slowly, up to this. */
+          failedLoginMaxDelayMs: duration(0).default(10_000),
+        })
+        .prefault({}),
+      limits: z
+        .strictObject({
+          /** Most concurrent MQTT connections (all listeners); more are closed at once. */
+          maxConnections: z.number().int().min(1).default(10_000),
+          /** Longest topic name or filter, in UTF-8 bytes. */
+          maxTopicBytes: z.number().int().min(16).max(65535).default(1024),
+          /** Most levels in a topic name or filter. */
+          maxTopicLevels: z.number().int().min(1).max(100).default(32),
+          /**
+           * Publishes per second one client may send (token bucket, bursts of one second's worth);
+           * a faster client is slowed (its socket is not read), not disconnected. 0: unlimited.
+           */
+          publishRatePerSecond: z.number().int().min(0).default(1000),
+          /** Inbound QoS 2 publishes of one client awaiting PUBREL; more close the connection. */
+          maxInflightMessages: z.number().int().min(1).max(65535).default(1000),
+          /** Messages queued for one subscriber (offline persistent sessions included); older ones are dropped. */
+          maxQueuedMessages: z.number().int().min(1).default(1000),
+          /** Retained messages kept (local broker traffic); more are refused. */
+          maxRetainedMessages: z.number().int().min(0).default(10_000),
+          /** A connection that sends no CONNECT within this is closed. */
+          connectTimeoutMs: duration(100).default(10_000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   kafka: z.strictObject({
+    /** TLS to the brokers: `true` (system CAs) or files; off by default. */
+    ssl: z.union([z.boolean(), kafkaSsl]).default(false),
+    /** SASL authentication (over TLS unless the brokers' listener is SASL_PLAINTEXT). */
+    sasl: kafkaSasl.optional(),
     brokers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be host:port (IPv6 as [addr]:port)')).min(1),
     clientId: z.string().min(1).optional(),
     connectionTimeoutMs: z.number().int().positive().default(3000),
@@ -165,6 +261,7 @@ export const configSchema = z.strictObject({
     .prefault({}),
 })
   .superRefine((config, ctx) => {
+    checkMqttSecurity(config.mqtt, ctx);
     // A record larger than a transaction may hold could never be forwarded and would block the
     // log behind it: refuse such publishes at the door instead.
     // The log must hold a couple of the largest records next to its WAL (see log/budget.ts):
@@ -186,6 +283,50 @@ export const configSchema = z.strictObject({
       });
     }
   });
+
+/** True for addresses only this machine can reach. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+type MqttConfigDraft = {
+  host?: string | undefined;
+  port: number | false;
+  tls?: { host?: string | undefined; requireCertificate: boolean } | undefined;
+  auth: { passwordFile?: string | undefined; allowAnonymous: boolean };
+};
+
+/** Whether clients must prove who they are: a password file, or client certificates on TLS. */
+export function authenticationConfigured(mqtt: MqttConfigDraft): boolean {
+  return mqtt.auth.passwordFile !== undefined || mqtt.tls?.requireCertificate === true;
+}
+
+/** Where the plain TCP listener binds: mqtt.host, else loopback unless clients must authenticate. */
+export function mqttListenHost(mqtt: MqttConfigDraft): string {
+  return mqtt.host ?? (authenticationConfigured(mqtt) ? '0.0.0.0' : '127.0.0.1');
+}
+
+/**
+ * Mosquitto 2's secure default: without authentication, only this machine may connect. Any other
+ * address needs authentication, or an explicit `allowAnonymous: true`.
+ */
+function checkMqttSecurity(mqtt: MqttConfigDraft, ctx: z.RefinementCtx): void {
+  if (mqtt.port === false && mqtt.tls === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['mqtt', 'port'], message: 'is false and mqtt.tls is not set: the gateway would have no MQTT listener' });
+  }
+  if (authenticationConfigured(mqtt) || mqtt.auth.allowAnonymous) return;
+  const open = [
+    mqtt.port !== false && mqtt.host !== undefined && !isLoopback(mqtt.host) ? ['host', mqtt.host] : undefined,
+    mqtt.tls?.host !== undefined && !isLoopback(mqtt.tls.host) ? ['tls.host', mqtt.tls.host] : undefined,
+  ].filter((x): x is string[] => x !== undefined);
+  for (const [key, host] of open) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['mqtt', ...key!.split('.')],
+      message: `"${host}" lets other machines connect, and no authentication is configured: set mqtt.auth.passwordFile (or mqtt.tls.requireCertificate), or mqtt.auth.allowAnonymous: true to accept anyone`,
+    });
+  }
+}
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;

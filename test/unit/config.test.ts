@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
+import { mqttListenHost } from '../../src/config/schema.js';
 import { EdgebridgeError } from '../../src/errors.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
@@ -40,7 +41,9 @@ describe('config', () => {
   it('accepts the minimal file from the docs and fills in defaults', () => {
     const config = loadConfig(write(MINIMAL), {});
     expect(config.gateway.id).toBe('gw-site-1');
-    expect(config.mqtt).toEqual({ host: '0.0.0.0', port: 1883, maxPayloadBytes: 262144 });
+    expect(config.mqtt).toMatchObject({ port: 1883, maxPayloadBytes: 262144, auth: { allowAnonymous: false } });
+    expect(config.mqtt.host).toBeUndefined();
+    expect(mqttListenHost(config.mqtt)).toBe('127.0.0.1');
     expect(config.kafka.brokers).toEqual(['127.0.0.1:9092']);
     expect(config.kafka.topicDefaults).toEqual({ partitions: 3, replicationFactor: 1 });
     expect(config.storage.synchronous).toBe('full');
@@ -110,7 +113,7 @@ describe('config', () => {
 
   it('rejects wrong types, naming the key path', () => {
     const err = errorOf(() => loadConfig(write(MINIMAL.replace('port: 1883', 'port: "eighteen"')), {}));
-    expect(err.message).toMatch(/mqtt\.port: .*number/);
+    expect(err.message).toMatch(/mqtt\.port: must be a port number/);
     const err2 = errorOf(() => loadConfig(write(MINIMAL.replace('kafka: iot.telemetry', 'kafka: [1]')), {}));
     expect(err2.message).toContain('routes[0].kafka');
   });
@@ -141,6 +144,24 @@ describe('config', () => {
     const err = errorOf(() => loadConfig(write(MINIMAL), { EDGEBRIDGE_MQTT_PORT: 'abc' }));
     expect(err.message).toContain('mqtt.port');
     expect(err.message).toContain('EDGEBRIDGE_MQTT_PORT');
+  });
+
+  it('listens on loopback only unless clients authenticate (Mosquitto 2 default)', () => {
+    const withMqtt = (mqtt: string): string => write(MINIMAL.replace('mqtt:\n  port: 1883', `mqtt:\n  port: 1883\n${mqtt}`));
+    const open = errorOf(() => loadConfig(withMqtt('  host: 0.0.0.0'), {}));
+    expect(open.message).toContain('mqtt.host: "0.0.0.0" lets other machines connect, and no authentication is configured');
+    expect(errorOf(() => loadConfig(write(MINIMAL), { EDGEBRIDGE_MQTT_HOST: '192.168.1.5' })).message).toContain('(set by EDGEBRIDGE_MQTT_HOST)');
+    expect(loadConfig(withMqtt('  host: ::1'), {}).mqtt.host).toBe('::1');
+    const anonymous = loadConfig(withMqtt('  host: 0.0.0.0\n  auth: { allowAnonymous: true }'), {});
+    expect(mqttListenHost(anonymous.mqtt)).toBe('0.0.0.0');
+    const authenticated = loadConfig(withMqtt('  auth: { passwordFile: /etc/edgebridge/passwd }'), {});
+    expect(mqttListenHost(authenticated.mqtt)).toBe('0.0.0.0');
+    const tls = errorOf(() => loadConfig(withMqtt('  tls: { host: 0.0.0.0, certFile: c.pem, keyFile: k.pem, useIdentityAsUsername: true }'), {}));
+    expect(tls.message).toContain('mqtt.tls.useIdentityAsUsername: needs requireCertificate');
+    expect(tls.message).toContain('mqtt.tls.host: "0.0.0.0" lets other machines connect');
+    const mtls = loadConfig(withMqtt('  tls: { certFile: c.pem, keyFile: k.pem, caFile: ca.pem, requireCertificate: true }'), {});
+    expect(mqttListenHost(mtls.mqtt)).toBe('0.0.0.0');
+    expect(errorOf(() => loadConfig(write(MINIMAL.replace('port: 1883', 'port: false')), {})).message).toContain('no MQTT listener');
   });
 
   it('explains an unreadable or malformed file', () => {
