@@ -93,7 +93,8 @@ function edgebridgeTarget(
       const gw = await Gateway.start(
         parseConfig({
           gateway: { id: `bench-${name}` },
-          mqtt: { host: '127.0.0.1', port: 0 },
+          // Load generators run 2-3k msg/s per connection: measure the gateway, not its per-client throttle.
+          mqtt: { host: '127.0.0.1', port: 0, limits: { publishRatePerSecond: 0 } },
           kafka: { brokers },
           storage: { dir, ...storage },
           routes: [{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: topic, ...routeExtra }],

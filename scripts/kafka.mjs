@@ -87,19 +87,24 @@ function kafkaUuid() {
 // parser takes it for an option ("--cluster-id: expected one argument"), so it is always
 // attached with '='.
 
-function writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication }) {
+function writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication, security }) {
   const file = join(dataDir, 'server.properties');
+  const listenerLines = security
+    ? secureListenerLines({ port, controllerPort, security })
+    : [
+        `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+        `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+        'controller.listener.names=CONTROLLER',
+        'inter.broker.listener.name=PLAINTEXT',
+        'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+      ];
   writeFileSync(
     file,
     [
       'process.roles=broker,controller',
       `node.id=${nodeId}`,
       `controller.quorum.voters=${voters.map((v) => `${v.nodeId}@127.0.0.1:${v.controllerPort}`).join(',')}`,
-      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
-      'controller.listener.names=CONTROLLER',
-      'inter.broker.listener.name=PLAINTEXT',
-      'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+      ...listenerLines,
       `log.dirs=${join(dataDir, 'logs')}`,
       // internal topics replicated as far as the cluster allows (1 for a single broker)
       `offsets.topic.replication.factor=${replication}`,
@@ -119,12 +124,15 @@ function writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, 
 }
 
 /** Formats (first time only) and spawns one KRaft node; does not wait for it. */
-function launchNode({ lib, dataDir, nodeId, port, controllerPort, voters, clusterId, replication, heap, detached }) {
+function launchNode({ lib, dataDir, nodeId, port, controllerPort, voters, clusterId, replication, heap, detached, security }) {
   mkdirSync(dataDir, { recursive: true });
-  const props = writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication });
+  const props = writeServerProperties({ dataDir, nodeId, port, controllerPort, voters, replication, security });
   const javaBase = ['-cp', join(lib, '*'), `-Dlog4j2.configurationFile=${LOG4J}`];
   if (!existsSync(join(dataDir, 'logs', 'meta.properties'))) {
-    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', props], {
+    // SCRAM credentials live in the cluster metadata: the secured broker's are written at format
+    // time (KIP-900), so the broker can authenticate its own inter-broker connections at once.
+    const scram = security ? scramFormatArgs(security) : [];
+    const format = spawnSync('java', [...javaBase, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', props, ...scram], {
       encoding: 'utf8',
     });
     if (format.status !== 0) {
@@ -161,10 +169,13 @@ function logTail(logFile) {
   return existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n') : '';
 }
 
-/** Waits until the broker answers metadata requests. */
-export async function waitForKafka(brokers, { timeoutMs = 90_000, isAlive = () => true } = {}) {
+/**
+ * Waits until the broker answers metadata requests. `client`: extra kafkajs options (ssl, sasl)
+ * for a secured broker.
+ */
+export async function waitForKafka(brokers, { timeoutMs = 90_000, isAlive = () => true, client = {} } = {}) {
   const { Kafka, logLevel } = kafkajs;
-  const kafka = new Kafka({ brokers, clientId: 'edgebridge-kafka-wait', logLevel: logLevel.NOTHING, retry: { retries: 0 } });
+  const kafka = new Kafka({ brokers, clientId: 'edgebridge-kafka-wait', logLevel: logLevel.NOTHING, retry: { retries: 0 }, ...client });
   const deadline = Date.now() + timeoutMs;
   let lastErr;
   while (Date.now() < deadline) {
@@ -185,6 +196,16 @@ export async function waitForKafka(brokers, { timeoutMs = 90_000, isAlive = () =
   throw new KafkaSetupError(`Kafka at ${brokers.join(',')} did not become ready in ${timeoutMs} ms: ${lastErr?.message}`);
 }
 
+/** The broker and controller ports: the given ones, free ones for those not given. */
+async function brokerPorts(port, controllerPort) {
+  if (port === undefined || controllerPort === undefined) {
+    const [a, b] = await freePorts(2);
+    port ??= a;
+    controllerPort ??= port === b ? a : b;
+  }
+  return { port, controllerPort };
+}
+
 /**
  * Starts a broker on 127.0.0.1. Reuses `dataDir` when it is already formatted (a restart keeps
  * topics and data, which the fault tests rely on). Resolves once the broker answers.
@@ -192,11 +213,7 @@ export async function waitForKafka(brokers, { timeoutMs = 90_000, isAlive = () =
 export async function startKafka({ dataDir, port, controllerPort, detached = false, heap = '1g' } = {}) {
   const lib = ensureKafkaJars();
   dataDir = resolve(dataDir ?? join(STATE, 'data'));
-  if (port === undefined || controllerPort === undefined) {
-    const [a, b] = await freePorts(2);
-    port ??= a;
-    controllerPort ??= port === b ? a : b;
-  }
+  ({ port, controllerPort } = await brokerPorts(port, controllerPort));
   if (port === controllerPort) throw new KafkaSetupError(`the broker and controller ports must differ (both ${port})`);
   const node = launchNode({
     lib,
@@ -263,6 +280,155 @@ export async function startKafkaCluster({ baseDir, size = 3, heap = '384m' }) {
   };
 }
 
+// --- A secured broker: SASL_SSL, SCRAM and PLAIN users, ACLs enforced --------------------------
+
+function openssl(args, cwd) {
+  const run = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
+  if (run.error || run.status !== 0) {
+    throw new KafkaSetupError(`openssl ${args.join(' ')} failed (is openssl installed?): ${run.error?.message ?? ''}${run.stderr ?? ''}`);
+  }
+}
+
+/**
+ * A throw-away PKI in `dir` (openssl): a CA, and a certificate for the broker signed by it, valid
+ * for IP 127.0.0.1 and DNS localhost. Returns the file names (PEM). `name` prefixes the files, so
+ * a second, unrelated CA (a wrong one, for tests) can live beside the first.
+ */
+export function generateTestPki(dir, name = 'test') {
+  mkdirSync(dir, { recursive: true });
+  const f = (suffix) => join(dir, `${name}-${suffix}`);
+  openssl(
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '30', '-subj', `/CN=edgebridge ${name} CA`,
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
+    dir,
+  );
+  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('broker.key'), '-out', f('broker.csr'), '-subj', '/CN=localhost'], dir);
+  writeFileSync(f('broker.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n');
+  openssl(
+    ['x509', '-req', '-in', f('broker.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', `0x${randomBytes(8).toString('hex')}`,
+      '-days', '30', '-sha256', '-extfile', f('broker.ext'), '-out', f('broker.pem')],
+    dir,
+  );
+  // Kafka's PEM key store (KIP-651): the unencrypted PKCS#8 key, then the certificate chain.
+  const keystore = f('broker-keystore.pem');
+  writeFileSync(keystore, readFileSync(f('broker.key'), 'utf8') + readFileSync(f('broker.pem'), 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
+  return { caFile: f('ca.pem'), caKeyFile: f('ca.key'), certFile: f('broker.pem'), keyFile: f('broker.key'), keystoreFile: keystore };
+}
+
+const jaasQuote = (v) => `"${String(v).replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+
+function scramFormatArgs(security) {
+  const args = [];
+  for (const user of [security.admin, ...security.users]) {
+    for (const mechanism of ['SCRAM-SHA-256', 'SCRAM-SHA-512']) {
+      args.push('--add-scram', `${mechanism}=[name=${user.username},password=${user.password}]`);
+    }
+  }
+  return args;
+}
+
+/**
+ * The listener part of a secured broker's server.properties.
+ *
+ * - Clients, and the broker's own inter-broker traffic, use one SASL_SSL listener. The broker
+ *   logs in to it as the super user `admin` with SCRAM-SHA-512, whose credentials were written at
+ *   format time: no plaintext listener for brokers, and inter-broker requests (transaction
+ *   markers) pass the authorizer as a super user.
+ * - The KRaft controller listener stays PLAINTEXT, bound to 127.0.0.1 only. Its connections have
+ *   the principal User:ANONYMOUS, which must be a super user so that the broker's registration,
+ *   heartbeats and metadata fetches pass the StandardAuthorizer. (SCRAM is no option there:
+ *   KRaft controllers do not take SCRAM on their own listener, KAFKA-15513, since they hold the
+ *   credentials only once the metadata log is read.) Acceptable for a loopback test broker; a
+ *   production cluster puts the controller listener on SSL (or SASL PLAIN) with the brokers'
+ *   principal as its super user.
+ */
+function secureListenerLines({ port, controllerPort, security }) {
+  const { admin, users, tls } = security;
+  const scramJaas = `org.apache.kafka.common.security.scram.ScramLoginModule required username=${jaasQuote(admin.username)} password=${jaasQuote(admin.password)};`;
+  const plainUsers = [admin, ...users].map((u) => `user_${u.username}=${jaasQuote(u.password)}`).join(' ');
+  return [
+    `listeners=SASL_SSL://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+    `advertised.listeners=SASL_SSL://127.0.0.1:${port}`,
+    'controller.listener.names=CONTROLLER',
+    'inter.broker.listener.name=SASL_SSL',
+    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL',
+    'sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN',
+    'sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512',
+    `listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=${scramJaas}`,
+    `listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=${scramJaas}`,
+    `listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=${jaasQuote(admin.username)} password=${jaasQuote(admin.password)} ${plainUsers};`,
+    'ssl.keystore.type=PEM',
+    `ssl.keystore.location=${tls.keystoreFile}`,
+    'ssl.truststore.type=PEM',
+    `ssl.truststore.location=${tls.caFile}`,
+    'ssl.client.auth=none',
+    'authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer',
+    `super.users=User:${admin.username};User:ANONYMOUS`,
+    'allow.everyone.if.no.acl.found=false',
+  ];
+}
+
+/**
+ * Starts a secured single-node KRaft broker on 127.0.0.1: a SASL_SSL listener (PLAIN,
+ * SCRAM-SHA-256 and SCRAM-SHA-512; certificates from a fresh CA in `<dataDir>/tls`), ACLs enforced
+ * by the StandardAuthorizer, a super user `admin` and the given `users` (both SCRAM mechanisms and
+ * PLAIN, each with its password). Resolves once the admin can list topics. `client(user)` gives
+ * kafkajs options (brokers, ssl, sasl) for a user.
+ */
+export async function startSecureKafka({ dataDir, users = [], heap = '384m', detached = false, adminPassword, port, controllerPort } = {}) {
+  const lib = ensureKafkaJars();
+  dataDir = resolve(dataDir ?? join(STATE, 'secure'));
+  const admin = { username: 'admin', password: adminPassword ?? randomBytes(12).toString('hex') };
+  const tlsDir = join(dataDir, 'tls');
+  const tls = existsSync(join(tlsDir, 'test-broker-keystore.pem'))
+    ? { caFile: join(tlsDir, 'test-ca.pem'), keystoreFile: join(tlsDir, 'test-broker-keystore.pem') }
+    : generateTestPki(tlsDir);
+  for (const u of users) {
+    if (!/^[A-Za-z0-9._-]+$/.test(u.username) || !/^[A-Za-z0-9._-]+$/.test(u.password)) {
+      throw new KafkaSetupError(`test user names and passwords are limited to A-Z a-z 0-9 . _ - (${u.username})`);
+    }
+  }
+  const security = { admin, users, tls };
+  ({ port, controllerPort } = await brokerPorts(port, controllerPort));
+  const node = launchNode({
+    lib,
+    dataDir,
+    nodeId: 1,
+    port,
+    controllerPort,
+    voters: [{ nodeId: 1, controllerPort }],
+    clusterId: kafkaUuid(),
+    replication: 1,
+    heap,
+    detached,
+    security,
+  });
+  const brokers = [`127.0.0.1:${port}`];
+  const ca = readFileSync(tls.caFile, 'utf8');
+  const client = (user = admin, mechanism = 'scram-sha-512') => ({
+    brokers,
+    ssl: { ca: [ca] },
+    sasl: { mechanism, username: user.username, password: user.password },
+  });
+  try {
+    const { brokers: _b, ...options } = client();
+    await waitForKafka(brokers, { isAlive: () => !node.exited, client: options });
+  } catch (err) {
+    await node.kill();
+    throw new KafkaSetupError(`${err.message}\n--- ${node.logFile} (last lines) ---\n${logTail(node.logFile)}`);
+  }
+  return {
+    ...node,
+    brokers,
+    caFile: tls.caFile,
+    admin,
+    client,
+    get exited() {
+      return node.exited;
+    },
+  };
+}
+
 function alive(pid) {
   try {
     process.kill(pid, 0);
@@ -310,6 +476,67 @@ async function cliStart() {
   console.log(`kafka ready on ${kafka.brokers[0]} (pid ${kafka.pid}, data ${kafka.dataDir}, log ${kafka.logFile})`);
 }
 
+// `start-secure`: the secured broker for trying kafka.ssl / kafka.sasl by hand. Passwords are made
+// once and kept in .kafka/secure (the broker's SCRAM credentials are written when it is formatted).
+const SECURE = join(STATE, 'secure');
+const SECURE_PID_FILE = join(SECURE, 'kafka.pid');
+
+async function cliStartSecure() {
+  const port = Number(process.env.KAFKA_SECURE_PORT ?? 9094);
+  if (existsSync(SECURE_PID_FILE) && alive(Number(readFileSync(SECURE_PID_FILE, 'utf8')))) {
+    console.log(`secured kafka already running (pid ${readFileSync(SECURE_PID_FILE, 'utf8')}); credentials in ${SECURE}`);
+    return;
+  }
+  mkdirSync(SECURE, { recursive: true });
+  const credentialsFile = join(SECURE, 'credentials.json');
+  const credentials = existsSync(credentialsFile)
+    ? JSON.parse(readFileSync(credentialsFile, 'utf8'))
+    : { admin: randomBytes(12).toString('hex'), edgebridge: randomBytes(12).toString('hex') };
+  writeFileSync(credentialsFile, JSON.stringify(credentials), { mode: 0o600 });
+  const kafka = await startSecureKafka({
+    dataDir: join(SECURE, 'data'),
+    users: [{ username: 'edgebridge', password: credentials.edgebridge }],
+    adminPassword: credentials.admin,
+    port,
+    controllerPort: port + 1,
+    detached: true,
+  });
+  writeFileSync(SECURE_PID_FILE, String(kafka.pid));
+  writeFileSync(join(SECURE, 'edgebridge.password'), `${credentials.edgebridge}\n`, { mode: 0o600 });
+  // a Kafka client config for the Java tools (kafka-acls.sh --command-config, kafka-console-consumer.sh --consumer.config)
+  writeFileSync(
+    join(SECURE, 'admin.properties'),
+    [
+      'security.protocol=SASL_SSL',
+      'sasl.mechanism=SCRAM-SHA-512',
+      `sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="${credentials.admin}";`,
+      'ssl.truststore.type=PEM',
+      `ssl.truststore.location=${kafka.caFile}`,
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  );
+  console.log(
+    [
+      `secured kafka ready on SASL_SSL://${kafka.brokers[0]} (pid ${kafka.pid}, log ${kafka.logFile})`,
+      `  CA file:             ${kafka.caFile}`,
+      `  gateway user:        edgebridge (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN), password in ${join(SECURE, 'edgebridge.password')}`,
+      `  admin client config: ${join(SECURE, 'admin.properties')} (super user admin)`,
+    ].join('\n'),
+  );
+}
+
+async function cliStopSecure() {
+  if (!existsSync(SECURE_PID_FILE)) {
+    console.log('secured kafka is not running (no .kafka/secure/kafka.pid)');
+    return;
+  }
+  const pid = Number(readFileSync(SECURE_PID_FILE, 'utf8'));
+  await stopProcess(pid);
+  rmSync(SECURE_PID_FILE, { force: true });
+  console.log(`secured kafka stopped (pid ${pid})`);
+}
+
 async function cliStop() {
   if (!existsSync(PID_FILE)) {
     console.log('kafka is not running (no .kafka/kafka.pid)');
@@ -323,9 +550,15 @@ async function cliStop() {
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const command = process.argv[2];
-  const run = { start: cliStart, stop: cliStop, jars: async () => console.log(ensureKafkaJars()) }[command];
+  const run = {
+    start: cliStart,
+    stop: cliStop,
+    'start-secure': cliStartSecure,
+    'stop-secure': cliStopSecure,
+    jars: async () => console.log(ensureKafkaJars()),
+  }[command];
   if (!run) {
-    console.error('usage: node scripts/kafka.mjs start|stop|jars');
+    console.error('usage: node scripts/kafka.mjs start|stop|start-secure|stop-secure|jars');
     process.exit(64);
   }
   run().catch((err) => {

@@ -2,9 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadConfig } from './config/load.js';
+import { loadConfig, redactSecrets } from './config/load.js';
+import { registerPasswdCommand } from './cli-passwd.js';
 import { consume } from './consume.js';
 import { EdgebridgeError, describeError } from './errors.js';
+import { readKafkaSecurity } from './forward/kafka-client.js';
 import { Gateway } from './gateway.js';
 import { createLogger } from './logger.js';
 
@@ -60,6 +62,8 @@ program
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    // As Mosquitto: `kill -HUP` (systemctl reload) re-reads the password and ACL files.
+    process.on('SIGHUP', () => gateway.reloadAuth());
   });
 
 program
@@ -68,7 +72,7 @@ program
   .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
   .action((opts: { config: string }) => {
     try {
-      process.stdout.write(stringify(loadConfig(opts.config)));
+      process.stdout.write(stringify(redactSecrets(loadConfig(opts.config))));
     } catch (err) {
       fail(err);
     }
@@ -81,7 +85,7 @@ program
   .option('-g, --group <group>', 'consumer group id (default: a new group per run)')
   .option('--from-beginning', 'start at the earliest offset when the group has no committed offset', false)
   .option('-b, --brokers <list>', 'comma-separated host:port list (default: kafka.brokers of --config)')
-  .option('-c, --config <file>', 'take the brokers from this config file', DEFAULT_CONFIG)
+  .option('-c, --config <file>', 'take the brokers, kafka.ssl and kafka.sasl from this config file', DEFAULT_CONFIG)
   .option('-n, --max-messages <n>', 'exit after this many records', positiveInt)
   .addOption(new Option('--json', 'one JSON object per record, with headers and timestamp').default(false))
   .action(
@@ -93,14 +97,16 @@ program
       config: string;
       maxMessages?: number;
       json: boolean;
-    }) => {
+    }, command: Command) => {
       try {
+        // the config (brokers, TLS, SASL) unless --brokers is given without an explicit --config
+        const config = !opts.brokers || command.getOptionValueSource('config') !== 'default' ? loadConfig(opts.config) : undefined;
         const brokers = opts.brokers
           ? opts.brokers
               .split(',')
               .map((b) => b.trim())
               .filter((b) => b.length > 0)
-          : [...loadConfig(opts.config).kafka.brokers];
+          : [...config!.kafka.brokers];
         const abort = new AbortController();
         process.once('SIGINT', () => abort.abort());
         process.once('SIGTERM', () => abort.abort());
@@ -111,6 +117,7 @@ program
           json: opts.json,
           logger: createLogger(process.env.EDGEBRIDGE_LOG_LEVEL ?? 'warn', 'edgebridge-consume'),
           signal: abort.signal,
+          ...(config === undefined ? {} : { security: readKafkaSecurity(config.kafka) }),
           ...(opts.group === undefined ? {} : { group: opts.group }),
           ...(opts.maxMessages === undefined ? {} : { maxMessages: opts.maxMessages }),
         });
@@ -120,5 +127,7 @@ program
       }
     },
   );
+
+registerPasswdCommand(program);
 
 await program.parseAsync(process.argv);

@@ -1,16 +1,21 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
-import { mqttListenHost, type Config } from './config/schema.js';
+import { authenticationConfigured, isLoopback, mqttListenHost, type Config } from './config/schema.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
+import { readKafkaSecurity } from './forward/kafka-client.js';
 import type { ForwardSettings } from './forward/settings.js';
-import { MqttIngress } from './ingress/mqtt-ingress.js';
+import { AccessPolicy } from './ingress/access.js';
+import { AclFile } from './ingress/auth/acl-file.js';
+import { PasswordFile } from './ingress/auth/password-file.js';
+import { Authenticator } from './ingress/authenticator.js';
+import { MqttIngress, type IngressAddresses, type MqttIngressOptions } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
 import { CommitLog } from './log/commit-log.js';
 import { storageBudget } from './log/budget.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
-import { GroupCommit } from './log/group-commit.js';
+import { GroupCommit, type AppendSink } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
 import { createLogger } from './logger.js';
 import type { GatewayStatus } from './status.js';
@@ -44,6 +49,8 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
       connectionTimeoutMs: config.kafka.connectionTimeoutMs,
       requestTimeoutMs: config.kafka.requestTimeoutMs,
       topicDefaults: config.kafka.topicDefaults,
+      // kafka.ssl / kafka.sasl files read here, in the main thread (EB_ERR_CONFIG_FILE if unreadable)
+      security: readKafkaSecurity(config.kafka),
     },
     topics: [...new Set([...routeTopics, ...log.topics()])],
     checkpointTopic: config.forward.checkpointTopic,
@@ -53,6 +60,45 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
     batchMaxBytes: config.forward.batchMaxBytes,
     commitIntervalMs: config.forward.commitIntervalMs,
     retry: config.forward.retry,
+  };
+}
+
+/**
+ * The MQTT side of the config: listeners, who may log in (password file, client certificates),
+ * what they may touch (own topics, ACL file) and the limits. Reads the password and ACL files.
+ */
+export function ingressOptions(config: Config, routes: RouteTable, sink: AppendSink, logger: Logger): MqttIngressOptions {
+  const { mqtt } = config;
+  const host = mqttListenHost(mqtt);
+  if (!authenticationConfigured(mqtt)) {
+    if (mqtt.auth.allowAnonymous && !isLoopback(host)) {
+      logger.warn({ host }, 'mqtt.auth.allowAnonymous: any client that reaches this address may publish and subscribe without logging in');
+    } else if (!mqtt.auth.allowAnonymous) {
+      logger.info({ host }, 'no MQTT authentication configured (mqtt.auth.passwordFile, mqtt.tls.requireCertificate): listening on loopback only');
+    }
+  }
+  return {
+    tcp: mqtt.port === false ? undefined : { host, port: mqtt.port },
+    tls: mqtt.tls === undefined ? undefined : { ...mqtt.tls, host: mqtt.tls.host ?? host },
+    maxPayloadBytes: mqtt.maxPayloadBytes,
+    routes,
+    sink,
+    logger,
+    ...mqttAuth(config, routes),
+    failedLoginMaxDelayMs: mqtt.auth.failedLoginMaxDelayMs,
+    limits: mqtt.limits,
+  };
+}
+
+/** Who may log in and what they may touch: reads the password and ACL files. */
+function mqttAuth(config: Config, routes: RouteTable): { authenticator: Authenticator; access: AccessPolicy } {
+  const { auth } = config.mqtt;
+  const authenticated = authenticationConfigured(config.mqtt);
+  const passwords = auth.passwordFile === undefined ? undefined : PasswordFile.load(auth.passwordFile);
+  const acl = auth.aclFile === undefined ? undefined : AclFile.load(auth.aclFile);
+  return {
+    authenticator: new Authenticator({ passwords, authenticated, allowAnonymous: auth.allowAnonymous }),
+    access: new AccessPolicy({ routes, acl, authenticated }),
   };
 }
 
@@ -74,7 +120,8 @@ export class Gateway {
     private readonly retention: Retention,
     readonly forwarder: ForwarderThread,
     private readonly ingress: MqttIngress,
-    readonly mqttAddress: AddressInfo,
+    /** Where the MQTT listeners are bound. */
+    readonly mqttAddresses: IngressAddresses,
     private readonly admin: AdminServer | undefined,
     private readonly lock: DirLock,
     /** Where /healthz, /status and /metrics are served (undefined when admin.enabled is false). */
@@ -87,16 +134,26 @@ export class Gateway {
     }
   }
 
+  /** The plain TCP listener's address, else the TLS listener's. */
+  get mqttAddress(): AddressInfo {
+    return (this.mqttAddresses.tcp ?? this.mqttAddresses.tls)!;
+  }
+
   static async start(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
     const logger = options.logger ?? createLogger(config.log.level);
     const routes = new RouteTable(config.routes);
     const lock = lockStorageDir(config.storage.dir);
     const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
-    let log: CommitLog;
+    let log: CommitLog | undefined;
+    let settings: ForwardSettings;
     try {
       log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: budget.walLimitBytes });
       log.pruneTopics(routes.kafkaTopics);
+      // Reads the Kafka TLS and SASL files: a missing one stops the start before anything listens.
+      // The topics of records appended later, under the current routes, are in it already.
+      settings = forwardSettings(config, log);
     } catch (err) {
+      log?.close();
       lock.release();
       throw err;
     }
@@ -141,19 +198,13 @@ export class Gateway {
       logger: logLogger,
     });
 
-    const ingress = new MqttIngress({
-      host: mqttListenHost(config.mqtt),
-      port: config.mqtt.port === false ? 0 : config.mqtt.port,
-      maxPayloadBytes: config.mqtt.maxPayloadBytes,
-      routes,
-      sink: groupCommit,
-      logger: logger.child({ stage: 'ingress' }),
-    });
-    let address: AddressInfo;
+    let ingress: MqttIngress | undefined;
+    let addresses: IngressAddresses;
     let admin: AdminServer | undefined;
     let adminAddress: AddressInfo | undefined;
     try {
-      address = await ingress.start();
+      ingress = new MqttIngress(ingressOptions(config, routes, groupCommit, logger.child({ stage: 'ingress' })));
+      addresses = await ingress.start();
       if (config.admin.enabled) {
         admin = new AdminServer({
           host: config.admin.host,
@@ -165,7 +216,7 @@ export class Gateway {
         adminAddress = await admin.start();
       }
     } catch (err) {
-      await ingress.close();
+      await ingress?.close();
       await admin?.close();
       groupCommit.close();
       retention.close();
@@ -173,9 +224,8 @@ export class Gateway {
       lock.release();
       throw err;
     }
-    // Appends committed before this point are found by the worker when it opens the log; the
-    // topics of records appended later under the current routes are in the settings already.
-    forwarder = new ForwarderThread({ settings: forwardSettings(config, log), logger, onRemoved: () => groupCommit.release() });
+    // Appends committed before this point are found by the worker when it opens the log.
+    forwarder = new ForwarderThread({ settings, logger, onRemoved: () => groupCommit.release() });
     logger.info(
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
@@ -189,7 +239,7 @@ export class Gateway {
       retention,
       forwarder,
       ingress,
-      address,
+      addresses,
       admin,
       lock,
       adminAddress,
@@ -231,7 +281,25 @@ export class Gateway {
       deadLettered: counters.deadLettered,
       droppedRejected: counters.droppedRejected,
       storageBytes,
+      mqtt: this.ingress.refusals(),
     };
+  }
+
+  /**
+   * Re-reads the password and ACL files (SIGHUP). A file that no longer parses leaves the current
+   * ones in force; the error is returned and logged.
+   */
+  reloadAuth(): EdgebridgeError | undefined {
+    try {
+      const { authenticator, access } = mqttAuth(this.config, new RouteTable(this.config.routes));
+      this.ingress.replaceAuth(authenticator, access);
+      this.logger.info({ passwordFile: this.config.mqtt.auth.passwordFile, aclFile: this.config.mqtt.auth.aclFile }, 'MQTT password and ACL files reloaded');
+      return undefined;
+    } catch (err) {
+      const error = err instanceof EdgebridgeError ? err : new EdgebridgeError('EB_ERR_AUTH_FILE', describeError(err), { cause: err });
+      this.logger.error({ code: error.code, err: error.message }, 'MQTT password or ACL file not reloaded: the previous ones stay in force');
+      return error;
+    }
   }
 
   /** Shuts down once; later calls return the same promise. */

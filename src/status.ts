@@ -32,17 +32,48 @@ export interface GatewayStatus {
   readonly deadLettered: number;
   readonly droppedRejected: number;
   readonly storageBytes: number;
+  /** What the MQTT side refused or limited since start (security and limits). */
+  readonly mqtt: MqttRefusals;
+}
+
+/** Counts of MQTT refusals by reason: the `reason` label of edgebridge_mqtt_refused_total. */
+export interface MqttRefusals {
+  /** Logins refused: wrong password, anonymous, no certificate identity. */
+  readonly loginsFailed: number;
+  /** Connections whose client id belongs to another identity. */
+  readonly takeoversRefused: number;
+  /** Publishes outside the client's topics (not stored, not acknowledged). */
+  readonly publishesDenied: number;
+  /** Subscriptions outside the client's topics (0x80). */
+  readonly subscriptionsDenied: number;
+  /** Publishes above mqtt.maxPayloadBytes (cut off at the header when larger still). */
+  readonly oversized: number;
+  /** Topics longer or deeper than mqtt.limits allow. */
+  readonly topicsRefused: number;
+  /** Connections closed for a malformed packet header. */
+  readonly malformedPackets: number;
+  /** Connections refused at mqtt.limits.maxConnections. */
+  readonly connectionsRefused: number;
+  /** Publishes slowed by mqtt.limits.publishRatePerSecond. */
+  readonly publishesThrottled: number;
+  /** Failed TLS handshakes (no or untrusted client certificate). */
+  readonly tlsHandshakesFailed: number;
+  /** Local messages not queued for a subscriber whose queue was full. */
+  readonly queueDropped: number;
+  /** Retained messages not kept at mqtt.limits.maxRetainedMessages. */
+  readonly retainedRefused: number;
 }
 
 /**
  * Whether the gateway can do its job without an operator, and if not, why. Kafka being
  * unreachable is not unhealthy (that is what the log is for); a log that cannot be written, a
- * gateway fenced by a twin, missing ACLs and an unreadable log are.
+ * gateway fenced by a twin, a refused login (SASL, TLS), missing ACLs and an unreadable log are.
  */
 export function healthOf(s: GatewayStatus): { healthy: boolean; status: string; reason?: string } {
   if (s.forwarder === 'fenced') return { healthy: false, status: 'fenced', reason: 'another gateway uses this gateway.id' };
   if (!s.logWritable) return { healthy: false, status: 'log-unwritable', reason: s.logError };
   if (s.forwarder === 'log-error') return { healthy: false, status: 'log-error', reason: s.forwarderError };
+  if (s.forwarder === 'unauthenticated') return { healthy: false, status: 'unauthenticated', reason: s.forwarderError };
   if (s.forwarder === 'unauthorized') return { healthy: false, status: 'unauthorized', reason: s.forwarderError };
   return { healthy: true, status: 'ok' };
 }

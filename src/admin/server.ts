@@ -46,6 +46,16 @@ export class AdminServer {
     totalFrom(registry, 'edgebridge_dropped_expired_total', 'Unforwarded records dropped by storage.maxAge', () => status().droppedExpired);
     totalFrom(registry, 'edgebridge_dead_lettered_total', 'Records Kafka refused for good, written to the dead-letter topic', () => status().deadLettered);
     totalFrom(registry, 'edgebridge_dropped_rejected_total', 'Records Kafka refused for good, dropped (no dead-letter topic)', () => status().droppedRejected);
+    new Counter({
+      name: 'edgebridge_mqtt_refused_total',
+      help: 'MQTT logins, connections, publishes and subscriptions refused or limited, by reason (see /status mqtt)',
+      labelNames: ['reason'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(status().mqtt)) this.inc({ reason }, n);
+      },
+    });
     const gauge = (name: string, help: string, read: () => number) =>
       new Gauge({
         name,

@@ -4,12 +4,19 @@ import type { z } from 'zod';
 import { EdgebridgeError } from '../errors.js';
 import { configSchema, type Config } from './schema.js';
 
-/** Environment variables that override single config keys (for containers and systemd units). */
-export const ENV_OVERRIDES: Readonly<Record<string, { path: string[]; parse: (v: string) => unknown }>> = {
+/**
+ * Environment variables that override single config keys (for containers and systemd units).
+ * `replaces`: keys the variable takes the place of, removed when it is set (the password given
+ * in the environment wins over a passwordFile in the file).
+ */
+export const ENV_OVERRIDES: Readonly<Record<string, { path: string[]; parse: (v: string) => unknown; replaces?: string[][] }>> = {
   EDGEBRIDGE_GATEWAY_ID: { path: ['gateway', 'id'], parse: String },
   EDGEBRIDGE_MQTT_HOST: { path: ['mqtt', 'host'], parse: String },
   EDGEBRIDGE_MQTT_PORT: { path: ['mqtt', 'port'], parse: parseNumber },
   EDGEBRIDGE_KAFKA_BROKERS: { path: ['kafka', 'brokers'], parse: parseList },
+  EDGEBRIDGE_KAFKA_SASL_MECHANISM: { path: ['kafka', 'sasl', 'mechanism'], parse: (v) => v.trim().toLowerCase() },
+  EDGEBRIDGE_KAFKA_SASL_USERNAME: { path: ['kafka', 'sasl', 'username'], parse: String },
+  EDGEBRIDGE_KAFKA_SASL_PASSWORD: { path: ['kafka', 'sasl', 'password'], parse: String, replaces: [['kafka', 'sasl', 'passwordFile']] },
   EDGEBRIDGE_STORAGE_DIR: { path: ['storage', 'dir'], parse: String },
   EDGEBRIDGE_STORAGE_SYNCHRONOUS: { path: ['storage', 'synchronous'], parse: String },
   EDGEBRIDGE_LOG_LEVEL: { path: ['log', 'level'], parse: String },
@@ -67,16 +74,20 @@ export function parseConfig(
     throw new EdgebridgeError('EB_ERR_CONFIG_INVALID', `invalid config ${source}: the top level must be a mapping of sections`);
   }
   const envUsed = new Map<string, string>();
-  for (const [name, { path, parse }] of Object.entries(ENV_OVERRIDES)) {
+  for (const [name, { path, parse, replaces = [] }] of Object.entries(ENV_OVERRIDES)) {
     const value = env[name];
     if (value === undefined || value === '') continue;
-    let node = doc;
-    for (const key of path.slice(0, -1)) {
-      const next = node[key];
-      if (next === null || typeof next !== 'object' || Array.isArray(next)) node[key] = {};
-      node = node[key] as Record<string, unknown>;
-    }
-    node[path[path.length - 1]!] = parse(value);
+    const parentOf = (keys: string[]): Record<string, unknown> => {
+      let node = doc;
+      for (const key of keys.slice(0, -1)) {
+        const next = node[key];
+        if (next === null || typeof next !== 'object' || Array.isArray(next)) node[key] = {};
+        node = node[key] as Record<string, unknown>;
+      }
+      return node;
+    };
+    for (const keys of replaces) delete parentOf(keys)[keys[keys.length - 1]!];
+    parentOf(path)[path[path.length - 1]!] = parse(value);
     envUsed.set(path.join('.'), name);
   }
   const result = configSchema.safeParse(doc);
@@ -104,4 +115,14 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     });
   }
   return parseConfig(raw, file, env);
+}
+
+/**
+ * The config as shown to people (`check-config`): secrets replaced by "[redacted]". The file
+ * names of passwordFile, keyFile etc. stay: they are not secrets.
+ */
+export function redactSecrets(config: Config): unknown {
+  const copy = structuredClone(config) as Config & { kafka: { sasl?: { password?: string } } };
+  if (copy.kafka.sasl?.password !== undefined) copy.kafka.sasl.password = '[redacted]';
+  return copy;
 }

@@ -8,12 +8,16 @@ import { backoffDelay } from './backoff.js';
 import { kafkaHistory, resumePosition, type ResumeDecision } from './resume.js';
 import {
   RecordRejectedError,
+  authenticationFailure,
   authorizationFailure,
+  deniedTopics,
+  explainAuthenticationFailure,
   isFencedError,
   rejectionType,
   type Checkpoint,
   type DeadLetter,
   type ForwardBatch,
+  type KafkaIdentity,
   type RecordSink,
 } from './sink.js';
 
@@ -35,12 +39,13 @@ export interface ForwardSource {
   shrink(): boolean;
 }
 
-export const FORWARDER_STATES = ['stopped', 'connecting', 'forwarding', 'retrying', 'unauthorized', 'log-error', 'fenced'] as const;
+export const FORWARDER_STATES = ['stopped', 'connecting', 'forwarding', 'retrying', 'unauthenticated', 'unauthorized', 'log-error', 'fenced'] as const;
 
 /**
- * `retrying`: Kafka unreachable or failing. `unauthorized`: Kafka refuses this gateway for lack of
- * ACLs. `log-error`: the commit log cannot be read or written. `fenced`: another gateway took
- * over this gateway.id; forwarding stopped for good.
+ * `retrying`: Kafka unreachable or failing. `unauthenticated`: Kafka refused the SASL login, or
+ * the TLS connection failed (the broker's certificate cannot be verified). `unauthorized`: Kafka
+ * refuses this gateway for lack of ACLs. `log-error`: the commit log cannot be read or written.
+ * `fenced`: another gateway took over this gateway.id; forwarding stopped for good.
  */
 export type ForwarderState = (typeof FORWARDER_STATES)[number];
 
@@ -77,6 +82,10 @@ export interface ForwarderOptions {
   readonly deadLetter: boolean;
   /** What to grant when Kafka says this gateway is not authorized (shown in the log). */
   readonly requiredAcls?: string;
+  /** Of those, the ones of the resource Kafka refused (its error type; the topics it named). */
+  readonly missingAcls?: (denied: string, topics: readonly string[]) => string | undefined;
+  /** Who this gateway is to Kafka (TLS, CA file, SASL user), to say what to check when a login fails. */
+  readonly kafkaIdentity?: KafkaIdentity;
   /** Called after forwarded records were removed from the log (held appends may now fit). */
   readonly onRemoved?: () => void;
   /** Called after every state change (the worker reports it to the main thread). */
@@ -468,6 +477,19 @@ export class Forwarder {
     if (err instanceof RecordRejectedError) return this.isolate(err);
     this.connected = false;
     await this.sink.reset();
+    const unauthenticated = authenticationFailure(err);
+    if (unauthenticated !== undefined) {
+      // Wrong credentials or an untrusted broker: say which key to fix, keep buffering, and
+      // retry (credentials created on the brokers later are picked up without a restart).
+      const detail = this.lastError;
+      this.lastError = explainAuthenticationFailure(unauthenticated, this.options.kafkaIdentity ?? { tls: false });
+      this.trouble(
+        'unauthenticated',
+        { err: detail, code: unauthenticated.kind === 'sasl' ? 'EB_ERR_FORWARD_AUTHENTICATION' : 'EB_ERR_FORWARD_TLS', reason: unauthenticated.code },
+        'kafka still refuses the login of this gateway (SASL/TLS)',
+      );
+      return this.backoff();
+    }
     if (isFencedError(err)) {
       // A fence is only a suspicion: Kafka also bumps the producer epoch when a transaction
       // outlives transactionTimeoutMs, and a twin checking on us fences us too. Only evidence
@@ -486,7 +508,11 @@ export class Forwarder {
     }
     const denied = authorizationFailure(err);
     if (denied !== undefined) {
-      this.trouble('unauthorized', { err: this.lastError, denied, requiredAcls: this.options.requiredAcls }, 'kafka still refuses this gateway (ACLs)');
+      const missing = this.options.missingAcls?.(denied, deniedTopics(err));
+      const detail = this.lastError;
+      // what /status and /healthz show: which ACL to grant, not kafkajs's wording
+      this.lastError = `kafka refuses this gateway (${denied})${missing ? `: grant ${missing}` : ''}`;
+      this.trouble('unauthorized', { err: detail, denied, missing, requiredAcls: this.options.requiredAcls }, 'kafka still refuses this gateway (ACLs)');
       return this.backoff();
     }
     // Kafka refusing the timestamps of the gateway's own records (the checkpoint, the probe): the
@@ -522,7 +548,7 @@ export class Forwarder {
   }
 
   /** Enters a not-forwarding state (one line), or logs a summary at most once per interval. */
-  private trouble(state: 'retrying' | 'unauthorized' | 'log-error', fields: Record<string, unknown>, summary: string): void {
+  private trouble(state: 'retrying' | 'unauthenticated' | 'unauthorized' | 'log-error', fields: Record<string, unknown>, summary: string): void {
     if (this.stateValue !== state) {
       this.troubleSince = this.clock();
       this.lastSummaryAt = this.clock();
@@ -543,10 +569,14 @@ export class Forwarder {
       case 'retrying':
         logger.warn({ ...fields, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog }, 'kafka unreachable: buffering in the commit log and retrying');
         break;
+      case 'unauthenticated':
+        // fields.code says which: EB_ERR_FORWARD_AUTHENTICATION (SASL) or EB_ERR_FORWARD_TLS
+        logger.error({ ...fields, backlog: this.backlog }, `${this.lastError}. Buffering in the commit log and retrying`);
+        break;
       case 'unauthorized':
         logger.error(
           { ...fields, code: 'EB_ERR_FORWARD_UNAUTHORIZED', backlog: this.backlog },
-          'kafka refuses this gateway: an ACL is missing. Buffering in the commit log and retrying; grant the ACLs listed in requiredAcls',
+          `kafka refuses this gateway (${String(fields.denied)}): an ACL is missing. Buffering in the commit log and retrying; grant the ACLs in missing (kafka-acls.sh arguments; requiredAcls lists all this gateway needs)`,
         );
         break;
       case 'log-error':
@@ -564,7 +594,7 @@ export class Forwarder {
         break;
       case 'forwarding':
         if (previous === 'retrying') logger.info(since, 'kafka reachable again: draining the backlog');
-        else if (previous === 'unauthorized') logger.info(since, 'kafka accepts this gateway again: draining the backlog');
+        else if (previous === 'unauthorized' || previous === 'unauthenticated') logger.info(since, 'kafka accepts this gateway again: draining the backlog');
         else if (previous === 'log-error') logger.info(since, 'the commit log works again: forwarding');
         else logger.info({ backlog: this.backlog }, 'forwarding to kafka');
         break;

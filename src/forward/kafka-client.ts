@@ -1,5 +1,119 @@
-import { Kafka, logLevel, type LogEntry as KafkaLogEntry, type logCreator } from 'kafkajs';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import { Kafka, logLevel, type LogEntry as KafkaLogEntry, type logCreator, type SASLOptions } from 'kafkajs';
 import type { Logger } from 'pino';
+import type { Config } from '../config/schema.js';
+import { EdgebridgeError } from '../errors.js';
+import { keepCoordinatorAuthorizationErrors } from './kafkajs-coordinator.js';
+
+/** TLS options for kafkajs (node:tls), with the PEM files' contents already read. */
+export interface KafkaTls {
+  readonly ca?: string;
+  readonly cert?: string;
+  readonly key?: string;
+  readonly rejectUnauthorized: boolean;
+  readonly servername?: string;
+}
+
+export interface KafkaSasl {
+  readonly mechanism: 'plain' | 'scram-sha-256' | 'scram-sha-512';
+  readonly username: string;
+  readonly password: string;
+}
+
+/**
+ * `kafka.ssl` and `kafka.sasl` resolved: files read, the password in hand. Plain data (the
+ * forwarder's thread receives it by structured clone); never logged.
+ */
+export interface KafkaSecurity {
+  /** false: plaintext connections. */
+  readonly ssl: KafkaTls | false;
+  readonly sasl: KafkaSasl | undefined;
+  /** Where the brokers' CA comes from, for messages: the kafka.ssl.caFile path, else the system's CAs. */
+  readonly caFile: string | undefined;
+}
+
+export const NO_KAFKA_SECURITY: KafkaSecurity = { ssl: false, sasl: undefined, caFile: undefined };
+
+function readConfigFile(key: string, file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `cannot read ${key} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+
+function checkCertificates(key: string, file: string, pem: string): void {
+  const blocks = pem.match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0) {
+    throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `${key} ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  }
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch (err) {
+      throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `${key} ${file} holds a certificate that cannot be parsed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
+
+/**
+ * Reads the files `kafka.ssl` and `kafka.sasl` name (CA bundle, client certificate and key,
+ * password file) and checks them, so that a wrong path or file fails at start with the key and
+ * the file named (EB_ERR_CONFIG_FILE), not later as a Kafka connection error.
+ */
+export function readKafkaSecurity(kafka: Pick<Config['kafka'], 'ssl' | 'sasl'>): KafkaSecurity {
+  let ssl: KafkaTls | false = false;
+  let caFile: string | undefined;
+  if (kafka.ssl !== false) {
+    const options = kafka.ssl === true ? { rejectUnauthorized: true } : kafka.ssl;
+    const tls: { -readonly [K in keyof KafkaTls]: KafkaTls[K] } = { rejectUnauthorized: options.rejectUnauthorized };
+    if ('caFile' in options && options.caFile !== undefined) {
+      caFile = options.caFile;
+      tls.ca = readConfigFile('kafka.ssl.caFile', options.caFile);
+      checkCertificates('kafka.ssl.caFile', options.caFile, tls.ca);
+    }
+    if ('certFile' in options || 'keyFile' in options) {
+      const { certFile, keyFile } = options as { certFile?: string; keyFile?: string };
+      if ((certFile === undefined) !== (keyFile === undefined)) {
+        throw new EdgebridgeError('EB_ERR_CONFIG_FILE', 'kafka.ssl.certFile and kafka.ssl.keyFile go together: give both (mutual TLS) or neither');
+      }
+      if (certFile !== undefined && keyFile !== undefined) {
+        tls.cert = readConfigFile('kafka.ssl.certFile', certFile);
+        checkCertificates('kafka.ssl.certFile', certFile, tls.cert);
+        tls.key = readConfigFile('kafka.ssl.keyFile', keyFile);
+        try {
+          createSecureContext({ cert: tls.cert, key: tls.key });
+        } catch (err) {
+          throw new EdgebridgeError(
+            'EB_ERR_CONFIG_FILE',
+            `kafka.ssl.keyFile ${keyFile} is not an unencrypted PEM private key matching kafka.ssl.certFile ${certFile}: ${(err as Error).message}`,
+            { cause: err },
+          );
+        }
+      }
+    }
+    if ('servername' in options && options.servername !== undefined) tls.servername = options.servername;
+    ssl = tls;
+  }
+  let sasl: KafkaSasl | undefined;
+  if (kafka.sasl !== undefined) {
+    const { mechanism, username, password, passwordFile } = kafka.sasl;
+    let secret = password;
+    if (secret === undefined && passwordFile !== undefined) {
+      secret = readConfigFile('kafka.sasl.passwordFile', passwordFile).replace(/\r?\n$/, '');
+      if (secret === '') throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `kafka.sasl.passwordFile ${passwordFile} is empty`);
+    }
+    if (secret === undefined) {
+      throw new EdgebridgeError('EB_ERR_CONFIG_FILE', 'kafka.sasl has no password: set kafka.sasl.password, kafka.sasl.passwordFile or EDGEBRIDGE_KAFKA_SASL_PASSWORD');
+    }
+    sasl = { mechanism, username, password: secret };
+  }
+  return { ssl, sasl, caFile };
+}
 
 export interface KafkaClientOptions {
   readonly brokers: readonly string[];
@@ -7,6 +121,8 @@ export interface KafkaClientOptions {
   readonly connectionTimeoutMs?: number;
   readonly requestTimeoutMs?: number;
   readonly logger: Logger;
+  /** TLS and SASL (readKafkaSecurity); plaintext without. */
+  readonly security?: KafkaSecurity;
 }
 
 /**
@@ -22,7 +138,21 @@ function pinoLogCreator(logger: Logger): logCreator {
     };
 }
 
+function saslOptions(sasl: KafkaSasl): SASLOptions {
+  // one literal per mechanism: kafkajs's SASLOptions is a union keyed by it
+  switch (sasl.mechanism) {
+    case 'plain':
+      return { mechanism: 'plain', username: sasl.username, password: sasl.password };
+    case 'scram-sha-256':
+      return { mechanism: 'scram-sha-256', username: sasl.username, password: sasl.password };
+    case 'scram-sha-512':
+      return { mechanism: 'scram-sha-512', username: sasl.username, password: sasl.password };
+  }
+}
+
 export function createKafka(options: KafkaClientOptions): Kafka {
+  keepCoordinatorAuthorizationErrors();
+  const security = options.security ?? NO_KAFKA_SECURITY;
   return new Kafka({
     clientId: options.clientId,
     brokers: [...options.brokers],
@@ -32,5 +162,7 @@ export function createKafka(options: KafkaClientOptions): Kafka {
     retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 2000 },
     logLevel: logLevel.INFO,
     logCreator: pinoLogCreator(options.logger),
+    ...(security.ssl === false ? {} : { ssl: { ...security.ssl } }),
+    ...(security.sasl === undefined ? {} : { sasl: saslOptions(security.sasl) }),
   });
 }

@@ -3,6 +3,8 @@ import { Partitioners, type Admin, type Kafka, type Message, type PartitionMetad
 import type { LogRecord } from '../log/commit-log.js';
 import {
   RecordRejectedError,
+  authenticationFailure,
+  authorizationFailure,
   rejectionType,
   type Checkpoint,
   type ConnectResult,
@@ -151,7 +153,17 @@ export class KafkaSink implements RecordSink {
       await consumer.connect();
       await consumer.subscribe({ topic: checkpointTopic, fromBeginning: true });
       let probeSeen: () => void = () => undefined;
-      const reachedProbe = new Promise<void>((resolve) => (probeSeen = resolve));
+      let refused: (err: unknown) => void = () => undefined;
+      const reachedProbe = new Promise<void>((resolve, reject) => {
+        probeSeen = resolve;
+        refused = reject;
+      });
+      // The consumer runs in the background and restarts after a crash: a missing Read ACL (on
+      // the checkpoint topic or the group prefix) would only show as a timeout, much later, and
+      // look like an unreachable Kafka. Such a crash fails the read at once, with Kafka's error.
+      consumer.on(consumer.events.CRASH, ({ payload }) => {
+        if (authorizationFailure(payload.error) !== undefined || authenticationFailure(payload.error) !== undefined) refused(payload.error);
+      });
       await consumer.run({
         autoCommit: false,
         eachMessage: async ({ partition: p, message }) => {

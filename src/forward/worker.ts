@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
 import { LogReader } from '../log/log-reader.js';
+import { REDACT } from '../logger.js';
 import { Forwarder } from './forwarder.js';
 import { createKafka } from './kafka-client.js';
 import { KafkaSink } from './kafka-sink.js';
@@ -19,7 +20,7 @@ const post = (message: FromWorker): void => port.postMessage(message);
 const settings = workerData as ForwardSettings;
 
 // Log lines go to the main thread, which writes them through its own logger: one ordered stream.
-const logger = pino({ level: settings.logLevel }, { write: (line: string) => post({ type: 'log', line }) });
+const logger = pino({ level: settings.logLevel, redact: REDACT }, { write: (line: string) => post({ type: 'log', line }) });
 
 function main(s: ForwardSettings): void {
   const reader = new LogReader({ dir: s.storage.dir, synchronous: s.storage.synchronous, walLimitBytes: s.storage.walLimitBytes });

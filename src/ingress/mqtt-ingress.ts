@@ -1,20 +1,65 @@
-import { createServer, type AddressInfo, type Server } from 'node:net';
-import { Aedes, type Client, type PublishPacket } from 'aedes';
+import { readFileSync } from 'node:fs';
+import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
+import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { describeError } from '../errors.js';
+import { EdgebridgeError, describeError, type ErrorCode } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
+import type { MqttRefusals } from '../status.js';
+import { AccessPolicy, type Principal } from './access.js';
+import { Authenticator, LoginThrottle, type Credentials } from './authenticator.js';
 import { toLogEntry } from './entry.js';
+import { PACKET_HEADROOM_BYTES, PacketSizeGuard, PublishThrottle } from './limits.js';
 import type { RouteMatch, RouteTable } from './routes.js';
+import { SessionStore } from './session-store.js';
 
-export interface MqttIngressOptions {
+export interface TlsListenerOptions {
   readonly host: string;
   readonly port: number;
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly caFile?: string | undefined;
+  readonly requireCertificate: boolean;
+  readonly useIdentityAsUsername: boolean;
+}
+
+export interface IngressLimits {
+  readonly maxConnections: number;
+  readonly maxTopicBytes: number;
+  readonly maxTopicLevels: number;
+  /** 0: unlimited. */
+  readonly publishRatePerSecond: number;
+  readonly maxInflightMessages: number;
+  readonly maxQueuedMessages: number;
+  readonly maxRetainedMessages: number;
+  readonly connectTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: IngressLimits = {
+  maxConnections: 10_000,
+  maxTopicBytes: 1024,
+  maxTopicLevels: 32,
+  publishRatePerSecond: 0,
+  maxInflightMessages: 1000,
+  maxQueuedMessages: 1000,
+  maxRetainedMessages: 10_000,
+  connectTimeoutMs: 10_000,
+};
+
+export interface MqttIngressOptions {
+  /** The plain TCP listener; absent when mqtt.port is false. */
+  readonly tcp?: { readonly host: string; readonly port: number } | undefined;
+  readonly tls?: TlsListenerOptions | undefined;
   readonly routes: RouteTable;
   readonly sink: AppendSink;
   readonly logger: Logger;
   /** Larger publishes are refused: the client is disconnected without an acknowledgement. */
   readonly maxPayloadBytes: number;
+  readonly authenticator?: Authenticator;
+  readonly access?: AccessPolicy;
+  readonly failedLoginMaxDelayMs?: number;
+  readonly limits?: IngressLimits;
 }
 
 export interface IngressCounters {
@@ -28,8 +73,31 @@ export interface IngressCounters {
   refused: number;
   /** Retransmits and replays recognised by dedup: acknowledged, not stored again. */
   duplicates: number;
-  /** Publishes refused for exceeding mqtt.maxPayloadBytes. */
+  /** Publishes refused for exceeding mqtt.maxPayloadBytes (by their header, on any topic). */
   oversized: number;
+  /** Logins refused: wrong password, anonymous, no certificate identity. */
+  loginsFailed: number;
+  /** Connections refused because their client id belongs to another identity's session. */
+  takeoversRefused: number;
+  /** Publishes refused by the ACL (never stored, no acknowledgement, client disconnected). */
+  publishesDenied: number;
+  /** Subscriptions refused by the ACL (return code 0x80). */
+  subscriptionsDenied: number;
+  /** Publishes and subscriptions refused for a topic longer or deeper than mqtt.limits allow. */
+  topicsRefused: number;
+  /** Connections closed for a malformed packet header. */
+  malformedPackets: number;
+  /** Connections refused at mqtt.limits.maxConnections. */
+  connectionsRefused: number;
+  /** Publishes delayed by mqtt.limits.publishRatePerSecond. */
+  publishesThrottled: number;
+  /** TLS handshakes that failed (no or untrusted client certificate, wrong protocol). */
+  tlsHandshakesFailed: number;
+}
+
+export interface IngressAddresses {
+  readonly tcp?: AddressInfo | undefined;
+  readonly tls?: AddressInfo | undefined;
 }
 
 const SYS_PREFIX = '$SYS/';
@@ -39,42 +107,299 @@ function isWill(client: Client | null, packet: PublishPacket): boolean {
   return client !== null && (client as unknown as { will?: unknown }).will === packet;
 }
 
+/** What aedes keeps of a client that the hooks need (not in its type declarations). */
+type ClientInternals = Client & {
+  conn: Socket;
+  _parser: { parse(buf: Buffer): number };
+};
+
+/** One log line per kind of refusal per minute, with the running count: never a flood. */
+class RateLimitedWarn {
+  private readonly lastAt = new Map<string, number>();
+
+  constructor(private readonly logger: Logger) {}
+
+  warn(kind: string, fields: Record<string, unknown>, message: string): void {
+    const now = Date.now();
+    if (now - (this.lastAt.get(kind) ?? -Infinity) < 60_000) return;
+    this.lastAt.set(kind, now);
+    this.logger.warn(fields, `${message}; further ones are counted, logged at most once a minute`);
+  }
+}
+
+function readPem(file: string, key: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new EdgebridgeError('EB_ERR_INGRESS_TLS', `cannot read ${key} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+function refusal(returnCode: number, message: string): Error & { returnCode: number } {
+  return Object.assign(new Error(message), { returnCode });
+}
 
 /**
- * The MQTT listener (aedes, MQTT 3.1.1, QoS 0/1/2). A publish that matches a route is appended to
- * the commit log inside `authorizePublish`: aedes writes PUBACK (QoS 1) or PUBREC (QoS 2) only
- * after that callback, so an acknowledgement is never sent for a message that is not on disk.
- * Publishes that match no route are ordinary broker traffic for local subscribers.
+ * The MQTT listeners (aedes, MQTT 3.1.1, QoS 0/1/2; plain TCP and TLS). A publish that matches a
+ * route is appended to the commit log inside `authorizePublish`: aedes writes PUBACK (QoS 1) or
+ * PUBREC (QoS 2) only after that callback, so an acknowledgement is never sent for a message that
+ * is not on disk. Publishes that match no route are ordinary broker traffic for local subscribers.
+ * Before any of that, a client must log in (authenticator), may only touch the topics the access
+ * policy grants it, and stays within the limits: a packet too large is cut off at its header.
  */
 export class MqttIngress {
-  readonly counters: IngressCounters = { routed: 0, unrouted: 0, qos2Duplicates: 0, refused: 0, duplicates: 0, oversized: 0 };
-  private lastOversizedLogAt = 0;
+  readonly counters: IngressCounters = {
+    routed: 0,
+    unrouted: 0,
+    qos2Duplicates: 0,
+    refused: 0,
+    duplicates: 0,
+    oversized: 0,
+    loginsFailed: 0,
+    takeoversRefused: 0,
+    publishesDenied: 0,
+    subscriptionsDenied: 0,
+    topicsRefused: 0,
+    malformedPackets: 0,
+    connectionsRefused: 0,
+    publishesThrottled: 0,
+    tlsHandshakesFailed: 0,
+  };
   /** Set while the gateway stops: its clients are disconnected, they did not go offline. */
   private closing = false;
   private broker: Aedes | undefined;
-  private server: Server | undefined;
+  private sessions: SessionStore | undefined;
+  private readonly servers: Server[] = [];
+  private readonly warnings: RateLimitedWarn;
+  private readonly limits: IngressLimits;
+  private authenticator: Authenticator;
+  private access: AccessPolicy;
+  private readonly loginThrottle: LoginThrottle;
+  private readonly maxPacketBytes: number;
+  /** Who each connection is, once logged in (a closed client's entry goes with it). */
+  private readonly principals = new WeakMap<Client, Principal>();
+  /** CONNECT details aedes does not pass to `authenticate`. */
+  private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean }>();
+  private readonly throttles = new WeakMap<Client, PublishThrottle>();
+  /**
+   * The identity that owns each client id's session (live, or a persistent one kept for later):
+   * another identity may not take it over. A clean session's entry goes when it disconnects.
+   */
+  private readonly sessionOwners = new Map<string, string | undefined>();
 
-  constructor(private readonly options: MqttIngressOptions) {}
+  constructor(private readonly options: MqttIngressOptions) {
+    this.warnings = new RateLimitedWarn(options.logger);
+    this.limits = options.limits ?? DEFAULT_LIMITS;
+    this.authenticator = options.authenticator ?? new Authenticator({ authenticated: false, allowAnonymous: true });
+    this.access = options.access ?? new AccessPolicy({ routes: options.routes, authenticated: false });
+    this.loginThrottle = new LoginThrottle(options.failedLoginMaxDelayMs ?? 10_000);
+    this.maxPacketBytes = options.maxPayloadBytes + this.limits.maxTopicBytes + PACKET_HEADROOM_BYTES;
+  }
 
-  async start(): Promise<AddressInfo> {
-    const { logger } = this.options;
+  async start(): Promise<IngressAddresses> {
+    const { logger, tcp, tls } = this.options;
+    const limits = this.limits;
+    const sessions = new SessionStore(limits.maxQueuedMessages, limits.maxRetainedMessages);
+    this.sessions = sessions;
     const broker = await Aedes.createBroker({
+      persistence: sessions,
+      preConnect: (client, packet, callback) => {
+        this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false });
+        callback(null, true);
+      },
+      authenticate: (client, username, password, callback) => {
+        this.authenticate(client, username, password).then(
+          () => callback(null, true),
+          (err: Error & { returnCode?: number }) => callback(err as never, false),
+        );
+      },
       authorizePublish: (client, packet, callback) => this.authorizePublish(client, packet, callback),
+      authorizeSubscribe: (client, sub, callback) => this.authorizeSubscribe(client, sub, callback),
+      authorizeForward: (client, packet) => {
+        const who = this.principals.get(client);
+        return who && !this.access.mayReceive(who, packet.topic) ? null : packet;
+      },
       // Device IDs are often MAC- or serial-based and longer than the 23 bytes MQTT 3.1.1 requires
       // brokers to accept at minimum [MQTT-3.1.3-5].
       maxClientsIdLength: 256,
+      maxTopicLevels: limits.maxTopicLevels,
+      maxInflightInbound: limits.maxInflightMessages,
+      connectTimeout: limits.connectTimeoutMs,
     });
     this.broker = broker;
     broker.on('clientError', (client: Client, err: Error) => {
       logger.debug({ clientId: client?.id, err: describeError(err) }, 'mqtt client error');
     });
-    const server = createServer(broker.handle);
-    this.server = server;
-    const address = await listen(server, this.options.host, this.options.port, 'EB_ERR_INGRESS_LISTEN', 'MQTT', (err) =>
-      logger.error({ err: describeError(err) }, 'mqtt listener error'),
+    broker.on('clientDisconnect', (client: Client) => {
+      this.throttles.get(client)?.close();
+      // A clean session ends with its connection; a persistent one stays its owner's.
+      if (client.clean && brokerClients(broker)[client.id] === undefined) this.sessionOwners.delete(client.id);
+    });
+    const handle = (conn: Socket): void => this.accept(broker, conn);
+    const addresses: { tcp?: AddressInfo; tls?: AddressInfo } = {};
+    try {
+      if (tcp) {
+        const server = createTcpServer(handle);
+        addresses.tcp = await this.listen(server, tcp.host, tcp.port, 'MQTT');
+      }
+      if (tls) {
+        const tlsOptions: TlsOptions = {
+          cert: readPem(tls.certFile, 'mqtt.tls.certFile'),
+          key: readPem(tls.keyFile, 'mqtt.tls.keyFile'),
+          minVersion: 'TLSv1.2',
+          handshakeTimeout: limits.connectTimeoutMs,
+          // With a CA, client certificates are asked for; required only with requireCertificate.
+          requestCert: tls.caFile !== undefined,
+          rejectUnauthorized: tls.requireCertificate,
+          ...(tls.caFile === undefined ? {} : { ca: readPem(tls.caFile, 'mqtt.tls.caFile') }),
+        };
+        const server = createTlsServer(tlsOptions, handle);
+        server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
+          this.counters.tlsHandshakesFailed++;
+          this.warnings.warn(
+            'tls',
+            { code: 'EB_ERR_INGRESS_TLS_HANDSHAKE', remoteAddress: socket.remoteAddress, err: describeError(err), total: this.counters.tlsHandshakesFailed },
+            'MQTT TLS handshake failed (no or untrusted client certificate, or not TLS)',
+          );
+        });
+        addresses.tls = await this.listen(server, tls.host, tls.port, 'MQTT over TLS');
+      }
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    return addresses;
+  }
+
+  private async listen(server: Server, host: string, port: number, what: string): Promise<AddressInfo> {
+    const { logger } = this.options;
+    server.maxConnections = this.limits.maxConnections;
+    server.on('drop', () => {
+      this.counters.connectionsRefused++;
+      this.warnings.warn(
+        'connections',
+        { code: 'EB_ERR_INGRESS_LIMIT', maxConnections: this.limits.maxConnections, total: this.counters.connectionsRefused },
+        'connection refused: mqtt.limits.maxConnections reached',
+      );
+    });
+    this.servers.push(server);
+    const address = await listen(server, host, port, 'EB_ERR_INGRESS_LISTEN', what, (err) =>
+      logger.error({ err: describeError(err) }, `${what} listener error`),
     );
-    logger.info({ host: address.address, port: address.port }, 'mqtt listening');
+    logger.info({ host: address.address, port: address.port }, `${what === 'MQTT' ? 'mqtt' : 'mqtt tls'} listening`);
     return address;
+  }
+
+  /** A new connection: aedes gets it behind a guard that cuts off oversized and malformed packets. */
+  private accept(broker: Aedes, conn: Socket): void {
+    // Half-open connections of clients with keepalive 0 are found by TCP keepalive.
+    conn.setKeepAlive(true, 60_000);
+    conn.on('error', () => undefined);
+    const client = broker.handle(conn, undefined as never) as unknown as ClientInternals;
+    const guard = new PacketSizeGuard(this.maxPacketBytes);
+    const parser = client._parser;
+    const parse = parser.parse.bind(parser);
+    parser.parse = (buf: Buffer): number => {
+      const verdict = guard.feed(buf);
+      if (verdict.ok) return parse(buf);
+      if (verdict.reason === 'too-large') {
+        this.counters.oversized++;
+        this.warnings.warn(
+          'oversized',
+          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', remoteAddress: conn.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
+          'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)',
+        );
+      } else {
+        this.counters.malformedPackets++;
+        this.warnings.warn(
+          'malformed',
+          { code: 'EB_ERR_INGRESS_MALFORMED', remoteAddress: conn.remoteAddress, clientId: client.id, total: this.counters.malformedPackets },
+          'malformed MQTT packet header (client disconnected)',
+        );
+      }
+      conn.destroy();
+      return 0;
+    };
+  }
+
+  private async authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    const conn = (client as ClientInternals).conn;
+    const address = conn.remoteAddress ?? 'unknown';
+    const connect = this.connects.get(client);
+    // [MQTT-3.1.3-8]: a zero-length client id asks for a clean session the server names.
+    if (connect?.emptyClientId && !connect.clean) throw refusal(2, 'a zero-length client id needs cleanSession=1');
+    const delayMs = this.loginThrottle.delayMs(address);
+    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+    const tls = this.options.tls;
+    const credentials: Credentials =
+      conn instanceof TLSSocket && tls
+        ? {
+            username,
+            password,
+            tls: {
+              verified: conn.authorized,
+              commonName: conn.authorized ? commonNameOf(conn) : undefined,
+              useIdentityAsUsername: tls.useIdentityAsUsername,
+            },
+          }
+        : { username, password };
+    const result = await this.authenticator.login(credentials);
+    if (!result.ok) {
+      this.counters.loginsFailed++;
+      this.loginThrottle.failed(address);
+      this.warnings.warn(
+        'login',
+        { code: 'EB_ERR_INGRESS_LOGIN', remoteAddress: address, clientId: client.id, username, reason: result.reason, total: this.counters.loginsFailed },
+        `MQTT login refused: ${result.reason}`,
+      );
+      throw refusal(result.returnCode, result.reason);
+    }
+    this.loginThrottle.succeeded(address);
+    const identity = result.username;
+    const live = brokerClients(this.broker)[client.id];
+    const owner = live ? { username: this.principals.get(live)?.username } : this.sessionOwners.has(client.id) ? { username: this.sessionOwners.get(client.id) } : undefined;
+    if ((owner !== undefined && owner.username !== identity) || !this.authenticator.mayUseClientId(client.id, identity)) {
+      this.counters.takeoversRefused++;
+      this.warnings.warn(
+        'takeover',
+        { code: 'EB_ERR_INGRESS_TAKEOVER', remoteAddress: address, clientId: client.id, username: identity, total: this.counters.takeoversRefused },
+        'MQTT connection refused: its client id belongs to another identity\'s session',
+      );
+      throw refusal(5, `client id ${client.id} belongs to another identity`);
+    }
+    this.principals.set(client, { username: identity, clientId: client.id });
+    this.sessionOwners.delete(client.id);
+    this.sessionOwners.set(client.id, identity);
+    if (this.sessionOwners.size > 100_000) this.sessionOwners.delete(this.sessionOwners.keys().next().value!);
+    if (this.limits.publishRatePerSecond > 0) this.throttles.set(client, new PublishThrottle(this.limits.publishRatePerSecond));
+  }
+
+  private topicTooLong(topic: string): boolean {
+    return topic.length > this.limits.maxTopicBytes / 4 && Buffer.byteLength(topic) > this.limits.maxTopicBytes;
+  }
+
+  private authorizeSubscribe(client: Client | null, sub: Subscription, callback: (error: Error | null, subscription?: Subscription | null) => void): void {
+    if (client === null) {
+      callback(null, sub);
+      return;
+    }
+    if (this.topicTooLong(sub.topic)) {
+      this.counters.topicsRefused++;
+      callback(null, null);
+      return;
+    }
+    const who = this.principals.get(client);
+    if (!who || !this.access.maySubscribe(who, sub.topic)) {
+      this.counters.subscriptionsDenied++;
+      this.warnings.warn(
+        'subscribe',
+        { code: 'EB_ERR_INGRESS_DENIED', clientId: client.id, username: who?.username, topic: sub.topic, total: this.counters.subscriptionsDenied },
+        'MQTT subscription denied by the access policy (return code 0x80)',
+      );
+      callback(null, null);
+      return;
+    }
+    callback(null, sub);
   }
 
   private authorizePublish(
@@ -86,30 +411,55 @@ export class MqttIngress {
       callback(new Error(`${SYS_PREFIX} topics are reserved`));
       return;
     }
-    if (this.closing && isWill(client, packet)) {
+    const will = isWill(client, packet);
+    if (this.closing && will) {
       // The gateway is stopping, the device did not go offline: no "offline" wills for every
       // device on each restart (aedes skips a will whose authorization fails).
       callback(new Error('the gateway is stopping: will not published'));
       return;
     }
-    const match = this.options.routes.match(packet.topic);
-    if (match === undefined) {
-      this.counters.unrouted++;
-      callback(null);
+    if (this.topicTooLong(packet.topic)) {
+      this.counters.topicsRefused++;
+      callback(new Error(`topic longer than mqtt.limits.maxTopicBytes (${this.limits.maxTopicBytes})`));
       return;
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
     if (size > this.options.maxPayloadBytes) {
       this.counters.oversized++;
-      const now = Date.now();
-      if (now - this.lastOversizedLogAt > 60_000) {
-        this.lastOversizedLogAt = now;
-        this.options.logger.warn(
-          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
-          'publish larger than mqtt.maxPayloadBytes refused (client disconnected); further ones are counted, logged at most once a minute',
-        );
-      }
+      this.warnings.warn(
+        'oversized',
+        { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
+        'publish larger than mqtt.maxPayloadBytes refused (client disconnected)',
+      );
       callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.options.maxPayloadBytes})`));
+      return;
+    }
+    if (client !== null) {
+      const who = this.principals.get(client);
+      if (!who || !this.access.mayPublish(who, packet.topic)) {
+        this.counters.publishesDenied++;
+        this.warnings.warn(
+          'publish',
+          { code: 'EB_ERR_INGRESS_DENIED', clientId: client.id, username: who?.username, topic: packet.topic, total: this.counters.publishesDenied },
+          'MQTT publish denied by the access policy (not stored, not acknowledged, client disconnected)',
+        );
+        callback(new Error(`not authorized to publish to ${packet.topic}`));
+        return;
+      }
+    }
+    const throttle = client !== null && !will ? this.throttles.get(client) : undefined;
+    if (throttle) {
+      if (throttle.run(() => this.route(client, packet, callback))) this.counters.publishesThrottled++;
+    } else {
+      this.route(client, packet, callback);
+    }
+  }
+
+  private route(client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void): void {
+    const match = this.options.routes.match(packet.topic);
+    if (match === undefined) {
+      this.counters.unrouted++;
+      callback(null);
       return;
     }
     // aedes calls this hook for every PUBLISH, including a QoS 2 retransmission of a packet whose
@@ -170,15 +520,55 @@ export class MqttIngress {
     return this.broker?.connectedClients ?? 0;
   }
 
+  /**
+   * Swaps who may log in and what they may touch (the password and ACL files re-read on SIGHUP,
+   * as Mosquitto does). Connected clients keep their identity; their next publish, subscription
+   * and delivery are judged by the new policy.
+   */
+  replaceAuth(authenticator: Authenticator, access: AccessPolicy): void {
+    this.authenticator = authenticator;
+    this.access = access;
+  }
+
   /** Stops accepting connections and disconnects clients. */
   async close(): Promise<void> {
     this.closing = true;
-    const server = this.server;
+    const servers = this.servers.splice(0);
     const broker = this.broker;
-    this.server = undefined;
     this.broker = undefined;
-    const serverClosed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    const serversClosed = Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
     if (broker) await new Promise<void>((resolve) => broker.close(() => resolve()));
-    await serverClosed;
+    await serversClosed;
   }
+
+  /** What was refused or limited, by reason (for /status and /metrics). */
+  refusals(): MqttRefusals {
+    const c = this.counters;
+    const sessions = this.sessions?.counters;
+    return {
+      loginsFailed: c.loginsFailed,
+      takeoversRefused: c.takeoversRefused,
+      publishesDenied: c.publishesDenied,
+      subscriptionsDenied: c.subscriptionsDenied,
+      oversized: c.oversized,
+      topicsRefused: c.topicsRefused,
+      malformedPackets: c.malformedPackets,
+      connectionsRefused: c.connectionsRefused,
+      publishesThrottled: c.publishesThrottled,
+      tlsHandshakesFailed: c.tlsHandshakesFailed,
+      queueDropped: sessions?.queueDropped ?? 0,
+      retainedRefused: sessions?.retainedRefused ?? 0,
+    };
+  }
+}
+
+/** aedes's live clients by id (not in its type declarations). */
+function brokerClients(broker: Aedes | undefined): Record<string, Client | undefined> {
+  return (broker as unknown as { clients?: Record<string, Client | undefined> } | undefined)?.clients ?? {};
+}
+
+/** The subject CN of a TLS client's verified certificate. */
+function commonNameOf(socket: TLSSocket): string | undefined {
+  const cn = socket.getPeerCertificate().subject?.CN;
+  return Array.isArray(cn) ? undefined : cn || undefined;
 }

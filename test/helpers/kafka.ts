@@ -1,4 +1,7 @@
-import { Kafka, logLevel, type IHeaders } from 'kafkajs';
+import { Kafka, logLevel, type IHeaders, type KafkaConfig } from 'kafkajs';
+
+/** kafkajs options of a secured broker (TLS, SASL); none for the plain test broker. */
+export type KafkaClientSecurity = Pick<KafkaConfig, 'ssl' | 'sasl'>;
 
 export interface ConsumedRecord {
   readonly topic: string;
@@ -10,8 +13,8 @@ export interface ConsumedRecord {
   readonly headers: Record<string, string>;
 }
 
-export function testKafka(brokers: string[]): Kafka {
-  return new Kafka({ brokers, clientId: 'edgebridge-test', logLevel: logLevel.NOTHING });
+export function testKafka(brokers: string[], client: KafkaClientSecurity = {}): Kafka {
+  return new Kafka({ brokers, clientId: 'edgebridge-test', logLevel: logLevel.NOTHING, ...client });
 }
 
 function headersOf(h: IHeaders | undefined): Record<string, string> {
@@ -26,10 +29,15 @@ function headersOf(h: IHeaders | undefined): Record<string, string> {
 export async function consumeAll(
   brokers: string[],
   topic: string,
-  { expected, timeoutMs = 60_000, settleMs = 2_000 }: { expected: number; timeoutMs?: number; settleMs?: number },
+  {
+    expected,
+    timeoutMs = 60_000,
+    settleMs = 2_000,
+    client = {},
+  }: { expected: number; timeoutMs?: number; settleMs?: number; client?: KafkaClientSecurity },
 ): Promise<ConsumedRecord[]> {
-  await waitForTopic(brokers, topic, timeoutMs);
-  const consumer = testKafka(brokers).consumer({
+  await waitForTopic(brokers, topic, timeoutMs, client);
+  const consumer = testKafka(brokers, client).consumer({
     groupId: `test-${topic}-${Math.random().toString(36).slice(2)}`,
     readUncommitted: false,
   });
@@ -76,8 +84,8 @@ export async function consumeAll(
 }
 
 /** The gateway creates its topics in the background; a consumer subscribing earlier would fail. */
-export async function waitForTopic(brokers: string[], topic: string, timeoutMs = 30_000): Promise<void> {
-  const admin = testKafka(brokers).admin();
+export async function waitForTopic(brokers: string[], topic: string, timeoutMs = 30_000, client: KafkaClientSecurity = {}): Promise<void> {
+  const admin = testKafka(brokers, client).admin();
   await admin.connect();
   try {
     const deadline = Date.now() + timeoutMs;

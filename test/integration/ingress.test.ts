@@ -74,8 +74,8 @@ async function ingressOnLog(dir: string, cleanup: (fn: () => unknown) => void, m
   };
   const realPageBytes = log.pageBytes.bind(log);
   log.pageBytes = () => (storageFull ? 2 ** 31 : realPageBytes());
-  const ingress = new MqttIngress({ host: '127.0.0.1', port: 0, maxPayloadBytes: 65536, routes: new RouteTable(config.routes), sink: groupCommit, logger: testLogger() });
-  const { port } = await ingress.start();
+  const ingress = new MqttIngress({ tcp: { host: '127.0.0.1', port: 0 }, maxPayloadBytes: 65536, routes: new RouteTable(config.routes), sink: groupCommit, logger: testLogger() });
+  const port = (await ingress.start()).tcp!.port;
   cleanup(() => ingress.close()); // in the gateway's order: ingress, group commit, log
   cleanup(() => groupCommit.close());
   cleanup(() => log.close());

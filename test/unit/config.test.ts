@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { mqttListenHost } from '../../src/config/schema.js';
-import { EdgebridgeError } from '../../src/errors.js';
 import { useTmpDirs } from '../helpers/tmp.js';
+import { errorOf } from '../helpers/errors.js';
 
 const MINIMAL = `
 gateway:
@@ -20,15 +20,6 @@ routes:
     kafka: iot.telemetry
 `;
 
-function errorOf(fn: () => unknown): EdgebridgeError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(EdgebridgeError);
-    return err as EdgebridgeError;
-  }
-  throw new Error('expected an error');
-}
 
 describe('config', () => {
   const tmp = useTmpDirs();

@@ -24,6 +24,8 @@ class MemorySink implements RecordSink {
   loseAckNext = 0;
   fenceNext = 0;
   unauthorized = false;
+  /** Thrown by connect, as kafkajs does when the SASL login or the TLS handshake fails. */
+  refuseLogin: Error | undefined;
   reject: (r: LogRecord) => string | undefined = () => undefined;
   rejectDeadLetters: () => string | undefined = () => undefined;
   connects = 0;
@@ -34,6 +36,7 @@ class MemorySink implements RecordSink {
   foreignClaim = false;
   async connect(): Promise<ConnectResult> {
     this.connects++;
+    if (this.refuseLogin) throw this.refuseLogin;
     if (this.unauthorized) throw Object.assign(new Error('not authorized'), { type: 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED' });
     return { checkpoint: this.checkpoint, foreignClaim: this.foreignClaim };
   }
@@ -323,6 +326,52 @@ describe('forwarder', () => {
     sink.unauthorized = false;
     expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
     expect(fwd.state).toBe('forwarding');
+    close();
+  });
+
+  it('a refused SASL login or an untrusted broker certificate is one clear line and its own state; forwarding resumes once fixed', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('a', 1), entry('a', 2)]);
+    const lines: { msg: string; level: number; code?: string; reason?: string }[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    const sink = new MemorySink();
+    // kafkajs's shapes: a KafkaJSSASLAuthenticationError; a connection error carrying node:tls's code, wrapped by the retrier
+    sink.refuseLogin = Object.assign(new Error('SASL SCRAM SHA512 authentication failed: Authentication failed during authentication due to invalid credentials'), {
+      name: 'KafkaJSSASLAuthenticationError',
+    });
+    const kafkaIdentity = { tls: true, caFile: '/etc/edgebridge/kafka-ca.pem', username: 'gw-site-1', mechanism: 'scram-sha-512' };
+    const fwd = new Forwarder(reader, sink, { ...options, logger, kafkaIdentity });
+    for (let i = 0; i < 4; i++) expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('unauthenticated');
+    const sasl = lines.filter((l) => l.code === 'EB_ERR_FORWARD_AUTHENTICATION');
+    expect(sasl).toHaveLength(1); // not one per attempt
+    expect(sasl[0]!.level).toBe(50);
+    expect(sasl[0]!.msg).toContain('Kafka refused the SASL login of user "gw-site-1" (mechanism SCRAM-SHA-512): check kafka.sasl');
+    expect(fwd.lastErrorMessage).toContain('check kafka.sasl');
+    expect(sink.delivered).toEqual([]);
+
+    sink.refuseLogin = undefined;
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+    expect(fwd.state).toBe('forwarding');
+    expect(lines.at(-1)?.msg).toBe('kafka accepts this gateway again: draining the backlog');
+
+    log.append([entry('a', 3)]);
+    sink.refuseLogin = Object.assign(new Error('Number of retries exceeded'), {
+      name: 'KafkaJSNumberOfRetriesExceeded',
+      cause: Object.assign(new Error('Connection error: self-signed certificate in certificate chain'), { name: 'KafkaJSConnectionError', code: 'SELF_SIGNED_CERT_IN_CHAIN' }),
+    });
+    sink.failNext = 1; // the connection drops; the reconnect meets a certificate the CA file does not sign
+    expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('retrying');
+    expect((await fwd.step()).kind).toBe('retry');
+    expect(fwd.state).toBe('unauthenticated');
+    const tls = lines.filter((l) => l.code === 'EB_ERR_FORWARD_TLS');
+    expect(tls).toHaveLength(1);
+    expect(tls[0]!.msg).toContain("cannot verify the Kafka broker's certificate (SELF_SIGNED_CERT_IN_CHAIN): it is not signed by a CA in kafka.ssl.caFile (/etc/edgebridge/kafka-ca.pem)");
+    expect(tls[0]!.reason).toBe('SELF_SIGNED_CERT_IN_CHAIN');
+    sink.refuseLogin = undefined;
+    expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+    expect(sink.delivered.map((r) => r.offset)).toEqual([1, 2, 3]);
     close();
   });
 

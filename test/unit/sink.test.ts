@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { parseCheckpoint, toDeadLetterMessage } from '../../src/forward/kafka-sink.js';
-import { authorizationFailure, isFencedError, rejectionType } from '../../src/forward/sink.js';
+import {
+  authenticationFailure,
+  authorizationFailure,
+  deniedTopics,
+  explainAuthenticationFailure,
+  isFencedError,
+  rejectionType,
+} from '../../src/forward/sink.js';
 import { entry } from '../helpers/entries.js';
 
 // kafkajs wraps the broker's error in its retrier's error
@@ -17,6 +24,55 @@ describe('kafka errors, told apart', () => {
     expect(authorizationFailure(wrapped('TRANSACTIONAL_ID_AUTHORIZATION_FAILED'))).toBe('TRANSACTIONAL_ID_AUTHORIZATION_FAILED');
     expect(authorizationFailure(wrapped('TOPIC_AUTHORIZATION_FAILED'))).toBe('TOPIC_AUTHORIZATION_FAILED');
     expect(authorizationFailure(wrapped('LEADER_NOT_AVAILABLE'))).toBeUndefined();
+  });
+
+  it('a refused SASL login and a failed TLS handshake are authentication failures, told apart from an outage', () => {
+    // shapes kafkajs 2.2.4 produced against the secured test broker
+    const sasl = Object.assign(new Error('SASL SCRAM SHA512 authentication failed: Authentication failed during authentication due to invalid credentials'), {
+      name: 'KafkaJSSASLAuthenticationError',
+    });
+    expect(authenticationFailure(sasl)).toMatchObject({ kind: 'sasl', code: 'SASL_AUTHENTICATION_FAILED' });
+    expect(authenticationFailure(wrapped('SASL_AUTHENTICATION_FAILED'))).toMatchObject({ kind: 'sasl' });
+    const tls = (code: string, message: string) =>
+      Object.assign(new Error('retries exceeded'), {
+        name: 'KafkaJSNumberOfRetriesExceeded',
+        cause: Object.assign(new Error(`Connection error: ${message}`), { name: 'KafkaJSConnectionError', code }),
+      });
+    expect(authenticationFailure(tls('SELF_SIGNED_CERT_IN_CHAIN', 'self-signed certificate in certificate chain'))).toMatchObject({
+      kind: 'tls',
+      code: 'SELF_SIGNED_CERT_IN_CHAIN',
+    });
+    expect(authenticationFailure(tls('ECONNREFUSED', 'connect ECONNREFUSED 127.0.0.1:9093'))).toBeUndefined();
+    expect(authenticationFailure(wrapped('TOPIC_AUTHORIZATION_FAILED'))).toBeUndefined();
+    expect(authenticationFailure(Object.assign(new Error('Closed connection'), { name: 'KafkaJSConnectionClosedError' }))).toBeUndefined();
+    // a Kafka protocol error's numeric code is not a TLS code
+    expect(authenticationFailure(Object.assign(new Error('x'), { type: 'NOT_LEADER_FOR_PARTITION', code: 6 }))).toBeUndefined();
+
+    const who = { tls: true, caFile: '/etc/ca.pem', username: 'gw-1', mechanism: 'scram-sha-512' };
+    expect(explainAuthenticationFailure(authenticationFailure(sasl)!, who)).toBe(
+      'Kafka refused the SASL login of user "gw-1" (mechanism SCRAM-SHA-512): check kafka.sasl (username, password or passwordFile, mechanism) and that the user exists on the brokers',
+    );
+    expect(explainAuthenticationFailure(authenticationFailure(tls('UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'unable to verify the first certificate'))!, who)).toBe(
+      "cannot verify the Kafka broker's certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE): it is not signed by a CA in kafka.ssl.caFile (/etc/ca.pem); check kafka.ssl.caFile",
+    );
+    expect(explainAuthenticationFailure({ kind: 'tls', code: 'DEPTH_ZERO_SELF_SIGNED_CERT', detail: '' }, { tls: true })).toContain(
+      "the system's CAs (kafka.ssl.caFile is not set)",
+    );
+    expect(explainAuthenticationFailure({ kind: 'tls', code: 'ERR_TLS_CERT_ALTNAME_INVALID', detail: "Connection error: Host: k1. is not in the cert's altnames" }, who)).toContain(
+      'check kafka.brokers or kafka.ssl.servername',
+    );
+    expect(explainAuthenticationFailure({ kind: 'tls', code: 'ERR_SSL_WRONG_VERSION_NUMBER', detail: '' }, who)).toContain('does not speak TLS');
+    expect(explainAuthenticationFailure({ kind: 'tls', code: 'CERT_HAS_EXPIRED', detail: '' }, who)).toContain('expired');
+  });
+
+  it('the topics a topic authorization failure names', () => {
+    const creation = Object.assign(new Error('Topic creation errors'), {
+      name: 'KafkaJSAggregateError',
+      errors: [Object.assign(new Error('Topic authorization failed'), { type: 'TOPIC_AUTHORIZATION_FAILED', topic: 'iot.telemetry' })],
+    });
+    expect(authorizationFailure(creation)).toBe('TOPIC_AUTHORIZATION_FAILED');
+    expect(deniedTopics(creation)).toEqual(['iot.telemetry']);
+    expect(deniedTopics(wrapped('TOPIC_AUTHORIZATION_FAILED'))).toEqual([]);
   });
 
   it('records refused for good', () => {

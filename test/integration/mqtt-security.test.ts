@@ -1,0 +1,335 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { join } from 'node:path';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { generate } from 'mqtt-packet';
+import { describe, expect, it } from 'vitest';
+import type { ConfigInput } from '../../src/config/schema.js';
+import { addUserToFile } from '../../src/ingress/auth/password-file.js';
+import { makeCa, type TestCa } from '../helpers/certs.js';
+import { kafkaBrokers, startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { consumeAll } from '../helpers/kafka.js';
+import { mosquittoTool } from '../helpers/mosquitto.js';
+import { reading } from '../helpers/publish.js';
+import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
+
+type Outcome = { ok: true; client: MqttClient } | { ok: false; code: number | undefined; message: string };
+
+/** Connects once (no reconnects) and reports CONNACK refusal codes and TLS errors. */
+function tryConnect(url: string, options: IClientOptions = {}): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, ...options });
+    client.once('connect', () => resolve({ ok: true, client }));
+    client.on('error', (err: Error & { code?: number }) => {
+      client.end(true);
+      resolve({ ok: false, code: typeof err.code === 'number' ? err.code : undefined, message: err.message });
+    });
+    client.once('close', () => resolve({ ok: false, code: undefined, message: 'closed' }));
+  });
+}
+
+async function connected(url: string, options: IClientOptions = {}): Promise<MqttClient> {
+  const outcome = await tryConnect(url, options);
+  if (!outcome.ok) throw new Error(`connect failed: ${outcome.message}`);
+  return outcome.client;
+}
+
+/** Resolves when `check` holds, or fails naming `what` after the deadline. */
+async function until(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * Runs a Mosquitto client tool to its end without blocking the event loop (the gateway under test
+ * runs in this process).
+ */
+async function run(tool: 'mosquitto_pub' | 'mosquitto_sub', args: string[], timeoutMs = 20_000): Promise<{ status: number | null; stderr: string }> {
+  const child = spawn(mosquittoTool(tool), args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const [status] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { status, stderr };
+}
+
+/** SUBACK return codes; MQTT.js rejects a SUBACK with a refused (0x80) filter, so both are read here. */
+async function subscribeCodes(client: MqttClient, filters: Record<string, { qos: 0 | 1 | 2 }>): Promise<number[]> {
+  try {
+    return (await client.subscribeAsync(filters)).map((g) => g.qos);
+  } catch (err) {
+    const granted = (err as { packet?: { granted?: number[] } }).packet?.granted;
+    if (!granted) throw err;
+    return granted;
+  }
+}
+
+/** A password file written by Debian's real `mosquitto_passwd`. */
+function mosquittoPasswordFile(dir: string, users: Record<string, string>): string {
+  const file = join(dir, 'passwd');
+  const tool = mosquittoTool('mosquitto_passwd');
+  let first = true;
+  for (const [user, password] of Object.entries(users)) {
+    const r = spawnSync(tool, [...(first ? ['-c'] : []), '-b', file, user, password], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`mosquitto_passwd failed: ${r.stderr}`);
+    first = false;
+  }
+  expect(readFileSync(file, 'utf8')).toMatch(/^dev-1:\$7\$101\$/m);
+  return file;
+}
+
+describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
+  const tmp = useTmpDirs();
+  const cleanup = useCleanups();
+
+  /**
+   * A gateway with the given MQTT config. Unless `forwarding`, its Kafka is unreachable, so that
+   * the commit log keeps every stored record for `stored()` to show (forwarded ones are removed).
+   */
+  async function secureGateway(mqttConfig: Record<string, unknown>, { forwarding = false } = {}) {
+    const dir = tmp();
+    const topic = uniqueName('iot.secure');
+    const overrides = { mqtt: { host: '127.0.0.1', port: 0, ...mqttConfig } } as Partial<ConfigInput>;
+    const gateway = await startTestGateway({ dir, topic, overrides, ...(forwarding ? {} : { brokers: ['127.0.0.1:1'] }) });
+    cleanup(() => gateway.close());
+    const stored = () => gateway.log.readAfter(0, 10_000).map((r) => `${r.deviceId}:${r.payload.toString()}`);
+    return { gateway, topic, stored, counters: () => gateway.status().mqtt };
+  }
+
+  it('with a mosquitto_passwd file: anonymous and wrong passwords are refused, a device publishes only as itself, # is denied', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });
+    const { gateway, topic, counters } = await secureGateway({ auth: { passwordFile } }, { forwarding: true });
+
+    const anonymous = await tryConnect(gateway.url);
+    expect(anonymous).toMatchObject({ ok: false, code: 5 });
+    const wrong = await tryConnect(gateway.url, { username: 'dev-1', password: 'secret-2' });
+    expect(wrong).toMatchObject({ ok: false, code: 4 });
+    expect(counters().loginsFailed).toBe(2);
+
+    const dev1 = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    cleanup(() => dev1.end(true));
+    await dev1.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'b1', 1), { qos: 1 });
+
+    // dev-1 writing into dev-2's topic (e.g. to pre-empt its dedup identity): no PUBACK, disconnected, nothing stored.
+    const closed = new Promise<void>((resolve) => dev1.once('close', () => resolve()));
+    dev1.publish('devices/dev-2/telemetry', reading('dev-2', 'b2', 1), { qos: 1 });
+    await closed;
+    expect(counters().publishesDenied).toBe(1);
+
+    const again = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    cleanup(() => again.end(true));
+    expect(await subscribeCodes(again, { '#': { qos: 1 }, 'devices/dev-2/#': { qos: 1 }, 'devices/dev-1/#': { qos: 1 } })).toEqual([128, 128, 1]);
+    expect(counters().subscriptionsDenied).toBe(2);
+
+    // dev-2's real reading is stored although dev-1 tried to send one with its identity first.
+    const dev2 = await connected(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'dev-2' });
+    cleanup(() => dev2.end(true));
+    await dev2.publishAsync('devices/dev-2/telemetry', reading('dev-2', 'b2', 1, { real: true }), { qos: 1 });
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 2 });
+    expect(records.map((r) => `${r.key}:${r.value.toString()}`).sort()).toEqual([`dev-1:${reading('dev-1', 'b1', 1)}`, `dev-2:${reading('dev-2', 'b2', 1, { real: true })}`]);
+    expect(gateway.status().received).toBe(2);
+  });
+
+  it('works with the real mosquitto_pub and mosquitto_sub (same password file)', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });
+    const { gateway, stored } = await secureGateway({ auth: { passwordFile } });
+    const port = String(gateway.mqttAddress.port);
+    const pub = (user: string, password: string, topic: string, message: string) =>
+      run('mosquitto_pub', ['-h', '127.0.0.1', '-p', port, '-q', '1', '-u', user, '-P', password, '-t', topic, '-m', message]);
+
+    expect((await pub('dev-1', 'secret-1', 'devices/dev-1/telemetry', reading('dev-1', 'm', 1))).status).toBe(0);
+    const wrong = await pub('dev-1', 'nope', 'devices/dev-1/telemetry', reading('dev-1', 'm', 2));
+    expect(wrong.status).not.toBe(0);
+    expect(wrong.stderr).toMatch(/not authori[sz]ed|bad user name or password/i);
+    // A denied QoS 1 publish is never acknowledged: mosquitto_pub sees the connection closed.
+    expect((await pub('dev-1', 'secret-1', 'devices/dev-2/telemetry', reading('dev-2', 'm', 1))).status).not.toBe(0);
+    expect(stored()).toEqual([`dev-1:${reading('dev-1', 'm', 1)}`]);
+
+    // mosquitto_sub on '#' is refused (return code 0x80).
+    const sub = spawn(mosquittoTool('mosquitto_sub'), ['-h', '127.0.0.1', '-p', port, '-u', 'dev-2', '-P', 'secret-2', '-t', '#', '-v', '-d'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    sub.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    sub.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    cleanup(() => sub.kill());
+    await until('mosquitto_sub to get its SUBACK', () => /SUBACK|denied/i.test(output));
+    expect(output).toMatch(/Subscribed \(mid: \d+\): 128|denied/i);
+  });
+
+  it('an ACL file in Mosquitto syntax grants a monitoring user more; deny lines win', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', monitor: 'watch' });
+    const aclFile = join(dir, 'acl');
+    writeFileSync(aclFile, ['# monitoring', 'user monitor', 'topic read devices/#', 'topic deny devices/dev-1/private', '', 'pattern write site/%u/status'].join('\n'));
+    const { gateway, counters } = await secureGateway({ auth: { passwordFile, aclFile } });
+
+    const monitor = await connected(gateway.url, { username: 'monitor', password: 'watch', clientId: 'monitor' });
+    cleanup(() => monitor.end(true));
+    const got: string[] = [];
+    monitor.on('message', (topic) => got.push(topic));
+    expect(await subscribeCodes(monitor, { 'devices/#': { qos: 0 }, '#': { qos: 0 } })).toEqual([0, 128]);
+
+    const dev1 = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    cleanup(() => dev1.end(true));
+    await dev1.publishAsync('devices/dev-1/private', 'p', { qos: 1 }); // its own subtree: allowed, but the monitor may not read it
+    await dev1.publishAsync('site/dev-1/status', 'online', { qos: 1 }); // granted by the pattern line
+    await dev1.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'a', 1), { qos: 1 });
+    await until('the monitor to receive the telemetry', () => got.includes('devices/dev-1/telemetry'));
+    expect(got).toEqual(['devices/dev-1/telemetry']);
+    expect(counters().publishesDenied).toBe(0);
+  });
+
+  it('refuses a second connection with the same client id but another identity; the same identity takes over', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });
+    const { gateway, counters } = await secureGateway({ auth: { passwordFile } });
+    const first = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-a', clean: false });
+    cleanup(() => first.end(true));
+    const thief = await tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'sensor-a', clean: false });
+    expect(thief).toMatchObject({ ok: false, code: 5 });
+    expect(counters().takeoversRefused).toBe(1);
+    expect(first.connected).toBe(true);
+    await first.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'x', 1), { qos: 1 });
+
+    // Its persistent session is still dev-1's after it disconnects.
+    await first.endAsync();
+    expect(await tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'sensor-a', clean: false })).toMatchObject({ ok: false, code: 5 });
+    const back = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-a', clean: false });
+    cleanup(() => back.end(true));
+    const takeover = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-a', clean: false });
+    cleanup(() => takeover.end(true));
+    await until('the older connection of the same identity to be closed', () => !back.connected);
+
+    // A client id that is another user's name cannot be squatted before that device connects.
+    expect(await tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'dev-1', clean: false })).toMatchObject({ ok: false, code: 5 });
+    const own = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    await own.endAsync();
+  });
+
+  it('answers failed logins from one address ever more slowly', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1' });
+    const { gateway, counters } = await secureGateway({ auth: { passwordFile, failedLoginMaxDelayMs: 400 } });
+    const durations: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const started = Date.now();
+      expect(await tryConnect(gateway.url, { username: 'dev-1', password: `guess-${i}` })).toMatchObject({ ok: false, code: 4 });
+      durations.push(Date.now() - started);
+    }
+    expect(counters().loginsFailed).toBe(4);
+    // After 1, 2 and 3 failures the gateway waits 100, 200 and 400 ms (the cap) before answering.
+    expect(durations[1]).toBeGreaterThanOrEqual(100);
+    expect(durations[2]).toBeGreaterThanOrEqual(200);
+    expect(durations[3]).toBeGreaterThanOrEqual(400);
+    // The right password still gets in (after the delay) and resets the count.
+    const ok = await connected(gateway.url, { username: 'dev-1', password: 'secret-1' });
+    await ok.endAsync();
+  });
+
+  it('re-reads the password file on reload (SIGHUP); a broken file leaves the previous one in force', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1' });
+    const { gateway } = await secureGateway({ auth: { passwordFile } });
+    expect(await tryConnect(gateway.url, { username: 'dev-9', password: 'new' })).toMatchObject({ ok: false, code: 4 });
+    addUserToFile(passwordFile, 'dev-9', 'new');
+    expect(gateway.reloadAuth()).toBeUndefined();
+    (await connected(gateway.url, { username: 'dev-9', password: 'new' })).end(true);
+    writeFileSync(passwordFile, 'dev-1 has no hash\n');
+    expect(gateway.reloadAuth()?.code).toBe('EB_ERR_AUTH_FILE');
+    (await connected(gateway.url, { username: 'dev-1', password: 'secret-1' })).end(true);
+  });
+
+  describe('TLS', () => {
+    const certs = (): { ca: TestCa; otherCa: TestCa } => {
+      const dir = tmp();
+      return { ca: makeCa(dir, 'site'), otherCa: makeCa(dir, 'rogue') };
+    };
+
+    it('serves MQTT over TLS; a client that does not trust the server certificate fails', async () => {
+      const { ca, otherCa } = certs();
+      const server = ca.issue('gateway', 'server');
+      const passwordFile = mosquittoPasswordFile(tmp(), { 'dev-1': 'secret-1' });
+      const { gateway, stored } = await secureGateway({ port: false, auth: { passwordFile }, tls: { host: '127.0.0.1', port: 0, ...server } });
+      const url = `mqtts://127.0.0.1:${gateway.mqttAddresses.tls!.port}`;
+      const client = await connected(url, { ca: readFileSync(ca.caFile), username: 'dev-1', password: 'secret-1' });
+      await client.publishAsync('devices/dev-1/telemetry', reading('dev-1', 't', 1), { qos: 1 });
+      await client.endAsync();
+      expect(stored()).toEqual([`dev-1:${reading('dev-1', 't', 1)}`]);
+      const untrusted = await tryConnect(url, { ca: readFileSync(otherCa.caFile), username: 'dev-1', password: 'secret-1' });
+      expect(untrusted.ok).toBe(false);
+      expect((untrusted as { message: string }).message).toMatch(/self[- ]signed|unable to verify|certificate/i);
+      // mosquitto_pub over TLS with the site CA
+      const r = await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(gateway.mqttAddresses.tls!.port), '--cafile', ca.caFile, '-q', '1', '-u', 'dev-1', '-P', 'secret-1', '-t', 'devices/dev-1/telemetry', '-m', reading('dev-1', 't', 2)]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(stored()).toHaveLength(2);
+    });
+
+    it('with requireCertificate and useIdentityAsUsername: the certificate CN is the device identity; no or a foreign certificate fails', async () => {
+      const { ca, otherCa } = certs();
+      const server = ca.issue('gateway', 'server');
+      const dev1 = ca.issue('dev-1', 'client');
+      const rogue = otherCa.issue('dev-1', 'client');
+      const { gateway, stored, counters } = await secureGateway({
+        port: false,
+        tls: { host: '127.0.0.1', port: 0, ...server, caFile: ca.caFile, requireCertificate: true, useIdentityAsUsername: true },
+      });
+      const url = `mqtts://127.0.0.1:${gateway.mqttAddresses.tls!.port}`;
+      const trust = { ca: readFileSync(ca.caFile) };
+      const client = await connected(url, { ...trust, cert: readFileSync(dev1.certFile), key: readFileSync(dev1.keyFile), username: 'dev-2' });
+      await client.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'c', 1), { qos: 1 });
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
+      client.publish('devices/dev-2/telemetry', reading('dev-2', 'c', 1), { qos: 1 }); // the CONNECT username does not count
+      await closed;
+      expect(stored()).toEqual([`dev-1:${reading('dev-1', 'c', 1)}`]);
+
+      expect((await tryConnect(url, trust)).ok).toBe(false);
+      expect((await tryConnect(url, { ...trust, cert: readFileSync(rogue.certFile), key: readFileSync(rogue.keyFile) })).ok).toBe(false);
+      await until('the failed handshakes to be counted', () => counters().tlsHandshakesFailed >= 2);
+      const r = await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(gateway.mqttAddresses.tls!.port), '--cafile', ca.caFile, '--cert', dev1.certFile, '--key', dev1.keyFile, '-q', '1', '-t', 'devices/dev-1/telemetry', '-m', reading('dev-1', 'c', 2)]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(stored()).toHaveLength(2);
+    });
+  });
+
+  it('by default listens on loopback only; MQTT 3.1.1 zero-length client ids: clean=0 refused (0x02), clean=1 given an id', async () => {
+    const dir = tmp();
+    const gateway = await startTestGateway({ dir, topic: uniqueName('iot.default'), overrides: { mqtt: { port: 0 } } });
+    cleanup(() => gateway.close());
+    expect(gateway.mqttAddress.address).toBe('127.0.0.1');
+    // MQTT.js will not send an empty client id with clean=0; a raw CONNECT does.
+    const connack = async (clean: boolean): Promise<number> => {
+      const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      // CONNECT: "MQTT" level 4, flags (cleanSession = 0x02), keepalive 30, client id of length 0
+      const connect = Buffer.from([0x10, 12, 0, 4, 0x4d, 0x51, 0x54, 0x54, 4, clean ? 0x02 : 0x00, 0, 30, 0, 0]);
+      const [data] = (await Promise.all([once(socket, 'data'), socket.write(connect)])) as [[Buffer], boolean];
+      socket.destroy();
+      expect(data[0][0]).toBe(0x20); // CONNACK
+      return data[0][3]!;
+    };
+    expect(await connack(false)).toBe(2);
+    expect(await connack(true)).toBe(0);
+    const clean = await connected(gateway.url, { clientId: '', clean: true });
+    await clean.publishAsync('devices/d/telemetry', 'x', { qos: 1 });
+    await clean.endAsync();
+  });
+
+  it('cuts off a packet whose header announces more than the limit, on any topic, before its body arrives', async () => {
+    const { gateway, counters } = await secureGateway({ maxPayloadBytes: 1024 });
+    const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'big', keepalive: 30 }));
+    // A PUBLISH header announcing 100 MB on an unrouted topic, then only a few bytes of it.
+    socket.write(Buffer.from([0x30, 0x80, 0x80, 0x80, 0x30, 0x00, 0x01, 0x78]));
+    await closed;
+    expect(counters().oversized).toBe(1);
+  });
+});
