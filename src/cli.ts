@@ -7,7 +7,7 @@ import { registerPasswdCommand } from './cli-passwd.js';
 import { consume } from './consume.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { readKafkaSecurity } from './forward/kafka-client.js';
-import { Gateway } from './gateway.js';
+import { Gateway, checkConfigFiles } from './gateway.js';
 import { createLogger } from './logger.js';
 
 const DEFAULT_CONFIG = process.env.EDGEBRIDGE_CONFIG ?? 'config/edgebridge.yaml';
@@ -26,7 +26,8 @@ function positiveInt(value: string): number {
 function fail(err: unknown): never {
   const code = err instanceof EdgebridgeError ? err.code : 'EB_ERR_UNEXPECTED';
   process.stderr.write(`edgebridge: ${code}: ${describeError(err)}\n`);
-  process.exit(err instanceof EdgebridgeError && code.startsWith('EB_ERR_CONFIG') ? 2 : 1);
+  // 2: the config (or a file it names) must be fixed; 1: anything else.
+  process.exit(err instanceof EdgebridgeError && (code.startsWith('EB_ERR_CONFIG') || code === 'EB_ERR_AUTH_FILE') ? 2 : 1);
 }
 
 const program = new Command('edgebridge')
@@ -68,11 +69,13 @@ program
 
 program
   .command('check-config')
-  .description('validate a config file and print it with every default filled in')
+  .description('validate a config file and the files it names, and print it with every default filled in')
   .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
   .action((opts: { config: string }) => {
     try {
-      process.stdout.write(stringify(redactSecrets(loadConfig(opts.config))));
+      const config = loadConfig(opts.config);
+      checkConfigFiles(config);
+      process.stdout.write(stringify(redactSecrets(config)));
     } catch (err) {
       fail(err);
     }

@@ -19,7 +19,6 @@ export const ERROR_CODES = {
   EB_ERR_INGRESS_PAYLOAD_TOO_LARGE: { retryable: false, summary: 'a publish exceeded mqtt.maxPayloadBytes and was refused' },
   EB_ERR_INGRESS_LISTEN: { retryable: false, summary: 'the MQTT listener could not bind its address' },
   EB_ERR_INGRESS_OVERLOADED: { retryable: true, summary: 'storage.maxQueuedRecords or maxQueuedBytes publishes were waiting to be stored; new ones are refused unacknowledged' },
-  EB_ERR_INGRESS_TLS: { retryable: false, summary: 'a file of mqtt.tls (certificate, key, CA) could not be read' },
   EB_ERR_INGRESS_TLS_HANDSHAKE: { retryable: false, summary: 'a TLS handshake on the MQTT listener failed (no or untrusted client certificate, not TLS)' },
   EB_ERR_INGRESS_LOGIN: { retryable: false, summary: 'an MQTT login was refused (wrong password, anonymous, no certificate identity)' },
   EB_ERR_INGRESS_TAKEOVER: { retryable: false, summary: 'an MQTT connection was refused: its client id belongs to another identity' },

@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
 import { authenticationConfigured, isLoopback, mqttListenHost, type Config } from './config/schema.js';
+import { readCertificates, readKeyPair } from './config/files.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
 import { readKafkaSecurity } from './forward/kafka-client.js';
@@ -90,6 +91,21 @@ export function ingressOptions(config: Config, routes: RouteTable, sink: AppendS
   };
 }
 
+/**
+ * Reads and checks every file the config names (password and ACL files, TLS certificates and
+ * keys on both sides, the Kafka password file), as a start would: `check-config` runs it so that
+ * a wrong file is found before the gateway is restarted with it.
+ */
+export function checkConfigFiles(config: Config): void {
+  mqttAuth(config, new RouteTable(config.routes));
+  const { tls } = config.mqtt;
+  if (tls) {
+    readKeyPair({ key: 'mqtt.tls.certFile', file: tls.certFile }, { key: 'mqtt.tls.keyFile', file: tls.keyFile });
+    if (tls.caFile !== undefined) readCertificates('mqtt.tls.caFile', tls.caFile);
+  }
+  readKafkaSecurity(config.kafka);
+}
+
 /** Who may log in and what they may touch: reads the password and ACL files. */
 function mqttAuth(config: Config, routes: RouteTable): { authenticator: Authenticator; access: AccessPolicy } {
   const { auth } = config.mqtt;
@@ -156,6 +172,14 @@ export class Gateway {
       log?.close();
       lock.release();
       throw err;
+    }
+    if (config.kafka.sasl !== undefined && config.kafka.ssl === false) {
+      logger.warn(
+        { mechanism: config.kafka.sasl.mechanism },
+        config.kafka.sasl.mechanism === 'plain'
+          ? 'kafka.sasl PLAIN without kafka.ssl: the Kafka password and all records cross the network in the clear'
+          : 'kafka.sasl without kafka.ssl: records cross the network to Kafka unencrypted',
+      );
     }
     logger.info(
       { file: log.file, lastOffset: log.lastOffset, logId: log.logId, epoch: log.epoch.id, synchronous: config.storage.synchronous },

@@ -1,8 +1,6 @@
-import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
 import { Kafka, logLevel, type LogEntry as KafkaLogEntry, type logCreator, type SASLOptions } from 'kafkajs';
 import type { Logger } from 'pino';
+import { readCertificates, readConfigFile, readKeyPair } from '../config/files.js';
 import type { Config } from '../config/schema.js';
 import { EdgebridgeError } from '../errors.js';
 import { keepCoordinatorAuthorizationErrors } from './kafkajs-coordinator.js';
@@ -36,30 +34,6 @@ export interface KafkaSecurity {
 
 export const NO_KAFKA_SECURITY: KafkaSecurity = { ssl: false, sasl: undefined, caFile: undefined };
 
-function readConfigFile(key: string, file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `cannot read ${key} ${file}: ${(err as Error).message}`, { cause: err });
-  }
-}
-
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
-
-function checkCertificates(key: string, file: string, pem: string): void {
-  const blocks = pem.match(PEM_CERTIFICATE) ?? [];
-  if (blocks.length === 0) {
-    throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `${key} ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
-  }
-  for (const block of blocks) {
-    try {
-      new X509Certificate(block);
-    } catch (err) {
-      throw new EdgebridgeError('EB_ERR_CONFIG_FILE', `${key} ${file} holds a certificate that cannot be parsed: ${(err as Error).message}`, { cause: err });
-    }
-  }
-}
-
 /**
  * Reads the files `kafka.ssl` and `kafka.sasl` name (CA bundle, client certificate and key,
  * password file) and checks them, so that a wrong path or file fails at start with the key and
@@ -73,8 +47,7 @@ export function readKafkaSecurity(kafka: Pick<Config['kafka'], 'ssl' | 'sasl'>):
     const tls: { -readonly [K in keyof KafkaTls]: KafkaTls[K] } = { rejectUnauthorized: options.rejectUnauthorized };
     if ('caFile' in options && options.caFile !== undefined) {
       caFile = options.caFile;
-      tls.ca = readConfigFile('kafka.ssl.caFile', options.caFile);
-      checkCertificates('kafka.ssl.caFile', options.caFile, tls.ca);
+      tls.ca = readCertificates('kafka.ssl.caFile', options.caFile);
     }
     if ('certFile' in options || 'keyFile' in options) {
       const { certFile, keyFile } = options as { certFile?: string; keyFile?: string };
@@ -82,18 +55,9 @@ export function readKafkaSecurity(kafka: Pick<Config['kafka'], 'ssl' | 'sasl'>):
         throw new EdgebridgeError('EB_ERR_CONFIG_FILE', 'kafka.ssl.certFile and kafka.ssl.keyFile go together: give both (mutual TLS) or neither');
       }
       if (certFile !== undefined && keyFile !== undefined) {
-        tls.cert = readConfigFile('kafka.ssl.certFile', certFile);
-        checkCertificates('kafka.ssl.certFile', certFile, tls.cert);
-        tls.key = readConfigFile('kafka.ssl.keyFile', keyFile);
-        try {
-          createSecureContext({ cert: tls.cert, key: tls.key });
-        } catch (err) {
-          throw new EdgebridgeError(
-            'EB_ERR_CONFIG_FILE',
-            `kafka.ssl.keyFile ${keyFile} is not an unencrypted PEM private key matching kafka.ssl.certFile ${certFile}: ${(err as Error).message}`,
-            { cause: err },
-          );
-        }
+        const pair = readKeyPair({ key: 'kafka.ssl.certFile', file: certFile }, { key: 'kafka.ssl.keyFile', file: keyFile });
+        tls.cert = pair.cert;
+        tls.key = pair.key;
       }
     }
     if ('servername' in options && options.servername !== undefined) tls.servername = options.servername;

@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { EdgebridgeError, describeError, type ErrorCode } from '../errors.js';
+import { readCertificates, readKeyPair } from '../config/files.js';
+import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
 import type { MqttRefusals } from '../status.js';
@@ -127,14 +127,6 @@ class RateLimitedWarn {
   }
 }
 
-function readPem(file: string, key: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (err) {
-    throw new EdgebridgeError('EB_ERR_INGRESS_TLS', `cannot read ${key} ${file}: ${(err as Error).message}`, { cause: err });
-  }
-}
-
 function refusal(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode });
 }
@@ -244,14 +236,13 @@ export class MqttIngress {
       }
       if (tls) {
         const tlsOptions: TlsOptions = {
-          cert: readPem(tls.certFile, 'mqtt.tls.certFile'),
-          key: readPem(tls.keyFile, 'mqtt.tls.keyFile'),
+          ...readKeyPair({ key: 'mqtt.tls.certFile', file: tls.certFile }, { key: 'mqtt.tls.keyFile', file: tls.keyFile }),
           minVersion: 'TLSv1.2',
           handshakeTimeout: limits.connectTimeoutMs,
           // With a CA, client certificates are asked for; required only with requireCertificate.
           requestCert: tls.caFile !== undefined,
           rejectUnauthorized: tls.requireCertificate,
-          ...(tls.caFile === undefined ? {} : { ca: readPem(tls.caFile, 'mqtt.tls.caFile') }),
+          ...(tls.caFile === undefined ? {} : { ca: readCertificates('mqtt.tls.caFile', tls.caFile) }),
         };
         const server = createTlsServer(tlsOptions, handle);
         server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
@@ -358,7 +349,7 @@ export class MqttIngress {
     const identity = result.username;
     const live = brokerClients(this.broker)[client.id];
     const owner = live ? { username: this.principals.get(live)?.username } : this.sessionOwners.has(client.id) ? { username: this.sessionOwners.get(client.id) } : undefined;
-    if (false) {
+    if ((owner !== undefined && owner.username !== identity) || !this.authenticator.mayUseClientId(client.id, identity)) {
       this.counters.takeoversRefused++;
       this.warnings.warn(
         'takeover',

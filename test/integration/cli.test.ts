@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import mqtt from 'mqtt';
 import { describe, expect, it } from 'vitest';
+import { makeCa } from '../helpers/certs.js';
 import { kafkaBrokers, startTestGateway, testConfig, uniqueName } from '../helpers/gateway.js';
 import { waitForTopic } from '../helpers/kafka.js';
 import { CLI } from '../helpers/process.js';
@@ -40,6 +41,27 @@ describe('edgebridge CLI', () => {
     expect(stdout).toContain('synchronous: full');
     expect(stdout).toContain('batchMaxRecords: 5000');
     expect(stdout).toContain('checkpointTopic: edgebridge.checkpoints');
+  });
+
+  it('check-config reads the files the config names: a missing password file or a TLS key that does not match its certificate is named', async () => {
+    const dir = tmp();
+    const ca = makeCa(dir, 'cli');
+    const server = ca.issue('gateway', 'server');
+    const other = ca.issue('other', 'server');
+    const write = (mqtt: Record<string, unknown>): string => {
+      const file = join(dir, 'c.yaml');
+      writeFileSync(file, stringify({ ...testConfig({ dir, topic: 't', brokers: ['127.0.0.1:9092'] }), mqtt: { port: 1883, ...mqtt } }));
+      return file;
+    };
+    const missing = await run(['check-config', '--config', write({ auth: { passwordFile: join(dir, 'nope') } })]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('EB_ERR_AUTH_FILE');
+    expect(missing.stderr).toContain(join(dir, 'nope'));
+    const mismatched = await run(['check-config', '--config', write({ tls: { certFile: server.certFile, keyFile: other.keyFile } })]);
+    expect(mismatched.code).toBe(2);
+    expect(mismatched.stderr).toContain('EB_ERR_CONFIG_FILE');
+    expect(mismatched.stderr).toContain('mqtt.tls.keyFile');
+    expect((await run(['check-config', '--config', write({ tls: server })])).code).toBe(0);
   });
 
   it('start refuses an invalid config with exit code 2 and the key path', async () => {
