@@ -81,6 +81,7 @@ export function ingressOptions(config: Config, routes: RouteTable, sink: AppendS
   return {
     tcp: mqtt.port === false ? undefined : { host, port: mqtt.port },
     tls: mqtt.tls === undefined ? undefined : { ...mqtt.tls, host: mqtt.tls.host ?? host },
+    websocket: mqtt.websocket === undefined ? undefined : { ...mqtt.websocket, host: mqtt.websocket.host ?? host },
     maxPayloadBytes: mqtt.maxPayloadBytes,
     routes,
     sink,
@@ -150,9 +151,9 @@ export class Gateway {
     }
   }
 
-  /** The plain TCP listener's address, else the TLS listener's. */
+  /** The plain TCP listener's address, else the TLS listener's, else the WebSocket one's. */
   get mqttAddress(): AddressInfo {
-    return (this.mqttAddresses.tcp ?? this.mqttAddresses.tls)!;
+    return (this.mqttAddresses.tcp ?? this.mqttAddresses.tls ?? this.mqttAddresses.websocket)!;
   }
 
   static async start(config: Config, options: GatewayOptions = {}): Promise<Gateway> {

@@ -139,6 +139,15 @@ export const configSchema = z.strictObject({
       /** Larger publishes are refused (the client is disconnected) so one cannot block forwarding. */
       maxPayloadBytes: bytes(1).default(256 * 1024),
       tls: tlsListener.optional(),
+      /** MQTT over WebSocket (for browser dashboards; put TLS in front with a reverse proxy). */
+      websocket: z
+        .strictObject({
+          /** Address (default: like mqtt.host). */
+          host: z.string().min(1).optional(),
+          port: port.default(9001),
+          path: z.string().regex(/^\/[^\s?#]*$/, 'must be a URL path, e.g. /mqtt').default('/mqtt'),
+        })
+        .optional(),
       auth: z
         .strictObject({
           /** Mosquitto password file (`mosquitto_passwd` or `edgebridge passwd`): `user:$7$...` lines. */
@@ -293,6 +302,7 @@ type MqttConfigDraft = {
   host?: string | undefined;
   port: number | false;
   tls?: { host?: string | undefined; requireCertificate: boolean } | undefined;
+  websocket?: { host?: string | undefined } | undefined;
   auth: { passwordFile?: string | undefined; allowAnonymous: boolean };
 };
 
@@ -311,13 +321,14 @@ export function mqttListenHost(mqtt: MqttConfigDraft): string {
  * address needs authentication, or an explicit `allowAnonymous: true`.
  */
 function checkMqttSecurity(mqtt: MqttConfigDraft, ctx: z.RefinementCtx): void {
-  if (mqtt.port === false && mqtt.tls === undefined) {
-    ctx.addIssue({ code: 'custom', path: ['mqtt', 'port'], message: 'is false and mqtt.tls is not set: the gateway would have no MQTT listener' });
+  if (mqtt.port === false && mqtt.tls === undefined && mqtt.websocket === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['mqtt', 'port'], message: 'is false and neither mqtt.tls nor mqtt.websocket is set: the gateway would have no MQTT listener' });
   }
   if (authenticationConfigured(mqtt) || mqtt.auth.allowAnonymous) return;
   const open = [
     mqtt.port !== false && mqtt.host !== undefined && !isLoopback(mqtt.host) ? ['host', mqtt.host] : undefined,
     mqtt.tls?.host !== undefined && !isLoopback(mqtt.tls.host) ? ['tls.host', mqtt.tls.host] : undefined,
+    mqtt.websocket?.host !== undefined && !isLoopback(mqtt.websocket.host) ? ['websocket.host', mqtt.websocket.host] : undefined,
   ].filter((x): x is string[] => x !== undefined);
   for (const [key, host] of open) {
     ctx.addIssue({

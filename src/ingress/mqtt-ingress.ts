@@ -1,7 +1,9 @@
+import { createServer as createHttpServer } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { Logger } from 'pino';
+import { WebSocketServer, createWebSocketStream } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
 import { describeError } from '../errors.js';
 import { listen } from '../listen.js';
@@ -50,6 +52,8 @@ export const DEFAULT_LIMITS: IngressLimits = {
 export interface MqttIngressOptions {
   /** The plain TCP listener; absent when mqtt.port is false. */
   readonly tcp?: { readonly host: string; readonly port: number } | undefined;
+  /** MQTT over WebSocket (subprotocol "mqtt") on an HTTP listener. */
+  readonly websocket?: { readonly host: string; readonly port: number; readonly path: string } | undefined;
   readonly tls?: TlsListenerOptions | undefined;
   readonly routes: RouteTable;
   readonly sink: AppendSink;
@@ -98,6 +102,7 @@ export interface IngressCounters {
 export interface IngressAddresses {
   readonly tcp?: AddressInfo | undefined;
   readonly tls?: AddressInfo | undefined;
+  readonly websocket?: AddressInfo | undefined;
 }
 
 const SYS_PREFIX = '$SYS/';
@@ -162,6 +167,7 @@ export class MqttIngress {
   private broker: Aedes | undefined;
   private sessions: SessionStore | undefined;
   private readonly servers: Server[] = [];
+  private readonly webSocketServers: WebSocketServer[] = [];
   private readonly warnings: RateLimitedWarn;
   private readonly limits: IngressLimits;
   private authenticator: Authenticator;
@@ -173,6 +179,8 @@ export class MqttIngress {
   /** CONNECT details aedes does not pass to `authenticate`. */
   private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean }>();
   private readonly throttles = new WeakMap<Client, PublishThrottle>();
+  /** Each connection's remote address (a WebSocket client's stream has none of its own). */
+  private readonly remoteAddresses = new WeakMap<Client, string>();
   /**
    * The identity that owns each client id's session (live, or a persistent one kept for later):
    * another identity may not take it over. A clean session's entry goes when it disconnects.
@@ -227,8 +235,8 @@ export class MqttIngress {
       // A clean session ends with its connection; a persistent one stays its owner's.
       if (client.clean && brokerClients(broker)[client.id] === undefined) this.sessionOwners.delete(client.id);
     });
-    const handle = (conn: Socket): void => this.accept(broker, conn);
-    const addresses: { tcp?: AddressInfo; tls?: AddressInfo } = {};
+    const handle = (conn: Socket): void => this.accept(broker, conn, conn);
+    const addresses: { tcp?: AddressInfo; tls?: AddressInfo; websocket?: AddressInfo } = {};
     try {
       if (tcp) {
         const server = createTcpServer(handle);
@@ -254,6 +262,30 @@ export class MqttIngress {
           );
         });
         addresses.tls = await this.listen(server, tls.host, tls.port, 'MQTT over TLS');
+      }
+      const { websocket } = this.options;
+      if (websocket) {
+        const server = createHttpServer((_req, res) => {
+          res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' });
+          res.end(`MQTT over WebSocket: connect to ${websocket.path} with the "mqtt" subprotocol\n`);
+        });
+        server.headersTimeout = limits.connectTimeoutMs;
+        const wss = new WebSocketServer({
+          server,
+          path: websocket.path,
+          // ws refuses a larger message by its header, before buffering it (close code 1009).
+          maxPayload: this.maxPacketBytes + 8,
+          handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : protocols.has('mqttv3.1') ? 'mqttv3.1' : false),
+        });
+        wss.on('connection', (ws, req) => {
+          const stream = createWebSocketStream(ws);
+          stream.on('error', () => undefined);
+          req.socket.setKeepAlive(true, 60_000);
+          this.accept(broker, stream as unknown as Socket, req.socket);
+        });
+        wss.on('error', (err) => logger.debug({ err: describeError(err) }, 'mqtt websocket error'));
+        this.webSocketServers.push(wss);
+        addresses.websocket = await this.listen(server as unknown as Server, websocket.host, websocket.port, 'MQTT over WebSocket');
       }
     } catch (err) {
       await this.close();
@@ -281,12 +313,16 @@ export class MqttIngress {
     return address;
   }
 
-  /** A new connection: aedes gets it behind a guard that cuts off oversized and malformed packets. */
-  private accept(broker: Aedes, conn: Socket): void {
+  /**
+   * A new connection (`conn`: the TCP or TLS socket, or a WebSocket's stream over `socket`): aedes
+   * gets it behind a guard that cuts off oversized and malformed packets.
+   */
+  private accept(broker: Aedes, conn: Socket, socket: Socket): void {
     // Half-open connections of clients with keepalive 0 are found by TCP keepalive.
-    conn.setKeepAlive(true, 60_000);
+    socket.setKeepAlive(true, 60_000);
     conn.on('error', () => undefined);
     const client = broker.handle(conn, undefined as never) as unknown as ClientInternals;
+    this.remoteAddresses.set(client, socket.remoteAddress ?? 'unknown');
     const guard = new PacketSizeGuard(this.maxPacketBytes);
     const parser = client._parser;
     const parse = parser.parse.bind(parser);
@@ -297,14 +333,14 @@ export class MqttIngress {
         this.counters.oversized++;
         this.warnings.warn(
           'oversized',
-          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', remoteAddress: conn.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
+          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
           'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)',
         );
       } else {
         this.counters.malformedPackets++;
         this.warnings.warn(
           'malformed',
-          { code: 'EB_ERR_INGRESS_MALFORMED', remoteAddress: conn.remoteAddress, clientId: client.id, total: this.counters.malformedPackets },
+          { code: 'EB_ERR_INGRESS_MALFORMED', remoteAddress: socket.remoteAddress, clientId: client.id, total: this.counters.malformedPackets },
           'malformed MQTT packet header (client disconnected)',
         );
       }
@@ -315,7 +351,7 @@ export class MqttIngress {
 
   private async authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
     const conn = (client as ClientInternals).conn;
-    const address = conn.remoteAddress ?? 'unknown';
+    const address = this.remoteAddresses.get(client) ?? 'unknown';
     const connect = this.connects.get(client);
     // [MQTT-3.1.3-8]: a zero-length client id asks for a clean session the server names.
     if (connect?.emptyClientId && !connect.clean) throw refusal(2, 'a zero-length client id needs cleanSession=1');
@@ -525,6 +561,10 @@ export class MqttIngress {
   async close(): Promise<void> {
     this.closing = true;
     const servers = this.servers.splice(0);
+    for (const wss of this.webSocketServers.splice(0)) {
+      for (const ws of wss.clients) ws.terminate();
+      wss.close();
+    }
     const broker = this.broker;
     this.broker = undefined;
     const serversClosed = Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));

@@ -321,6 +321,26 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     await clean.endAsync();
   });
 
+  it('serves MQTT over WebSocket with the same logins and topics; a message larger than the limit is refused by its header', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1' });
+    const { gateway, stored, counters } = await secureGateway({ port: false, maxPayloadBytes: 1024, auth: { passwordFile }, websocket: { host: '127.0.0.1', port: 0 } });
+    const url = `ws://127.0.0.1:${gateway.mqttAddresses.websocket!.port}/mqtt`;
+    expect(await tryConnect(url, { username: 'dev-1', password: 'wrong' })).toMatchObject({ ok: false, code: 4 });
+    const client = await connected(url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    await client.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'w', 1), { qos: 1 });
+    expect(await subscribeCodes(client, { '#': { qos: 0 } })).toEqual([128]);
+    const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
+    client.publish('devices/dev-1/telemetry', Buffer.alloc(64 * 1024), { qos: 1 });
+    await closed;
+    client.end(true);
+    expect(stored()).toEqual([`dev-1:${reading('dev-1', 'w', 1)}`]);
+    expect(counters().loginsFailed).toBe(1);
+    // A plain HTTP request gets an explanation, not a hang.
+    const res = await fetch(`http://127.0.0.1:${gateway.mqttAddresses.websocket!.port}/`);
+    expect(res.status).toBe(426);
+  });
+
   it('cuts off a packet whose header announces more than the limit, on any topic, before its body arrives', async () => {
     const { gateway, counters } = await secureGateway({ maxPayloadBytes: 1024 });
     const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
