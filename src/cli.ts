@@ -39,6 +39,9 @@ program
   .description('run the gateway: MQTT listener, commit log and Kafka forwarder')
   .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
   .action(async (opts: { config: string }) => {
+    // SIGHUP's default would kill the process: ignored until the gateway can reload (below).
+    const ignoreHup = (): void => undefined;
+    process.on('SIGHUP', ignoreHup);
     let gateway: Gateway;
     try {
       const config = loadConfig(opts.config);
@@ -64,6 +67,7 @@ program
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
     // As Mosquitto: `kill -HUP` (systemctl reload) re-reads the password and ACL files.
+    process.off('SIGHUP', ignoreHup);
     process.on('SIGHUP', () => gateway.reloadAuth());
   });
 

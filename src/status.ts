@@ -60,8 +60,10 @@ export interface MqttRefusals {
   readonly tlsHandshakesFailed: number;
   /** Local messages not queued for a subscriber whose queue was full. */
   readonly queueDropped: number;
-  /** Retained messages not kept at mqtt.limits.maxRetainedMessages. */
+  /** Retained messages not kept (mqtt.limits.maxRetainedMessages or maxSessionBytes). */
   readonly retainedRefused: number;
+  /** Inbound QoS 2 publishes refused at mqtt.limits.maxSessionBytes (client disconnected). */
+  readonly inflightRefused: number;
 }
 
 /**

@@ -162,7 +162,7 @@ export const configSchema = z.strictObject({
         .prefault({}),
       limits: z
         .strictObject({
-          /** Most concurrent MQTT connections (all listeners); more are closed at once. */
+          /** Most concurrent MQTT connections per listener; more are closed at once. */
           maxConnections: z.number().int().min(1).default(10_000),
           /** Longest topic name or filter, in UTF-8 bytes. */
           maxTopicBytes: z.number().int().min(16).max(65535).default(1024),
@@ -179,6 +179,14 @@ export const configSchema = z.strictObject({
           maxQueuedMessages: z.number().int().min(1).default(1000),
           /** Retained messages kept (local broker traffic); more are refused. */
           maxRetainedMessages: z.number().int().min(0).default(10_000),
+          /**
+           * Bytes of local-traffic messages held in memory: retained, queued for subscribers, and
+           * inbound QoS 2 awaiting PUBREL, routed or not (Mosquitto's memory_limit). Over it, such
+           * messages are refused; routed QoS 0/1 publishes are in the commit log and do not count.
+           */
+          maxSessionBytes: bytes(1024 * 1024).default(64 * 1024 * 1024),
+          /** Subscriptions one client may hold; more get return code 0x80. */
+          maxSubscriptions: z.number().int().min(1).default(100),
           /** A connection that sends no CONNECT within this is closed. */
           connectTimeoutMs: duration(100).default(10_000),
         })

@@ -71,7 +71,9 @@ export class AccessPolicy {
     const verdict = this.options.acl?.check('read', topic, who) ?? 'none';
     if (verdict !== 'none') return verdict === 'allow';
     if (!this.options.authenticated) return true;
-    return who.username !== undefined && this.withinOwnSubtree(who.username, topic);
+    if (who.username === undefined) return false;
+    const match = this.options.routes.match(topic);
+    return match ? match.deviceId === who.username : this.withinOwnSubtree(who.username, topic);
   }
 
   /**

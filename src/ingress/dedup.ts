@@ -92,7 +92,9 @@ export function dedupMark(route: CompiledRoute, deviceId: string, publish: Publi
   const payloadHash = createHash('sha1').update(publish.payload).digest().subarray(0, 8);
   return {
     key: Buffer.concat([
-      streamPrefix('p', route.pattern, publish.clientId),
+      // The device too: a client id is not an identity, and another device that used it first
+      // must not make this device's retransmit look like its own.
+      streamPrefix('p', route.pattern, publish.clientId, deviceId),
       Buffer.from(String(publish.messageId).padStart(5, '0'), 'utf8'),
       payloadHash,
     ]),

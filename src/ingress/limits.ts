@@ -12,23 +12,55 @@ export type FrameVerdict =
   | { readonly ok: false; readonly reason: 'malformed' };
 
 const OK: FrameVerdict = { ok: true };
+
+/**
+ * What a client may send in MQTT 3.1.1: CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP,
+ * SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT. The others (CONNACK, SUBACK, UNSUBACK, PINGRESP, the
+ * reserved 0 and 15) are protocol violations [MQTT-4.8.0-1].
+ */
+const CLIENT_PACKET_TYPES = new Set([1, 3, 4, 5, 6, 7, 8, 10, 12, 14]);
+
+/**
+ * Remaining lengths the protocol fixes: the acknowledgements carry just a packet id, PINGREQ and
+ * DISCONNECT nothing. (The parser behind reads a short one across the next packet's bytes.)
+ */
+const FIXED_LENGTHS = new Map([
+  [4, 2],
+  [5, 2],
+  [6, 2],
+  [7, 2],
+  [12, 0],
+  [14, 0],
+]);
 const MALFORMED: FrameVerdict = { ok: false, reason: 'malformed' };
 
 /**
  * Follows MQTT packet boundaries in a byte stream (fixed header: one type byte, then the
  * remaining length as a variable byte integer of at most four bytes [MQTT-2.2.3]) and refuses a
  * packet as soon as its header announces more than `maxPacketBytes`, before its body arrives: the
- * parser behind it would otherwise buffer up to 256 MB for one packet.
+ * parser behind it would otherwise buffer up to 256 MB for one packet. A packet type a client may
+ * not send, or a length the protocol fixes otherwise, is malformed.
  */
 export class PacketSizeGuard {
+  /** Packets whose last byte has been seen. */
+  packetsEnded = 0;
+  private packetsStarted = 0;
   /** Body bytes of the current packet still to come. */
   private remaining = 0;
+  private type = 0;
   /** 0: at a packet's type byte; 1-4: reading the remaining-length byte of that index. */
   private lengthByte = 0;
   private length = 0;
   private multiplier = 1;
 
-  constructor(readonly maxPacketBytes: number) {}
+  /**
+   * @param maxFirstPacketBytes the CONNECT comes before any login: a smaller bound keeps what
+   *   unauthenticated connections can make the gateway buffer small.
+   */
+  constructor(
+    readonly maxPacketBytes: number,
+    readonly maxFirstPacketBytes = maxPacketBytes,
+  ) {}
 
   /** Scans the next chunk of the stream. Once it returns a failure, the connection must be closed. */
   feed(chunk: Uint8Array): FrameVerdict {
@@ -39,10 +71,13 @@ export class PacketSizeGuard {
         const skip = Math.min(this.remaining, n - i);
         this.remaining -= skip;
         i += skip;
+        if (this.remaining === 0) this.packetsEnded++;
         continue;
       }
       const byte = chunk[i++]!;
       if (this.lengthByte === 0) {
+        this.type = byte >> 4;
+        if (!CLIENT_PACKET_TYPES.has(this.type)) return MALFORMED;
         this.lengthByte = 1;
         this.length = 0;
         this.multiplier = 1;
@@ -57,8 +92,12 @@ export class PacketSizeGuard {
       }
       const packetBytes = 1 + this.lengthByte + this.length;
       this.lengthByte = 0;
-      if (this.length > this.maxPacketBytes) return { ok: false, reason: 'too-large', packetBytes };
+      const max = this.packetsStarted++ === 0 ? this.maxFirstPacketBytes : this.maxPacketBytes;
+      if (this.length > max) return { ok: false, reason: 'too-large', packetBytes };
+      const fixed = FIXED_LENGTHS.get(this.type);
+      if (fixed !== undefined && this.length !== fixed) return MALFORMED;
       this.remaining = this.length;
+      if (this.length === 0) this.packetsEnded++;
     }
     return OK;
   }
@@ -86,7 +125,7 @@ export class PublishThrottle {
 
   /** Runs `go` now if a token is free and nobody waits, else after those before it. Returns whether it waited. */
   run(go: () => void): boolean {
-    if (this.waiting.length === 0 && this.take()) {
+    if (this.closed || (this.waiting.length === 0 && this.take())) {
       go();
       return false;
     }
@@ -95,12 +134,15 @@ export class PublishThrottle {
     return true;
   }
 
-  /** Drops the waiting callers (the connection closed: nothing acknowledges them anyway). */
+  /**
+   * The connection closed: the waiting callers run now, in order. What they pass on decides what
+   * a closed connection's publish is worth (the log keeps QoS 0, drops the unacknowledgeable rest).
+   */
   close(): void {
     this.closed = true;
-    this.waiting.length = 0;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    for (const go of this.waiting.splice(0)) go();
   }
 
   private take(): boolean {

@@ -35,6 +35,8 @@ export interface IngressLimits {
   readonly maxInflightMessages: number;
   readonly maxQueuedMessages: number;
   readonly maxRetainedMessages: number;
+  readonly maxSessionBytes: number;
+  readonly maxSubscriptions: number;
   readonly connectTimeoutMs: number;
 }
 
@@ -46,6 +48,8 @@ export const DEFAULT_LIMITS: IngressLimits = {
   maxInflightMessages: 1000,
   maxQueuedMessages: 1000,
   maxRetainedMessages: 10_000,
+  maxSessionBytes: 64 * 1024 * 1024,
+  maxSubscriptions: 100,
   connectTimeoutMs: 10_000,
 };
 
@@ -107,6 +111,12 @@ export interface IngressAddresses {
 
 const SYS_PREFIX = '$SYS/';
 
+/**
+ * Largest CONNECT (client id, credentials, a Last Will): it arrives before any login, so what an
+ * unauthenticated connection can make the gateway buffer stays small.
+ */
+const MAX_CONNECT_BYTES = 64 * 1024;
+
 /** aedes authorizes a client's Last Will with the client itself, after it closed (not typed). */
 function isWill(client: Client | null, packet: PublishPacket): boolean {
   return client !== null && (client as unknown as { will?: unknown }).will === packet;
@@ -115,6 +125,8 @@ function isWill(client: Client | null, packet: PublishPacket): boolean {
 /** What aedes keeps of a client that the hooks need (not in its type declarations). */
 type ClientInternals = Client & {
   conn: Socket;
+  connected: boolean;
+  closed: boolean;
   _parser: { parse(buf: Buffer): number };
 };
 
@@ -185,7 +197,7 @@ export class MqttIngress {
    * The identity that owns each client id's session (live, or a persistent one kept for later):
    * another identity may not take it over. A clean session's entry goes when it disconnects.
    */
-  private readonly sessionOwners = new Map<string, string | undefined>();
+  private readonly sessionOwners = new Map<string, { readonly username: string | undefined; readonly client: Client }>();
 
   constructor(private readonly options: MqttIngressOptions) {
     this.warnings = new RateLimitedWarn(options.logger);
@@ -199,7 +211,13 @@ export class MqttIngress {
   async start(): Promise<IngressAddresses> {
     const { logger, tcp, tls } = this.options;
     const limits = this.limits;
-    const sessions = new SessionStore(limits.maxQueuedMessages, limits.maxRetainedMessages);
+    // Messages a subscriber may not receive are not queued for it (online or offline).
+    const sessions = new SessionStore(limits, (clientId, topic) => {
+      const live = brokerClients(this.broker)[clientId];
+      const owner = this.sessionOwners.get(clientId);
+      const who = live ? this.principals.get(live) : owner ? { username: owner.username, clientId } : undefined;
+      return who === undefined || this.access.mayReceive(who, topic);
+    });
     this.sessions = sessions;
     const broker = await Aedes.createBroker({
       persistence: sessions,
@@ -232,8 +250,9 @@ export class MqttIngress {
     });
     broker.on('clientDisconnect', (client: Client) => {
       this.throttles.get(client)?.close();
-      // A clean session ends with its connection; a persistent one stays its owner's.
-      if (client.clean && brokerClients(broker)[client.id] === undefined) this.sessionOwners.delete(client.id);
+      // A clean session ends with its connection; a persistent one stays its owner's. Only this
+      // connection's own entry goes: a newer connection with the same id has written its own.
+      if (client.clean && this.sessionOwners.get(client.id)?.client === client) this.sessionOwners.delete(client.id);
     });
     const handle = (conn: Socket): void => this.accept(broker, conn, conn);
     const addresses: { tcp?: AddressInfo; tls?: AddressInfo; websocket?: AddressInfo } = {};
@@ -323,12 +342,35 @@ export class MqttIngress {
     conn.on('error', () => undefined);
     const client = broker.handle(conn, undefined as never) as unknown as ClientInternals;
     this.remoteAddresses.set(client, socket.remoteAddress ?? 'unknown');
-    const guard = new PacketSizeGuard(this.maxPacketBytes);
+    const guard = new PacketSizeGuard(this.maxPacketBytes, Math.min(this.maxPacketBytes, MAX_CONNECT_BYTES));
     const parser = client._parser;
     const parse = parser.parse.bind(parser);
+    // Bytes that arrive after the CONNECT, while it is being authenticated, wait for the CONNACK:
+    // aedes would hand a packet completed by a later socket read to authorizePublish before the
+    // client has an identity (and it would be denied). Packets of the CONNECT's own read are
+    // queued by aedes itself and go first.
+    let held: Buffer[] | undefined;
+    let heldBytes = 0;
     parser.parse = (buf: Buffer): number => {
       const verdict = guard.feed(buf);
-      if (verdict.ok) return parse(buf);
+      if (verdict.ok) {
+        if (held) {
+          held.push(buf);
+          heldBytes += buf.length;
+          if (heldBytes > this.maxPacketBytes + 64 * 1024) conn.destroy();
+          return 0;
+        }
+        const left = parse(buf);
+        if (!client.connected && guard.packetsEnded >= 1 && !client.closed) {
+          const waiting: Buffer[] = [];
+          held = waiting;
+          client.once('connected', () => {
+            held = undefined;
+            for (const chunk of waiting) parse(chunk);
+          });
+        }
+        return left;
+      }
       if (verdict.reason === 'too-large') {
         this.counters.oversized++;
         this.warnings.warn(
@@ -355,7 +397,11 @@ export class MqttIngress {
     const connect = this.connects.get(client);
     // [MQTT-3.1.3-8]: a zero-length client id asks for a clean session the server names.
     if (connect?.emptyClientId && !connect.clean) throw refusal(2, 'a zero-length client id needs cleanSession=1');
-    const delayMs = this.loginThrottle.delayMs(address);
+    const delayMs = this.loginThrottle.reserve(address);
+    if (delayMs === undefined) {
+      this.counters.loginsFailed++;
+      throw refusal(5, 'too many logins waiting from this address after failed ones');
+    }
     if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
     const tls = this.options.tls;
     const credentials: Credentials =
@@ -384,8 +430,10 @@ export class MqttIngress {
     this.loginThrottle.succeeded(address);
     const identity = result.username;
     const live = brokerClients(this.broker)[client.id];
-    const owner = live ? { username: this.principals.get(live)?.username } : this.sessionOwners.has(client.id) ? { username: this.sessionOwners.get(client.id) } : undefined;
-    if ((owner !== undefined && owner.username !== identity) || !this.authenticator.mayUseClientId(client.id, identity)) {
+    const owner = live ? { username: this.principals.get(live)?.username } : this.sessionOwners.get(client.id);
+    const taken = (owner !== undefined && owner.username !== identity) || !this.authenticator.mayUseClientId(client.id, identity);
+    // A client id that is the device's own identity is always its own, whoever squatted it.
+    if (taken && !this.authenticator.ownsClientId(client.id, identity)) {
       this.counters.takeoversRefused++;
       this.warnings.warn(
         'takeover',
@@ -396,13 +444,22 @@ export class MqttIngress {
     }
     this.principals.set(client, { username: identity, clientId: client.id });
     this.sessionOwners.delete(client.id);
-    this.sessionOwners.set(client.id, identity);
+    this.sessionOwners.set(client.id, { username: identity, client });
     if (this.sessionOwners.size > 100_000) this.sessionOwners.delete(this.sessionOwners.keys().next().value!);
     if (this.limits.publishRatePerSecond > 0) this.throttles.set(client, new PublishThrottle(this.limits.publishRatePerSecond));
   }
 
-  private topicTooLong(topic: string): boolean {
-    return topic.length > this.limits.maxTopicBytes / 4 && Buffer.byteLength(topic) > this.limits.maxTopicBytes;
+  /**
+   * Why a topic name or filter is refused, if it is: longer than mqtt.limits.maxTopicBytes, or
+   * holding U+0000 [MQTT-1.5.3-2] or U+FFFD, which is what invalid UTF-8 [MQTT-1.5.3-1] decodes to
+   * (distinct invalid byte sequences would otherwise collapse into one device ID).
+   */
+  private topicProblem(topic: string): string | undefined {
+    if (topic.length > this.limits.maxTopicBytes / 4 && Buffer.byteLength(topic) > this.limits.maxTopicBytes) {
+      return `topic longer than mqtt.limits.maxTopicBytes (${this.limits.maxTopicBytes})`;
+    }
+    if (/[\u0000\uFFFD]/.test(topic)) return 'topic holds U+0000 or invalid UTF-8';
+    return undefined;
   }
 
   private authorizeSubscribe(client: Client | null, sub: Subscription, callback: (error: Error | null, subscription?: Subscription | null) => void): void {
@@ -410,7 +467,13 @@ export class MqttIngress {
       callback(null, sub);
       return;
     }
-    if (this.topicTooLong(sub.topic)) {
+    if (this.topicProblem(sub.topic)) {
+      this.counters.topicsRefused++;
+      callback(null, null);
+      return;
+    }
+    const held = Object.keys((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions ?? {}).length;
+    if (held >= this.limits.maxSubscriptions && !(sub.topic in ((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions ?? {}))) {
       this.counters.topicsRefused++;
       callback(null, null);
       return;
@@ -445,9 +508,15 @@ export class MqttIngress {
       callback(new Error('the gateway is stopping: will not published'));
       return;
     }
-    if (this.topicTooLong(packet.topic)) {
+    const topicProblem = this.topicProblem(packet.topic);
+    if (topicProblem) {
       this.counters.topicsRefused++;
-      callback(new Error(`topic longer than mqtt.limits.maxTopicBytes (${this.limits.maxTopicBytes})`));
+      this.warnings.warn(
+        'topic',
+        { code: 'EB_ERR_INGRESS_DENIED', clientId: client?.id, problem: topicProblem, total: this.counters.topicsRefused },
+        `publish refused: ${topicProblem} (client disconnected)`,
+      );
+      callback(new Error(topicProblem));
       return;
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
@@ -589,6 +658,7 @@ export class MqttIngress {
       tlsHandshakesFailed: c.tlsHandshakesFailed,
       queueDropped: sessions?.queueDropped ?? 0,
       retainedRefused: sessions?.retainedRefused ?? 0,
+      inflightRefused: sessions?.inflightRefused ?? 0,
     };
   }
 }

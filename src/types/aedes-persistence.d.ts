@@ -16,5 +16,9 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     outgoingEnqueue(sub: { clientId: string }, packet: StoredPacket): Promise<void>;
     outgoingEnqueueCombi(subs: { clientId: string }[], packet: StoredPacket): Promise<void>;
     outgoingClearMessageId(client: Client, packet: StoredPacket): Promise<StoredPacket | undefined>;
+    outgoingUpdate(client: Client, packet: StoredPacket): Promise<void>;
+    incomingStorePacket(client: Client, packet: StoredPacket): Promise<void>;
+    incomingDelPacket(client: Client, packet: StoredPacket): Promise<void>;
+    cleanIncoming(client: Client): Promise<void>;
   }
 }

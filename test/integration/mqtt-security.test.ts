@@ -170,19 +170,23 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     writeFileSync(aclFile, ['# monitoring', 'user monitor', 'topic read devices/#', 'topic deny devices/dev-1/private', '', 'pattern write site/%u/status'].join('\n'));
     const { gateway, counters } = await secureGateway({ auth: { passwordFile, aclFile } });
 
-    const monitor = await connected(gateway.url, { username: 'monitor', password: 'watch', clientId: 'monitor' });
+    // A persistent session with QoS 1: messages the ACL denies it are not queued for it either.
+    const monitor = await connected(gateway.url, { username: 'monitor', password: 'watch', clientId: 'monitor', clean: false });
     cleanup(() => monitor.end(true));
     const got: string[] = [];
     monitor.on('message', (topic) => got.push(topic));
-    expect(await subscribeCodes(monitor, { 'devices/#': { qos: 0 }, '#': { qos: 0 } })).toEqual([0, 128]);
+    expect(await subscribeCodes(monitor, { 'devices/#': { qos: 1 }, '#': { qos: 1 } })).toEqual([1, 128]);
 
     const dev1 = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
     cleanup(() => dev1.end(true));
     await dev1.publishAsync('devices/dev-1/private', 'p', { qos: 1 }); // its own subtree: allowed, but the monitor may not read it
     await dev1.publishAsync('site/dev-1/status', 'online', { qos: 1 }); // granted by the pattern line
     await dev1.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'a', 1), { qos: 1 });
-    await until('the monitor to receive the telemetry', () => got.includes('devices/dev-1/telemetry'));
-    expect(got).toEqual(['devices/dev-1/telemetry']);
+    await dev1.publishAsync('devices/dev-1/private', 'p2', { qos: 1 });
+    await dev1.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'a', 2), { qos: 1 });
+    await until('the monitor to receive the telemetry', () => got.length >= 2);
+    expect(got).toEqual(['devices/dev-1/telemetry', 'devices/dev-1/telemetry']);
+    expect(monitor.connected).toBe(true);
     expect(counters().publishesDenied).toBe(0);
   });
 
@@ -206,6 +210,14 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     const takeover = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-a', clean: false });
     cleanup(() => takeover.end(true));
     await until('the older connection of the same identity to be closed', () => !back.connected);
+
+    // A clean connection followed by a persistent one of the same identity keeps the id its own.
+    const clean = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-b', clean: true });
+    const persistent = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'sensor-b', clean: false });
+    await until('the clean connection to be taken over', () => !clean.connected);
+    clean.end(true);
+    await persistent.endAsync();
+    expect(await tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'sensor-b', clean: false })).toMatchObject({ ok: false, code: 5 });
 
     // A client id that is another user's name cannot be squatted before that device connects.
     expect(await tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'dev-1', clean: false })).toMatchObject({ ok: false, code: 5 });
@@ -271,6 +283,22 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
       expect(stored()).toHaveLength(2);
     });
 
+    it('with requireCertificate alone, a certificate identifies the device by its CN, not by the username it claims', async () => {
+      const { ca } = certs();
+      const server = ca.issue('gateway', 'server');
+      const dev1 = ca.issue('dev-1', 'client');
+      const { gateway, stored, counters } = await secureGateway({ port: false, tls: { host: '127.0.0.1', port: 0, ...server, caFile: ca.caFile, requireCertificate: true } });
+      const url = `mqtts://127.0.0.1:${gateway.mqttAddresses.tls!.port}`;
+      const client = await connected(url, { ca: readFileSync(ca.caFile), cert: readFileSync(dev1.certFile), key: readFileSync(dev1.keyFile), username: 'dev-2' });
+      await client.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'n', 1), { qos: 1 });
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
+      client.publish('devices/dev-2/telemetry', reading('dev-2', 'n', 1), { qos: 1 });
+      await closed;
+      client.end(true);
+      expect(stored()).toEqual([`dev-1:${reading('dev-1', 'n', 1)}`]);
+      expect(counters().publishesDenied).toBe(1);
+    });
+
     it('with requireCertificate and useIdentityAsUsername: the certificate CN is the device identity; no or a foreign certificate fails', async () => {
       const { ca, otherCa } = certs();
       const server = ca.issue('gateway', 'server');
@@ -282,6 +310,12 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
       });
       const url = `mqtts://127.0.0.1:${gateway.mqttAddresses.tls!.port}`;
       const trust = { ca: readFileSync(ca.caFile) };
+      // A certificate holder cannot squat another device's client id for good: the device whose
+      // identity the id is takes it back.
+      const evilCert = ca.issue('evil', 'client');
+      const squatter = await connected(url, { ...trust, cert: readFileSync(evilCert.certFile), key: readFileSync(evilCert.keyFile), clientId: 'dev-1', clean: false });
+      await squatter.endAsync();
+      (await connected(url, { ...trust, cert: readFileSync(dev1.certFile), key: readFileSync(dev1.keyFile), clientId: 'dev-1', clean: false })).end(true);
       const client = await connected(url, { ...trust, cert: readFileSync(dev1.certFile), key: readFileSync(dev1.keyFile), username: 'dev-2' });
       await client.publishAsync('devices/dev-1/telemetry', reading('dev-1', 'c', 1), { qos: 1 });
       const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
@@ -339,6 +373,24 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     // A plain HTTP request gets an explanation, not a hang.
     const res = await fetch(`http://127.0.0.1:${gateway.mqttAddresses.websocket!.port}/`);
     expect(res.status).toBe(426);
+  });
+
+  it('refuses topics with U+0000 or invalid UTF-8 (they would collapse into one device ID)', async () => {
+    const { gateway, stored, counters } = await secureGateway({});
+    for (const [i, level] of [Buffer.from([0x64, 0xc0, 0x80]), Buffer.from('d\u0000x'), Buffer.from([0x64, 0xff, 0x78])].entries()) {
+      const topic = Buffer.concat([Buffer.from('devices/'), level, Buffer.from('/telemetry')]);
+      const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.resume(); // read the CONNACK, so that the server's FIN is seen
+      const closed = once(socket, 'close');
+      socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: `raw-${i}`, keepalive: 30 }));
+      // PUBLISH QoS 1 with the raw topic bytes
+      const body = Buffer.concat([Buffer.from([topic.length >> 8, topic.length & 0xff]), topic, Buffer.from([0, 1]), Buffer.from('{}')]);
+      socket.write(Buffer.concat([Buffer.from([0x32, body.length]), body]));
+      await closed;
+    }
+    expect(stored()).toEqual([]);
+    expect(counters().topicsRefused).toBe(3);
   });
 
   it('cuts off a packet whose header announces more than the limit, on any topic, before its body arrives', async () => {

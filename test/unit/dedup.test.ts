@@ -64,6 +64,11 @@ describe('dedup identity', () => {
     expect(dedupMark(route, 'd1', publish('21.5', { qos: 0, messageId: undefined }))).toBeUndefined();
   });
 
+  it('keeps DUP-only keys apart by device: a client id another device used first is no identity', () => {
+    // Device d2's retransmit on client id c1 must not match what device d1 sent on c1 before.
+    expect(dedupMark(route, 'd1', publish('OPEN'))!.key.equals(dedupMark(route, 'd2', publish('OPEN', { dup: true }))!.key)).toBe(false);
+  });
+
   it('is off when the route says dedup: false', () => {
     const off = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: false });
     expect(dedupMark(off, 'd1', publish(reading(1)))).toBeUndefined();

@@ -2,6 +2,8 @@ import { generate } from 'mqtt-packet';
 import { describe, expect, it, vi } from 'vitest';
 import { LoginThrottle } from '../../src/ingress/authenticator.js';
 import { PacketSizeGuard, PublishThrottle } from '../../src/ingress/limits.js';
+import { SessionStore } from '../../src/ingress/session-store.js';
+import type { Client } from 'aedes';
 
 const publish = (payloadBytes: number) =>
   generate({ cmd: 'publish', topic: 't', payload: Buffer.alloc(payloadBytes), qos: 0, dup: false, retain: false });
@@ -28,6 +30,17 @@ describe('PacketSizeGuard', () => {
     expect(new PacketSizeGuard(268_435_455).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f]))).toEqual({ ok: true });
     expect(new PacketSizeGuard(268_435_454).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f]))).toMatchObject({ reason: 'too-large' });
   });
+  it('refuses packet types a client may not send and acknowledgements of the wrong length, and counts packets that ended', () => {
+    for (const type of [0x00, 0x20, 0x90, 0xb0, 0xd0, 0xf0]) expect(new PacketSizeGuard(1000).feed(Buffer.from([type, 0])), `type ${type >> 4}`).toEqual({ ok: false, reason: 'malformed' });
+    expect(new PacketSizeGuard(1000).feed(Buffer.from([0x40, 0x01, 0x00]))).toEqual({ ok: false, reason: 'malformed' }); // PUBACK without a full packet id
+    expect(new PacketSizeGuard(1000).feed(Buffer.from([0xc0, 0x01, 0x00]))).toEqual({ ok: false, reason: 'malformed' }); // PINGREQ with a body
+    const guard = new PacketSizeGuard(1000);
+    const stream = Buffer.concat([generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'c', keepalive: 10 }), Buffer.from([0x40, 0x02, 0x00, 0x01, 0xc0, 0x00]), publish(10)]);
+    expect(guard.feed(stream.subarray(0, 5))).toEqual({ ok: true });
+    expect(guard.packetsEnded).toBe(0);
+    expect(guard.feed(stream.subarray(5))).toEqual({ ok: true });
+    expect(guard.packetsEnded).toBe(4);
+  });
 });
 
 describe('PublishThrottle', () => {
@@ -51,16 +64,20 @@ describe('PublishThrottle', () => {
     }
   });
 
-  it('drops waiting callers when closed', () => {
+  it('runs the waiting callers in order when closed (a closed connection\'s QoS 0 publishes are still stored)', () => {
     vi.useFakeTimers();
     try {
       const throttle = new PublishThrottle(1, () => 0);
       const ran: number[] = [];
       throttle.run(() => ran.push(1));
       throttle.run(() => ran.push(2));
-      throttle.close();
-      vi.advanceTimersByTime(10_000);
+      throttle.run(() => ran.push(3));
       expect(ran).toEqual([1]);
+      throttle.close();
+      expect(ran).toEqual([1, 2, 3]);
+      throttle.run(() => ran.push(4));
+      vi.advanceTimersByTime(10_000);
+      expect(ran).toEqual([1, 2, 3, 4]);
     } finally {
       vi.useRealTimers();
     }
@@ -68,6 +85,14 @@ describe('PublishThrottle', () => {
 });
 
 describe('LoginThrottle', () => {
+  it('spaces parallel logins from one address and refuses those that would wait too long', () => {
+    const throttle = new LoginThrottle(400, 60_000, 10, () => 0);
+    throttle.failed('a');
+    throttle.failed('a'); // 200 ms apart from now on
+    expect([throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a')]).toEqual([200, 400, 600, 800, undefined]);
+    expect(throttle.reserve('b')).toBe(0);
+  });
+
   it('doubles the delay per failure from one address up to the cap, and forgets on success or after a while', () => {
     let now = 0;
     const throttle = new LoginThrottle(1000, 60_000, 3, () => now);
@@ -92,5 +117,46 @@ describe('LoginThrottle', () => {
     expect(throttle.trackedAddresses).toBe(3);
     expect(throttle.delayMs('b')).toBe(0);
     expect(throttle.delayMs('a')).toBe(200);
+  });
+});
+
+describe('SessionStore', () => {
+  const client = (id: string) => ({ id }) as unknown as Client;
+  const packet = (topic: string, bytes: number, messageId?: number) => ({ topic, payload: Buffer.alloc(bytes), ...(messageId === undefined ? {} : { messageId }) });
+
+  it('keeps retained, queued and inbound QoS 2 messages within one byte budget, and frees what is released', async () => {
+    const store = new SessionStore({ maxQueuedMessages: 100, maxRetainedMessages: 100, maxSessionBytes: 10_000 });
+    await store.storeRetained(packet('r/1', 4000));
+    await store.storeRetained(packet('r/1', 3000)); // replaces: 3000 held for it
+    await store.storeRetained(packet('r/2', 8000)); // over the budget: not kept
+    expect(store.counters.retainedRefused).toBe(1);
+    await store.outgoingEnqueueCombi([{ clientId: 'a' }, { clientId: 'b' }], packet('q', 3000));
+    await store.outgoingEnqueue({ clientId: 'c' }, packet('q', 3000));
+    expect(store.counters.queueDropped).toBe(1);
+    await expect(store.incomingStorePacket(client('a'), packet('i', 2000, 7))).rejects.toThrow(/maxSessionBytes/);
+    expect(store.counters.inflightRefused).toBe(1);
+    await store.storeRetained(packet('r/1', 0)); // cleared
+    await store.incomingStorePacket(client('a'), packet('i', 2000, 7));
+    await store.incomingDelPacket(client('a'), packet('i', 0, 7));
+    await store.incomingStorePacket(client('b'), packet('i', 2000, 8));
+    await store.cleanIncoming(client('b'));
+    expect(store.bytes).toBe(2 * 3001);
+  });
+
+  it('drops new messages for a subscriber whose queue is full, as Mosquitto does', async () => {
+    const store = new SessionStore({ maxQueuedMessages: 2, maxRetainedMessages: 1, maxSessionBytes: 1e9 });
+    // aedes gives a queued message its packet id when it sends it (outgoingUpdate), and clears it by that id on PUBACK.
+    const queued = { ...packet('q', 1), brokerId: 'b', brokerCounter: 1, qos: 1 };
+    await store.outgoingEnqueue({ clientId: 'a' }, queued);
+    for (let i = 2; i <= 4; i++) await store.outgoingEnqueue({ clientId: 'a' }, { ...queued, brokerCounter: i });
+    expect(store.counters.queueDropped).toBe(2);
+    await store.outgoingUpdate(client('a'), { ...queued, messageId: 1 });
+    await store.outgoingClearMessageId(client('a'), packet('q', 0, 1));
+    await store.outgoingEnqueue({ clientId: 'a' }, { ...packet('q', 1), messageId: 9 });
+    expect(store.counters.queueDropped).toBe(2);
+    await store.storeRetained(packet('r/1', 1));
+    await store.storeRetained(packet('r/2', 1));
+    await store.storeRetained(packet('r/1', 2));
+    expect(store.counters.retainedRefused).toBe(1);
   });
 });
