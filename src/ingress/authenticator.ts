@@ -78,8 +78,8 @@ export class Authenticator {
 }
 
 /**
- * Slows down password guessing from one address: after a failed login, logins from that address
- * are answered one after another, spaced by a delay that doubles per failure (100 ms, 200 ms, ...
+ * Slows down password guessing from one source (the ingress keys it by address and username):
+ * after a failed login, logins from that source are answered one after another, spaced by a delay that doubles per failure (100 ms, 200 ms, ...
  * up to `maxDelayMs`), so parallel connections gain nothing; one that would wait longer than
  * twice that is refused at once (it would only hold a connection slot). A success, or
  * `forgetAfterMs` without failures, resets it. At most `maxAddresses` are tracked (the oldest

@@ -397,7 +397,10 @@ export class MqttIngress {
     const connect = this.connects.get(client);
     // [MQTT-3.1.3-8]: a zero-length client id asks for a clean session the server names.
     if (connect?.emptyClientId && !connect.clean) throw refusal(2, 'a zero-length client id needs cleanSession=1');
-    const delayMs = this.loginThrottle.reserve(address);
+    // Per address and username: guessing one device's password is slowed, while the other
+    // devices behind the same address (a NAT, a site router) keep logging in.
+    const throttleKey = `${address}\u0000${username ?? ''}`;
+    const delayMs = this.loginThrottle.reserve(throttleKey);
     if (delayMs === undefined) {
       this.counters.loginsFailed++;
       throw refusal(5, 'too many logins waiting from this address after failed ones');
@@ -419,7 +422,7 @@ export class MqttIngress {
     const result = await this.authenticator.login(credentials);
     if (!result.ok) {
       this.counters.loginsFailed++;
-      this.loginThrottle.failed(address);
+      this.loginThrottle.failed(throttleKey);
       this.warnings.warn(
         'login',
         { code: 'EB_ERR_INGRESS_LOGIN', remoteAddress: address, clientId: client.id, username, reason: result.reason, total: this.counters.loginsFailed },
@@ -427,7 +430,7 @@ export class MqttIngress {
       );
       throw refusal(result.returnCode, result.reason);
     }
-    this.loginThrottle.succeeded(address);
+    this.loginThrottle.succeeded(throttleKey);
     const identity = result.username;
     const live = brokerClients(this.broker)[client.id];
     const owner = live ? { username: this.principals.get(live)?.username } : this.sessionOwners.get(client.id);

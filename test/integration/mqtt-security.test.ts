@@ -227,7 +227,7 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
 
   it('answers failed logins from one address ever more slowly', async () => {
     const dir = tmp();
-    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1' });
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });
     const { gateway, counters } = await secureGateway({ auth: { passwordFile, failedLoginMaxDelayMs: 400 } });
     const durations: number[] = [];
     for (let i = 0; i < 4; i++) {
@@ -240,6 +240,15 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     expect(durations[1]).toBeGreaterThanOrEqual(100);
     expect(durations[2]).toBeGreaterThanOrEqual(200);
     expect(durations[3]).toBeGreaterThanOrEqual(400);
+    // Parallel guesses gain nothing: beyond twice the cap of waiting they are refused at once.
+    const guesses = await Promise.all(Array.from({ length: 4 }, (_, i) => tryConnect(gateway.url, { username: 'dev-1', password: `parallel-${i}` })));
+    expect(guesses.every((g) => !g.ok)).toBe(true);
+    // Devices behind the same address are not held up by dev-1's failures: none waits or is refused.
+    const others = await Promise.all(Array.from({ length: 4 }, () => tryConnect(gateway.url, { username: 'dev-2', password: 'secret-2' })));
+    for (const o of others) {
+      expect(o.ok).toBe(true);
+      if (o.ok) o.client.end(true);
+    }
     // The right password still gets in (after the delay) and resets the count.
     const ok = await connected(gateway.url, { username: 'dev-1', password: 'secret-1' });
     await ok.endAsync();
