@@ -62,8 +62,6 @@ export interface MqttRefusals {
   readonly queueDropped: number;
   /** Retained messages not kept (mqtt.limits.maxRetainedMessages or maxSessionBytes). */
   readonly retainedRefused: number;
-  /** Inbound QoS 2 publishes refused at mqtt.limits.maxSessionBytes (client disconnected). */
-  readonly inflightRefused: number;
 }
 
 /**

@@ -156,7 +156,7 @@ export const configSchema = z.strictObject({
           aclFile: z.string().min(1).optional(),
           /** Accept clients without credentials (no identity: only the ACL file's anonymous lines apply). */
           allowAnonymous: z.boolean().default(false),
-          /** Failed logins from one address are answered ever more slowly, up to this. */
+          /** Failed logins of one username from one address are answered ever more slowly, up to this. */
           failedLoginMaxDelayMs: duration(0).default(10_000),
         })
         .prefault({}),
@@ -180,12 +180,11 @@ export const configSchema = z.strictObject({
           /** Retained messages kept (local broker traffic); more are refused. */
           maxRetainedMessages: z.number().int().min(0).default(10_000),
           /**
-           * Bytes of local-traffic messages held in memory: retained, queued for subscribers, and
-           * inbound QoS 2 awaiting PUBREL, routed or not (Mosquitto's memory_limit). Over it, such
-           * messages are refused; routed QoS 0/1 publishes are in the commit log and do not count.
+           * Bytes of local-traffic messages held in memory: retained and queued for subscribers
+           * (Mosquitto's memory_limit). Over it, such messages are not kept.
            */
           maxSessionBytes: bytes(1024 * 1024).default(64 * 1024 * 1024),
-          /** Subscriptions one client may hold; more get return code 0x80. */
+          /** Distinct filters one connection may subscribe to; more get return code 0x80. */
           maxSubscriptions: z.number().int().min(1).default(100),
           /** A connection that sends no CONNECT within this is closed. */
           connectTimeoutMs: duration(100).default(10_000),

@@ -79,61 +79,58 @@ export class Authenticator {
 
 /**
  * Slows down password guessing from one source (the ingress keys it by address and username):
- * after a failed login, logins from that source are answered one after another, spaced by a delay that doubles per failure (100 ms, 200 ms, ...
- * up to `maxDelayMs`), so parallel connections gain nothing; one that would wait longer than
- * twice that is refused at once (it would only hold a connection slot). A success, or
- * `forgetAfterMs` without failures, resets it. At most `maxAddresses` are tracked (the oldest
- * forgotten first), so a scan from many addresses cannot grow memory.
+ * the password is checked at once, but the answer to a failed login is delayed — 100 ms,
+ * doubling per failure from that source, up to `maxDelayMs` — and while `maxPending` failures of
+ * a source wait for their answers, further logins from it are refused unchecked. So parallel
+ * connections gain little (at most `maxPending` guesses per delay), a success is never delayed,
+ * and other devices behind the same address (a NAT) are not held up by one device's wrong
+ * password. A success, or `forgetAfterMs` without failures, resets a source. At most
+ * `maxSources` are tracked (the oldest forgotten first), so a scan cannot grow memory.
  */
 export class LoginThrottle {
-  private readonly failures = new Map<string, { count: number; last: number; nextAt: number }>();
+  private readonly sources = new Map<string, { count: number; last: number; pending: number }>();
 
   constructor(
     private readonly maxDelayMs: number,
+    private readonly maxPending = 10,
     private readonly forgetAfterMs = 15 * 60_000,
-    private readonly maxAddresses = 10_000,
+    private readonly maxSources = 10_000,
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** The delay between logins from `address` (0: not throttled). */
-  delayMs(address: string): number {
-    const entry = this.entry(address);
-    return entry ? Math.min(this.maxDelayMs, 100 * 2 ** Math.min(entry.count - 1, 20)) : 0;
+  /** Whether a login from `source` may be checked now (false: too many failures await their answer). */
+  admit(source: string): boolean {
+    return (this.entry(source)?.pending ?? 0) < this.maxPending;
   }
 
-  /**
-   * Books the next login slot of `address`: how long to wait before checking it, or undefined
-   * when the queue of waiting logins from there is already too long (refuse it now).
-   */
-  reserve(address: string): number | undefined {
-    const entry = this.entry(address);
-    if (!entry) return 0;
-    const now = this.now();
-    const at = Math.max(now, entry.nextAt) + this.delayMs(address);
-    if (at - now > 2 * Math.max(this.maxDelayMs, 100)) return undefined;
-    entry.nextAt = at;
-    return at - now;
+  /** Records a failed login; returns how long to hold its answer. Call `answered` after that. */
+  failed(source: string): number {
+    const entry = this.entry(source);
+    this.sources.delete(source); // re-inserted last: Map order is then least recently failed first
+    const next = { count: (entry?.count ?? 0) + 1, last: this.now(), pending: (entry?.pending ?? 0) + 1 };
+    this.sources.set(source, next);
+    if (this.sources.size > this.maxSources) this.sources.delete(this.sources.keys().next().value!);
+    return Math.min(this.maxDelayMs, 100 * 2 ** Math.min(next.count - 1, 20));
   }
 
-  failed(address: string): void {
-    const entry = this.entry(address);
-    this.failures.delete(address); // re-inserted last: Map order is then least recently failed first
-    this.failures.set(address, { count: (entry?.count ?? 0) + 1, last: this.now(), nextAt: entry?.nextAt ?? 0 });
-    if (this.failures.size > this.maxAddresses) this.failures.delete(this.failures.keys().next().value!);
+  /** A held failure was answered. */
+  answered(source: string): void {
+    const entry = this.sources.get(source);
+    if (entry && entry.pending > 0) entry.pending--;
   }
 
-  succeeded(address: string): void {
-    this.failures.delete(address);
+  succeeded(source: string): void {
+    this.sources.delete(source);
   }
 
-  get trackedAddresses(): number {
-    return this.failures.size;
+  get trackedSources(): number {
+    return this.sources.size;
   }
 
-  private entry(address: string): { count: number; last: number; nextAt: number } | undefined {
-    const entry = this.failures.get(address);
-    if (entry && this.now() - entry.last > this.forgetAfterMs) {
-      this.failures.delete(address);
+  private entry(source: string): { count: number; last: number; pending: number } | undefined {
+    const entry = this.sources.get(source);
+    if (entry && entry.pending === 0 && this.now() - entry.last > this.forgetAfterMs) {
+      this.sources.delete(source);
       return undefined;
     }
     return entry;

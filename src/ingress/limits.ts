@@ -42,8 +42,6 @@ const MALFORMED: FrameVerdict = { ok: false, reason: 'malformed' };
  * not send, or a length the protocol fixes otherwise, is malformed.
  */
 export class PacketSizeGuard {
-  /** Packets whose last byte has been seen. */
-  packetsEnded = 0;
   private packetsStarted = 0;
   /** Body bytes of the current packet still to come. */
   private remaining = 0;
@@ -71,7 +69,6 @@ export class PacketSizeGuard {
         const skip = Math.min(this.remaining, n - i);
         this.remaining -= skip;
         i += skip;
-        if (this.remaining === 0) this.packetsEnded++;
         continue;
       }
       const byte = chunk[i++]!;
@@ -97,7 +94,6 @@ export class PacketSizeGuard {
       const fixed = FIXED_LENGTHS.get(this.type);
       if (fixed !== undefined && this.length !== fixed) return MALFORMED;
       this.remaining = this.length;
-      if (this.length === 0) this.packetsEnded++;
     }
     return OK;
   }

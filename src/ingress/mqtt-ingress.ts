@@ -127,6 +127,7 @@ type ClientInternals = Client & {
   conn: Socket;
   connected: boolean;
   closed: boolean;
+  pause(): void;
   _parser: { parse(buf: Buffer): number };
 };
 
@@ -191,13 +192,20 @@ export class MqttIngress {
   /** CONNECT details aedes does not pass to `authenticate`. */
   private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean }>();
   private readonly throttles = new WeakMap<Client, PublishThrottle>();
+  /** Filters granted on each connection (mqtt.limits.maxSubscriptions). */
+  private readonly grantedFilters = new WeakMap<Client, Set<string>>();
   /** Each connection's remote address (a WebSocket client's stream has none of its own). */
   private readonly remoteAddresses = new WeakMap<Client, string>();
   /**
    * The identity that owns each client id's session (live, or a persistent one kept for later):
    * another identity may not take it over. A clean session's entry goes when it disconnects.
    */
-  private readonly sessionOwners = new Map<string, { readonly username: string | undefined; readonly client: Client }>();
+  private readonly sessionOwners = new Map<string, { readonly username: string | undefined; readonly connection: number }>();
+  /** A number per connection (the owner entries name their connection by it, not by the client). */
+  private readonly connectionIds = new WeakMap<Client, number>();
+  private nextConnectionId = 0;
+  /** Connections whose CONNECT completed: a persistent session of theirs outlives them. */
+  private readonly established = new WeakSet<Client>();
 
   constructor(private readonly options: MqttIngressOptions) {
     this.warnings = new RateLimitedWarn(options.logger);
@@ -223,6 +231,10 @@ export class MqttIngress {
       persistence: sessions,
       preConnect: (client, packet, callback) => {
         this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false });
+        // aedes stops reading a client while it authenticates it, and resumes after the CONNACK;
+        // from here on, not only one event-loop turn later: a packet completed by a read in that
+        // turn would reach authorizePublish before the client has an identity (and be denied).
+        (client as ClientInternals).pause();
         callback(null, true);
       },
       authenticate: (client, username, password, callback) => {
@@ -248,11 +260,10 @@ export class MqttIngress {
     broker.on('clientError', (client: Client, err: Error) => {
       logger.debug({ clientId: client?.id, err: describeError(err) }, 'mqtt client error');
     });
+    broker.on('clientReady', (client: Client) => this.established.add(client));
     broker.on('clientDisconnect', (client: Client) => {
       this.throttles.get(client)?.close();
-      // A clean session ends with its connection; a persistent one stays its owner's. Only this
-      // connection's own entry goes: a newer connection with the same id has written its own.
-      if (client.clean && this.sessionOwners.get(client.id)?.client === client) this.sessionOwners.delete(client.id);
+
     });
     const handle = (conn: Socket): void => this.accept(broker, conn, conn);
     const addresses: { tcp?: AddressInfo; tls?: AddressInfo; websocket?: AddressInfo } = {};
@@ -342,35 +353,23 @@ export class MqttIngress {
     conn.on('error', () => undefined);
     const client = broker.handle(conn, undefined as never) as unknown as ClientInternals;
     this.remoteAddresses.set(client, socket.remoteAddress ?? 'unknown');
+    const connection = ++this.nextConnectionId;
+    this.connectionIds.set(client, connection);
+    // A clean session ends with its connection, and so does the claim of one that never
+    // completed its CONNECT; a persistent session stays its owner's. Only this connection's own
+    // entry goes: a newer connection with the same id has written its own.
+    socket.once('close', () => {
+      const id = (client as Client).id;
+      if (id && this.sessionOwners.get(id)?.connection === connection && (client.clean || !this.established.has(client))) {
+        this.sessionOwners.delete(id);
+      }
+    });
     const guard = new PacketSizeGuard(this.maxPacketBytes, Math.min(this.maxPacketBytes, MAX_CONNECT_BYTES));
     const parser = client._parser;
     const parse = parser.parse.bind(parser);
-    // Bytes that arrive after the CONNECT, while it is being authenticated, wait for the CONNACK:
-    // aedes would hand a packet completed by a later socket read to authorizePublish before the
-    // client has an identity (and it would be denied). Packets of the CONNECT's own read are
-    // queued by aedes itself and go first.
-    let held: Buffer[] | undefined;
-    let heldBytes = 0;
     parser.parse = (buf: Buffer): number => {
       const verdict = guard.feed(buf);
-      if (verdict.ok) {
-        if (held) {
-          held.push(buf);
-          heldBytes += buf.length;
-          if (heldBytes > this.maxPacketBytes + 64 * 1024) conn.destroy();
-          return 0;
-        }
-        const left = parse(buf);
-        if (!client.connected && guard.packetsEnded >= 1 && !client.closed) {
-          const waiting: Buffer[] = [];
-          held = waiting;
-          client.once('connected', () => {
-            held = undefined;
-            for (const chunk of waiting) parse(chunk);
-          });
-        }
-        return left;
-      }
+      if (verdict.ok) return parse(buf);
       if (verdict.reason === 'too-large') {
         this.counters.oversized++;
         this.warnings.warn(
@@ -400,12 +399,10 @@ export class MqttIngress {
     // Per address and username: guessing one device's password is slowed, while the other
     // devices behind the same address (a NAT, a site router) keep logging in.
     const throttleKey = `${address}\u0000${username ?? ''}`;
-    const delayMs = this.loginThrottle.reserve(throttleKey);
-    if (delayMs === undefined) {
+    if (!this.loginThrottle.admit(throttleKey)) {
       this.counters.loginsFailed++;
-      throw refusal(5, 'too many logins waiting from this address after failed ones');
+      throw refusal(3, 'too many failed logins of this user from this address await their answer');
     }
-    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
     const tls = this.options.tls;
     const credentials: Credentials =
       conn instanceof TLSSocket && tls
@@ -422,7 +419,9 @@ export class MqttIngress {
     const result = await this.authenticator.login(credentials);
     if (!result.ok) {
       this.counters.loginsFailed++;
-      this.loginThrottle.failed(throttleKey);
+      const holdMs = this.loginThrottle.failed(throttleKey);
+      await new Promise((resolve) => setTimeout(resolve, holdMs));
+      this.loginThrottle.answered(throttleKey);
       this.warnings.warn(
         'login',
         { code: 'EB_ERR_INGRESS_LOGIN', remoteAddress: address, clientId: client.id, username, reason: result.reason, total: this.counters.loginsFailed },
@@ -446,8 +445,9 @@ export class MqttIngress {
       throw refusal(5, `client id ${client.id} belongs to another identity`);
     }
     this.principals.set(client, { username: identity, clientId: client.id });
+    if ((client as ClientInternals).closed) throw refusal(5, 'closed while logging in');
     this.sessionOwners.delete(client.id);
-    this.sessionOwners.set(client.id, { username: identity, client });
+    this.sessionOwners.set(client.id, { username: identity, connection: this.connectionIds.get(client) ?? 0 });
     if (this.sessionOwners.size > 100_000) this.sessionOwners.delete(this.sessionOwners.keys().next().value!);
     if (this.limits.publishRatePerSecond > 0) this.throttles.set(client, new PublishThrottle(this.limits.publishRatePerSecond));
   }
@@ -475,8 +475,11 @@ export class MqttIngress {
       callback(null, null);
       return;
     }
-    const held = Object.keys((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions ?? {}).length;
-    if (held >= this.limits.maxSubscriptions && !(sub.topic in ((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions ?? {}))) {
+    // aedes authorizes the filters of one SUBSCRIBE side by side and stores them later: the ones
+    // granted on this connection count at once (restored ones of a persistent session too).
+    const granted = this.grantedFilters.get(client) ?? new Set(Object.keys((client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}));
+    this.grantedFilters.set(client, granted);
+    if (!granted.has(sub.topic) && granted.size >= this.limits.maxSubscriptions) {
       this.counters.topicsRefused++;
       callback(null, null);
       return;
@@ -492,6 +495,7 @@ export class MqttIngress {
       callback(null, null);
       return;
     }
+    granted.add(sub.topic);
     callback(null, sub);
   }
 
@@ -661,7 +665,6 @@ export class MqttIngress {
       tlsHandshakesFailed: c.tlsHandshakesFailed,
       queueDropped: sessions?.queueDropped ?? 0,
       retainedRefused: sessions?.retainedRefused ?? 0,
-      inflightRefused: sessions?.inflightRefused ?? 0,
     };
   }
 }

@@ -6,38 +6,47 @@ export interface SessionStoreCounters {
   queueDropped: number;
   /** Retained messages not kept: maxRetainedMessages, or the byte budget. */
   retainedRefused: number;
-  /** Inbound QoS 2 publishes refused for the byte budget (the client is disconnected). */
-  inflightRefused: number;
 }
 
 export interface SessionStoreLimits {
   readonly maxQueuedMessages: number;
   readonly maxRetainedMessages: number;
-  /** Payload bytes held in memory for retained, queued and inbound QoS 2 messages together. */
+  /** Bytes of retained and queued messages held in memory together. */
   readonly maxSessionBytes: number;
 }
 
 /** Whether a subscriber (by client id) may receive a message: the access policy, for queued messages. */
 export type MayReceive = (clientId: string, topic: string) => boolean;
 
-const payloadBytes = (packet: Packet): number => (packet.payload ? packet.payload.length : 0) + packet.topic.length;
+const sizeOf = (packet: Packet): number => packet.payload.length + packet.topic.length;
+
+/** A queued message before aedes gives it a packet id: by the broker's own message counter. */
+const pendingKey = (packet: Packet): string => `b${String(packet.brokerId)}:${String(packet.brokerCounter)}`;
+
+/** A subscriber's queued messages: bytes by broker counter, and the packet id each was sent with. */
+interface Subscriber {
+  readonly bytes: Map<string, number>;
+  readonly byId: Map<number, string>;
+  readonly idOf: Map<string, number>;
+}
 
 /**
  * aedes's in-memory sessions (subscriptions, queued QoS 1/2 messages of persistent sessions,
- * inbound QoS 2 publishes awaiting PUBREL, retained messages) with bounds, so a subscriber that
- * never comes back, a client retaining on ever new topics, or persistent clients that never
- * release their QoS 2 publishes cannot grow the heap without limit. Like Mosquitto's
- * max_queued_messages, a full queue drops new messages for that subscriber; a retained message on
- * a new topic is refused once maxRetainedMessages are kept (replacing or clearing one is always
- * allowed); and all of it shares one byte budget (Mosquitto's memory_limit). Local broker traffic
- * and QoS 2 handshakes only: routed publishes are in the commit log before they are acknowledged.
+ * inbound QoS 2 handshakes, retained messages) with bounds, so a subscriber that never comes
+ * back, or a client retaining on ever new topics, cannot grow the heap without limit. Like
+ * Mosquitto's max_queued_messages, a full queue drops new messages for that subscriber; a retained
+ * message on a new topic is refused once maxRetainedMessages are kept; and retained and queued
+ * messages share one byte budget (Mosquitto's memory_limit). Inbound QoS 2 packets are kept
+ * without their payload (aedes needs only their ids to recognise a retransmit; it published them
+ * already), bounded by mqtt.limits.maxInflightMessages per client. Local broker traffic only:
+ * routed publishes are in the commit log before they are acknowledged.
  */
 export class SessionStore extends MemoryPersistence {
-  readonly counters: SessionStoreCounters = { queueDropped: 0, retainedRefused: 0, inflightRefused: 0 };
-  private readonly queued = new Map<string, number>();
+  readonly counters: SessionStoreCounters = { queueDropped: 0, retainedRefused: 0 };
+  /** Per subscriber: its queued messages, by the broker's message counter. */
+  private readonly queued = new Map<string, Subscriber>();
   private readonly retainedBytes = new Map<string, number>();
-  private readonly inflightBytes = new Map<string, Map<number, number>>();
-  /** Bytes of everything held: retained, queued (counted per subscriber) and inbound QoS 2. */
+  /** Bytes of retained and queued messages (a message queued for two subscribers counts twice). */
   private heldBytes = 0;
 
   constructor(
@@ -54,22 +63,24 @@ export class SessionStore extends MemoryPersistence {
 
   override async storeRetained(packet: Packet): Promise<void> {
     const previous = this.retainedBytes.get(packet.topic);
-    if (packet.payload.length === 0) {
-      if (previous !== undefined) {
-        this.heldBytes -= previous;
-        this.retainedBytes.delete(packet.topic);
-      }
-    } else {
-      const bytes = payloadBytes(packet);
+    if (packet.payload.length > 0) {
+      const bytes = sizeOf(packet);
       const full = previous === undefined && this.retainedBytes.size >= this.limits.maxRetainedMessages;
-      if (full || this.heldBytes - (previous ?? 0) + bytes > this.limits.maxSessionBytes) {
-        this.counters.retainedRefused++;
+      if (!full && this.heldBytes - (previous ?? 0) + bytes <= this.limits.maxSessionBytes) {
+        this.heldBytes += bytes - (previous ?? 0);
+        this.retainedBytes.set(packet.topic, bytes);
+        await super.storeRetained(packet);
         return;
       }
-      this.heldBytes += bytes - (previous ?? 0);
-      this.retainedBytes.set(packet.topic, bytes);
+      this.counters.retainedRefused++;
+      if (previous === undefined) return;
+      // Refused as a replacement: the old value goes too, rather than being served as current.
     }
-    await super.storeRetained(packet);
+    if (previous !== undefined) {
+      this.heldBytes -= previous;
+      this.retainedBytes.delete(packet.topic);
+    }
+    await super.storeRetained({ ...packet, payload: Buffer.alloc(0) });
   }
 
   override async outgoingEnqueue(sub: { clientId: string }, packet: Packet): Promise<void> {
@@ -82,65 +93,61 @@ export class SessionStore extends MemoryPersistence {
     if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet);
   }
 
+  override async outgoingUpdate(client: Client, packet: Packet): Promise<void> {
+    const mine = this.queued.get(client.id);
+    if (packet.brokerId !== undefined && packet.messageId !== undefined) {
+      // The message is sent with a packet id (again after a reconnect: a new one); it is cleared
+      // by that id, as the PUBLISH or as the PUBREL aedes puts in its place.
+      const key = pendingKey(packet);
+      if (!mine?.bytes.has(key)) return this.notQueued();
+      const before = mine.idOf.get(key);
+      if (before !== undefined) mine.byId.delete(before);
+      mine.byId.set(packet.messageId, key);
+      mine.idOf.set(key, packet.messageId);
+    } else if (packet.messageId === undefined || !mine?.byId.has(packet.messageId)) {
+      return this.notQueued();
+    }
+    await super.outgoingUpdate(client, packet);
+  }
+
   override async outgoingClearMessageId(client: Client, packet: Packet): Promise<Packet | undefined> {
     // aedes "clears" a message it did not deliver (authorizeForward said no) by its packet id,
-    // which that message never got: the memory store would remove another queued message, whose
-    // later update then fails and disconnects the subscriber. Such messages are never queued here.
+    // which that message never got: the memory store would remove another queued message.
+    // Such messages are never queued here.
     if (packet.messageId === undefined) return undefined;
     const cleared = await super.outgoingClearMessageId(client, packet);
-    if (cleared) {
-      this.heldBytes -= payloadBytes(cleared);
-      const n = (this.queued.get(client.id) ?? 1) - 1;
-      if (n <= 0) this.queued.delete(client.id);
-      else this.queued.set(client.id, n);
+    const mine = this.queued.get(client.id);
+    const key = mine?.byId.get(packet.messageId);
+    if (cleared && mine && key !== undefined) {
+      this.heldBytes -= mine.bytes.get(key) ?? 0;
+      mine.bytes.delete(key);
+      mine.byId.delete(packet.messageId);
+      mine.idOf.delete(key);
+      if (mine.bytes.size === 0) this.queued.delete(client.id);
     }
     return cleared;
   }
 
+  /**
+   * A message refused by a limit was not queued: aedes delivers it to the online subscriber
+   * anyway, rather than failing on "no such packet" and disconnecting it.
+   */
+  private notQueued(): void {}
+
   override async incomingStorePacket(client: Client, packet: Packet): Promise<void> {
-    const mine = this.inflightBytes.get(client.id) ?? new Map<number, number>();
-    const messageId = packet.messageId ?? 0;
-    const previous = mine.get(messageId) ?? 0;
-    const bytes = payloadBytes(packet);
-    if (this.heldBytes - previous + bytes > this.limits.maxSessionBytes) {
-      this.counters.inflightRefused++;
-      throw new Error(`mqtt.limits.maxSessionBytes (${this.limits.maxSessionBytes}) reached: QoS 2 publish refused`);
-    }
-    await super.incomingStorePacket(client, packet);
-    this.heldBytes += bytes - previous;
-    mine.set(messageId, bytes);
-    this.inflightBytes.set(client.id, mine);
-  }
-
-  override async incomingDelPacket(client: Client, packet: Packet): Promise<void> {
-    await super.incomingDelPacket(client, packet);
-    const mine = this.inflightBytes.get(client.id);
-    const bytes = mine?.get(packet.messageId ?? 0);
-    if (mine && bytes !== undefined) {
-      this.heldBytes -= bytes;
-      mine.delete(packet.messageId ?? 0);
-      if (mine.size === 0) this.inflightBytes.delete(client.id);
-    }
-  }
-
-  override async cleanIncoming(client: Client): Promise<void> {
-    await super.cleanIncoming(client);
-    const mine = this.inflightBytes.get(client.id);
-    if (mine) {
-      for (const bytes of mine.values()) this.heldBytes -= bytes;
-      this.inflightBytes.delete(client.id);
-    }
+    await super.incomingStorePacket(client, { ...packet, payload: Buffer.alloc(0) });
   }
 
   private admit(clientId: string, packet: Packet): boolean {
     if (!this.mayReceive(clientId, packet.topic)) return false;
-    const n = this.queued.get(clientId) ?? 0;
-    const bytes = payloadBytes(packet);
-    if (n >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes) {
+    const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>() };
+    const bytes = sizeOf(packet);
+    if (mine.bytes.size >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes) {
       this.counters.queueDropped++;
       return false;
     }
-    this.queued.set(clientId, n + 1);
+    mine.bytes.set(pendingKey(packet), bytes);
+    this.queued.set(clientId, mine);
     this.heldBytes += bytes;
     return true;
   }

@@ -7,6 +7,8 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     topic: string;
     payload: Buffer;
     messageId?: number;
+    brokerId?: string;
+    brokerCounter?: number;
     [key: string]: unknown;
   }
 

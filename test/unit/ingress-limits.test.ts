@@ -30,16 +30,17 @@ describe('PacketSizeGuard', () => {
     expect(new PacketSizeGuard(268_435_455).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f]))).toEqual({ ok: true });
     expect(new PacketSizeGuard(268_435_454).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f]))).toMatchObject({ reason: 'too-large' });
   });
-  it('refuses packet types a client may not send and acknowledgements of the wrong length, and counts packets that ended', () => {
+  it('refuses packet types a client may not send and acknowledgements of the wrong length', () => {
     for (const type of [0x00, 0x20, 0x90, 0xb0, 0xd0, 0xf0]) expect(new PacketSizeGuard(1000).feed(Buffer.from([type, 0])), `type ${type >> 4}`).toEqual({ ok: false, reason: 'malformed' });
     expect(new PacketSizeGuard(1000).feed(Buffer.from([0x40, 0x01, 0x00]))).toEqual({ ok: false, reason: 'malformed' }); // PUBACK without a full packet id
     expect(new PacketSizeGuard(1000).feed(Buffer.from([0xc0, 0x01, 0x00]))).toEqual({ ok: false, reason: 'malformed' }); // PINGREQ with a body
     const guard = new PacketSizeGuard(1000);
     const stream = Buffer.concat([generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'c', keepalive: 10 }), Buffer.from([0x40, 0x02, 0x00, 0x01, 0xc0, 0x00]), publish(10)]);
     expect(guard.feed(stream.subarray(0, 5))).toEqual({ ok: true });
-    expect(guard.packetsEnded).toBe(0);
     expect(guard.feed(stream.subarray(5))).toEqual({ ok: true });
-    expect(guard.packetsEnded).toBe(4);
+    // the CONNECT, the first packet, has a bound of its own
+    expect(new PacketSizeGuard(100_000, 100).feed(publish(200))).toMatchObject({ reason: 'too-large' });
+    expect(new PacketSizeGuard(100_000, 100).feed(Buffer.concat([publish(10), publish(200)]))).toEqual({ ok: true });
   });
 });
 
@@ -85,38 +86,30 @@ describe('PublishThrottle', () => {
 });
 
 describe('LoginThrottle', () => {
-  it('spaces parallel logins from one address and refuses those that would wait too long', () => {
-    const throttle = new LoginThrottle(400, 60_000, 10, () => 0);
-    throttle.failed('a');
-    throttle.failed('a'); // 200 ms apart from now on
-    expect([throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a'), throttle.reserve('a')]).toEqual([200, 400, 600, 800, undefined]);
-    expect(throttle.reserve('b')).toBe(0);
-  });
-
-  it('doubles the delay per failure from one address up to the cap, and forgets on success or after a while', () => {
+  it('holds the answer to each failure longer, doubling up to the cap, and refuses unchecked while too many wait', () => {
     let now = 0;
-    const throttle = new LoginThrottle(1000, 60_000, 3, () => now);
-    expect(throttle.delayMs('a')).toBe(0);
-    const delays = [];
-    for (let i = 0; i < 6; i++) {
-      throttle.failed('a');
-      delays.push(throttle.delayMs('a'));
-    }
-    expect(delays).toEqual([100, 200, 400, 800, 1000, 1000]);
-    expect(throttle.delayMs('b')).toBe(0);
+    const throttle = new LoginThrottle(1000, 3, 60_000, 10, () => now);
+    expect(throttle.admit('a')).toBe(true);
+    expect([1, 2, 3].map(() => throttle.failed('a'))).toEqual([100, 200, 400]);
+    expect(throttle.admit('a')).toBe(false); // three answers pending
+    expect(throttle.admit('b')).toBe(true); // another source (another username) is not affected
+    throttle.answered('a');
+    expect(throttle.admit('a')).toBe(true);
+    expect([throttle.failed('a'), throttle.failed('a')]).toEqual([800, 1000]);
     throttle.succeeded('a');
-    expect(throttle.delayMs('a')).toBe(0);
-    throttle.failed('a');
+    expect(throttle.admit('a')).toBe(true);
+    expect(throttle.failed('a')).toBe(100);
+    throttle.answered('a');
     now += 60_001;
-    expect(throttle.delayMs('a')).toBe(0);
+    expect(throttle.failed('a')).toBe(100); // forgotten after a quiet while
   });
 
-  it('tracks at most maxAddresses, forgetting the one that failed longest ago', () => {
-    const throttle = new LoginThrottle(1000, 60_000, 3, () => 0);
-    for (const address of ['a', 'b', 'c', 'a', 'd']) throttle.failed(address);
-    expect(throttle.trackedAddresses).toBe(3);
-    expect(throttle.delayMs('b')).toBe(0);
-    expect(throttle.delayMs('a')).toBe(200);
+  it('tracks at most maxSources, forgetting the one that failed longest ago', () => {
+    const throttle = new LoginThrottle(1000, 10, 60_000, 3, () => 0);
+    for (const source of ['a', 'b', 'c', 'a', 'd']) throttle.failed(source);
+    expect(throttle.trackedSources).toBe(3);
+    expect(throttle.failed('b')).toBe(100); // b was forgotten: its first failure again
+    expect(throttle.failed('a')).toBe(400);
   });
 });
 
@@ -124,23 +117,32 @@ describe('SessionStore', () => {
   const client = (id: string) => ({ id }) as unknown as Client;
   const packet = (topic: string, bytes: number, messageId?: number) => ({ topic, payload: Buffer.alloc(bytes), ...(messageId === undefined ? {} : { messageId }) });
 
-  it('keeps retained, queued and inbound QoS 2 messages within one byte budget, and frees what is released', async () => {
+  it('keeps retained and queued messages within one byte budget, and frees what is released (QoS 2: by the PUBREL in its place)', async () => {
     const store = new SessionStore({ maxQueuedMessages: 100, maxRetainedMessages: 100, maxSessionBytes: 10_000 });
     await store.storeRetained(packet('r/1', 4000));
-    await store.storeRetained(packet('r/1', 3000)); // replaces: 3000 held for it
+    await store.storeRetained(packet('r/1', 3000)); // replaces: 3003 held for it
     await store.storeRetained(packet('r/2', 8000)); // over the budget: not kept
     expect(store.counters.retainedRefused).toBe(1);
-    await store.outgoingEnqueueCombi([{ clientId: 'a' }, { clientId: 'b' }], packet('q', 3000));
-    await store.outgoingEnqueue({ clientId: 'c' }, packet('q', 3000));
+    const q = (counter: number) => ({ ...packet('q', 3000), brokerId: 'b', brokerCounter: counter, qos: 2 });
+    await store.outgoingEnqueueCombi([{ clientId: 'a' }, { clientId: 'b' }], q(1));
+    await store.outgoingEnqueue({ clientId: 'c' }, q(2)); // over the budget: dropped, delivered unqueued
     expect(store.counters.queueDropped).toBe(1);
-    await expect(store.incomingStorePacket(client('a'), packet('i', 2000, 7))).rejects.toThrow(/maxSessionBytes/);
-    expect(store.counters.inflightRefused).toBe(1);
-    await store.storeRetained(packet('r/1', 0)); // cleared
-    await store.incomingStorePacket(client('a'), packet('i', 2000, 7));
-    await store.incomingDelPacket(client('a'), packet('i', 0, 7));
-    await store.incomingStorePacket(client('b'), packet('i', 2000, 8));
-    await store.cleanIncoming(client('b'));
-    expect(store.bytes).toBe(2 * 3001);
+    await expect(store.outgoingUpdate(client('c'), { ...q(2), messageId: 5 })).resolves.toBeUndefined();
+    expect(store.bytes).toBe(3003 + 2 * 3001);
+    // a: PUBLISH sent as id 7, PUBREC turns it into a PUBREL, PUBCOMP clears it
+    await store.outgoingUpdate(client('a'), { ...q(1), messageId: 7 });
+    await store.outgoingUpdate(client('a'), { cmd: 'pubrel', messageId: 7 } as never);
+    await store.outgoingClearMessageId(client('a'), { cmd: 'pubrel', messageId: 7 } as never);
+    // b: sent as id 3, then again after a reconnect as id 9, acknowledged as 9
+    await store.outgoingUpdate(client('b'), { ...q(1), messageId: 3 });
+    await store.outgoingUpdate(client('b'), { ...q(1), messageId: 9 });
+    await store.outgoingClearMessageId(client('b'), packet('q', 0, 9));
+    expect(store.bytes).toBe(3003);
+    // a replacement refused for the budget takes the old value away too
+    const small = new SessionStore({ maxQueuedMessages: 1, maxRetainedMessages: 10, maxSessionBytes: 5000 });
+    await small.storeRetained(packet('s', 1000));
+    await small.storeRetained(packet('s', 9000));
+    expect(small.bytes).toBe(0);
   });
 
   it('drops new messages for a subscriber whose queue is full, as Mosquitto does', async () => {
