@@ -387,6 +387,49 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     expect(res.status).toBe(426);
   });
 
+  it('stores QoS 0 readings a device sends right behind its CONNECT and then closes, while its login is checked', async () => {
+    const dir = tmp();
+    // A slow hash (many PBKDF2 iterations) keeps the login busy while the readings arrive.
+    const passwordFile = join(dir, 'passwd');
+    addUserToFile(passwordFile, 'dev-1', 'secret-1', 1_000_000);
+    const { gateway, stored } = await secureGateway({ auth: { passwordFile } });
+    const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.resume();
+    const closed = once(socket, 'close');
+    // MQTT 3.1.1 lets a client send before the CONNACK [MQTT-3.1.4]; a sensor that wakes, sends and sleeps does.
+    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-1', keepalive: 30, username: 'dev-1', password: Buffer.from('secret-1') }));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    for (let seq = 1; seq <= 3; seq++) {
+      socket.write(generate({ cmd: 'publish', topic: 'devices/dev-1/telemetry', payload: Buffer.from(reading('dev-1', 'q0', seq)), qos: 0, dup: false, retain: false }));
+    }
+    socket.end(generate({ cmd: 'disconnect' }));
+    await closed;
+    await until('the three readings to be stored', () => stored().length >= 3);
+    expect(stored()).toEqual([1, 2, 3].map((seq) => `dev-1:${reading('dev-1', 'q0', seq)}`));
+  });
+
+  it('acknowledges a routed QoS 2 reading although retained messages of another device fill the memory budget', async () => {
+    const dir = tmp();
+    const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });
+    const { gateway, stored, counters } = await secureGateway({ auth: { passwordFile }, limits: { maxSessionBytes: '1MiB' } });
+    const hog = await connected(gateway.url, { username: 'dev-1', password: 'secret-1', clientId: 'dev-1' });
+    // Fill the budget to the last few bytes: each size until one is refused, then smaller ones.
+    let n = 0;
+    for (const size of [200_000, 20_000, 2_000, 200, 20, 1]) {
+      const refusedBefore = counters().retainedRefused;
+      while (counters().retainedRefused === refusedBefore) {
+        await hog.publishAsync(`devices/dev-1/s/${n++}`, Buffer.alloc(size, 0x61), { qos: 1, retain: true });
+      }
+    }
+    hog.end(true);
+    const dev2 = await connected(gateway.url, { username: 'dev-2', password: 'secret-2', clientId: 'dev-2' });
+    cleanup(() => dev2.end(true));
+    await dev2.publishAsync('devices/dev-2/telemetry', reading('dev-2', 'q2', 1), { qos: 2 });
+    await dev2.publishAsync('devices/dev-2/telemetry', reading('dev-2', 'q2', 2), { qos: 2 });
+    expect(stored()).toEqual([1, 2].map((seq) => `dev-2:${reading('dev-2', 'q2', seq)}`));
+  });
+
   it('refuses topics with U+0000 or invalid UTF-8 (they would collapse into one device ID)', async () => {
     const { gateway, stored, counters } = await secureGateway({});
     for (const [i, level] of [Buffer.from([0x64, 0xc0, 0x80]), Buffer.from('d\u0000x'), Buffer.from([0x64, 0xff, 0x78])].entries()) {
