@@ -173,7 +173,7 @@ export const configSchema = z.strictObject({
            * a faster client is slowed (its socket is not read), not disconnected. 0: unlimited.
            */
           publishRatePerSecond: z.number().int().min(0).default(1000),
-          /** Inbound QoS 2 publishes of one client awaiting PUBREL; more close the connection. */
+          /** Inbound QoS 2 publishes awaiting PUBREL (per connection, and per session across reconnects); more close the connection. */
           maxInflightMessages: z.number().int().min(1).max(65535).default(1000),
           /** Messages queued for one subscriber (offline persistent sessions included); older ones are dropped. */
           maxQueuedMessages: z.number().int().min(1).default(1000),

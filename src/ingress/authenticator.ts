@@ -80,8 +80,9 @@ export class Authenticator {
 /**
  * Slows down password guessing from one source (the ingress keys it by address and username):
  * the password is checked at once, but the answer to a failed login is delayed — 100 ms,
- * doubling per failure from that source, up to `maxDelayMs` — and while `maxPending` failures of
- * a source wait for their answers, further logins from it are refused unchecked. So parallel
+ * doubling per failure from that source, up to `maxDelayMs` — and while `maxPending` logins of a
+ * source are being checked or wait for the answer to their failure, further ones are refused
+ * unchecked. So parallel
  * connections gain little (at most `maxPending` guesses per delay), a success is never delayed,
  * and other devices behind the same address (a NAT) are not held up by one device's wrong
  * password. A success, or `forgetAfterMs` without failures, resets a source. At most
@@ -98,29 +99,49 @@ export class LoginThrottle {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Whether a login from `source` may be checked now (false: too many failures await their answer). */
+  /**
+   * Whether a login from `source` may be checked now; false while, after a failure, `maxPending`
+   * logins of it are being checked or wait for the answer to their failure. A true must be followed by exactly
+   * one `answered` (after `failed`) or `succeeded`.
+   */
   admit(source: string): boolean {
-    return (this.entry(source)?.pending ?? 0) < this.maxPending;
+    let entry = this.entry(source);
+    if (!entry) {
+      entry = { count: 0, last: this.now(), pending: 0 };
+      this.sources.set(source, entry);
+      if (this.sources.size > this.maxSources) this.sources.delete(this.sources.keys().next().value!);
+    }
+    // Until a failure is seen, nothing is limited: a fleet sharing one login behind one address
+    // reconnects at once after a restart.
+    if (entry.count > 0 && entry.pending >= this.maxPending) return false;
+    entry.pending++;
+    return true;
   }
 
   /** Records a failed login; returns how long to hold its answer. Call `answered` after that. */
   failed(source: string): number {
-    const entry = this.entry(source);
+    const entry = this.sources.get(source) ?? { count: 0, last: 0, pending: 1 };
     this.sources.delete(source); // re-inserted last: Map order is then least recently failed first
-    const next = { count: (entry?.count ?? 0) + 1, last: this.now(), pending: (entry?.pending ?? 0) + 1 };
-    this.sources.set(source, next);
+    entry.count++;
+    entry.last = this.now();
+    this.sources.set(source, entry);
     if (this.sources.size > this.maxSources) this.sources.delete(this.sources.keys().next().value!);
-    return Math.min(this.maxDelayMs, 100 * 2 ** Math.min(next.count - 1, 20));
+    return Math.min(this.maxDelayMs, 100 * 2 ** Math.min(entry.count - 1, 20));
   }
 
-  /** A held failure was answered. */
+  /** An admitted login ended without success (its held answer was sent, or it failed otherwise). */
   answered(source: string): void {
     const entry = this.sources.get(source);
     if (entry && entry.pending > 0) entry.pending--;
   }
 
+  /** An admitted login succeeded: the source starts afresh. */
   succeeded(source: string): void {
-    this.sources.delete(source);
+    const entry = this.sources.get(source);
+    if (!entry) return;
+    entry.count = 0;
+    if (entry.pending > 0) entry.pending--;
+    if (entry.pending === 0) this.sources.delete(source);
   }
 
   get trackedSources(): number {

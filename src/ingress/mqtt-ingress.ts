@@ -117,6 +117,13 @@ const SYS_PREFIX = '$SYS/';
  */
 const MAX_CONNECT_BYTES = 64 * 1024;
 
+/** Who owns a client id's session, and by which connection; the claim it replaced, if any. */
+interface SessionOwner {
+  readonly username: string | undefined;
+  readonly connection: number;
+  readonly previous: SessionOwner | undefined;
+}
+
 /** aedes authorizes a client's Last Will with the client itself, after it closed (not typed). */
 function isWill(client: Client | null, packet: PublishPacket): boolean {
   return client !== null && (client as unknown as { will?: unknown }).will === packet;
@@ -180,6 +187,8 @@ export class MqttIngress {
   private broker: Aedes | undefined;
   private sessions: SessionStore | undefined;
   private readonly servers: Server[] = [];
+  /** Every open connection's socket: those aedes drops without closing (mid-login at shutdown) are closed by close(). */
+  private readonly sockets = new Set<Socket>();
   private readonly webSocketServers: WebSocketServer[] = [];
   private readonly warnings: RateLimitedWarn;
   private readonly limits: IngressLimits;
@@ -200,7 +209,7 @@ export class MqttIngress {
    * The identity that owns each client id's session (live, or a persistent one kept for later):
    * another identity may not take it over. A clean session's entry goes when it disconnects.
    */
-  private readonly sessionOwners = new Map<string, { readonly username: string | undefined; readonly connection: number }>();
+  private readonly sessionOwners = new Map<string, SessionOwner>();
   /** A number per connection (the owner entries name their connection by it, not by the client). */
   private readonly connectionIds = new WeakMap<Client, number>();
   private nextConnectionId = 0;
@@ -261,6 +270,10 @@ export class MqttIngress {
       logger.debug({ clientId: client?.id, err: describeError(err) }, 'mqtt client error');
     });
     broker.on('clientReady', (client: Client) => this.established.add(client));
+    broker.on('unsubscribe', (filters: string[], client: Client) => {
+      const granted = this.grantedFilters.get(client);
+      for (const filter of filters) granted?.delete(filter);
+    });
     broker.on('clientDisconnect', (client: Client) => {
       this.throttles.get(client)?.close();
 
@@ -353,15 +366,23 @@ export class MqttIngress {
     conn.on('error', () => undefined);
     const client = broker.handle(conn, undefined as never) as unknown as ClientInternals;
     this.remoteAddresses.set(client, socket.remoteAddress ?? 'unknown');
+    this.sockets.add(socket);
     const connection = ++this.nextConnectionId;
     this.connectionIds.set(client, connection);
     // A clean session ends with its connection, and so does the claim of one that never
     // completed its CONNECT; a persistent session stays its owner's. Only this connection's own
     // entry goes: a newer connection with the same id has written its own.
     socket.once('close', () => {
+      this.sockets.delete(socket);
       const id = (client as Client).id;
-      if (id && this.sessionOwners.get(id)?.connection === connection && (client.clean || !this.established.has(client))) {
-        this.sessionOwners.delete(id);
+      const owner = id ? this.sessionOwners.get(id) : undefined;
+      if (!id || owner?.connection !== connection) return;
+      if (client.clean) this.sessionOwners.delete(id);
+      else if (!this.established.has(client)) {
+        // It never completed its CONNECT: the session it meant to take over, if any, is still
+        // the previous owner's.
+        if (owner.previous) this.sessionOwners.set(id, owner.previous);
+        else this.sessionOwners.delete(id);
       }
     });
     const guard = new PacketSizeGuard(this.maxPacketBytes, Math.min(this.maxPacketBytes, MAX_CONNECT_BYTES));
@@ -416,7 +437,13 @@ export class MqttIngress {
             },
           }
         : { username, password };
-    const result = await this.authenticator.login(credentials);
+    let result: Awaited<ReturnType<Authenticator['login']>>;
+    try {
+      result = await this.authenticator.login(credentials);
+    } catch (err) {
+      this.loginThrottle.answered(throttleKey);
+      throw err;
+    }
     if (!result.ok) {
       this.counters.loginsFailed++;
       const holdMs = this.loginThrottle.failed(throttleKey);
@@ -446,8 +473,9 @@ export class MqttIngress {
     }
     this.principals.set(client, { username: identity, clientId: client.id });
     if ((client as ClientInternals).closed) throw refusal(5, 'closed while logging in');
+    const previous = this.sessionOwners.get(client.id);
     this.sessionOwners.delete(client.id);
-    this.sessionOwners.set(client.id, { username: identity, connection: this.connectionIds.get(client) ?? 0 });
+    this.sessionOwners.set(client.id, { username: identity, connection: this.connectionIds.get(client) ?? 0, previous: previous && { ...previous, previous: undefined } });
     if (this.sessionOwners.size > 100_000) this.sessionOwners.delete(this.sessionOwners.keys().next().value!);
     if (this.limits.publishRatePerSecond > 0) this.throttles.set(client, new PublishThrottle(this.limits.publishRatePerSecond));
   }
@@ -645,6 +673,7 @@ export class MqttIngress {
     this.broker = undefined;
     const serversClosed = Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
     if (broker) await new Promise<void>((resolve) => broker.close(() => resolve()));
+    for (const socket of this.sockets) socket.destroy();
     await serversClosed;
   }
 

@@ -13,6 +13,8 @@ export interface SessionStoreLimits {
   readonly maxRetainedMessages: number;
   /** Bytes of retained and queued messages held in memory together. */
   readonly maxSessionBytes: number;
+  /** Inbound QoS 2 publishes one session may hold awaiting PUBREL, across reconnects. */
+  readonly maxInflightMessages: number;
 }
 
 /** Whether a subscriber (by client id) may receive a message: the access policy, for queued messages. */
@@ -38,7 +40,7 @@ interface Subscriber {
  * message on a new topic is refused once maxRetainedMessages are kept; and retained and queued
  * messages share one byte budget (Mosquitto's memory_limit). Inbound QoS 2 packets are kept
  * without their payload (aedes needs only their ids to recognise a retransmit; it published them
- * already), bounded by mqtt.limits.maxInflightMessages per client. Local broker traffic only:
+ * already), at most mqtt.limits.maxInflightMessages per session, across reconnects. Local broker traffic only:
  * routed publishes are in the commit log before they are acknowledged.
  */
 export class SessionStore extends MemoryPersistence {
@@ -46,6 +48,8 @@ export class SessionStore extends MemoryPersistence {
   /** Per subscriber: its queued messages, by the broker's message counter. */
   private readonly queued = new Map<string, Subscriber>();
   private readonly retainedBytes = new Map<string, number>();
+  /** Per session: the ids of inbound QoS 2 publishes awaiting PUBREL. */
+  private readonly inbound = new Map<string, Set<number>>();
   /** Bytes of retained and queued messages (a message queued for two subscribers counts twice). */
   private heldBytes = 0;
 
@@ -89,7 +93,10 @@ export class SessionStore extends MemoryPersistence {
   }
 
   override async outgoingEnqueueCombi(subs: { clientId: string }[], packet: Packet): Promise<void> {
-    const admitted = subs.filter((sub) => this.admit(sub.clientId, packet));
+    // One entry per matching filter: a subscriber with overlapping filters gets one copy (aedes
+    // delivers one online too; a second would never be given a packet id, nor cleared).
+    const seen = new Set<string>();
+    const admitted = subs.filter((sub) => !seen.has(sub.clientId) && seen.add(sub.clientId) && this.admit(sub.clientId, packet));
     if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet);
   }
 
@@ -117,11 +124,15 @@ export class SessionStore extends MemoryPersistence {
     if (packet.messageId === undefined) return undefined;
     const cleared = await super.outgoingClearMessageId(client, packet);
     const mine = this.queued.get(client.id);
-    const key = mine?.byId.get(packet.messageId);
-    if (cleared && mine && key !== undefined) {
-      this.heldBytes -= mine.bytes.get(key) ?? 0;
+    if (!cleared || !mine) return cleared;
+    // The message the store removed (a packet id can be reused while an older message still
+    // holds it): a PUBLISH names itself by its broker counter, a PUBREL by the id it was sent with.
+    const key = cleared.brokerId !== undefined ? pendingKey(cleared) : mine.byId.get(packet.messageId);
+    if (key !== undefined && mine.bytes.has(key)) {
+      this.heldBytes -= mine.bytes.get(key)!;
       mine.bytes.delete(key);
-      mine.byId.delete(packet.messageId);
+      const id = mine.idOf.get(key);
+      if (id !== undefined && mine.byId.get(id) === key) mine.byId.delete(id);
       mine.idOf.delete(key);
       if (mine.bytes.size === 0) this.queued.delete(client.id);
     }
@@ -135,7 +146,27 @@ export class SessionStore extends MemoryPersistence {
   private notQueued(): void {}
 
   override async incomingStorePacket(client: Client, packet: Packet): Promise<void> {
+    // aedes bounds these per connection; a persistent session keeps them across reconnects.
+    const ids = this.inbound.get(client.id) ?? new Set<number>();
+    const messageId = packet.messageId ?? 0;
+    if (!ids.has(messageId) && ids.size >= this.limits.maxInflightMessages) {
+      throw new Error(`mqtt.limits.maxInflightMessages (${this.limits.maxInflightMessages}) QoS 2 publishes of this session await PUBREL`);
+    }
     await super.incomingStorePacket(client, { ...packet, payload: Buffer.alloc(0) });
+    ids.add(messageId);
+    this.inbound.set(client.id, ids);
+  }
+
+  override async incomingDelPacket(client: Client, packet: Packet): Promise<void> {
+    await super.incomingDelPacket(client, packet);
+    const ids = this.inbound.get(client.id);
+    ids?.delete(packet.messageId ?? 0);
+    if (ids?.size === 0) this.inbound.delete(client.id);
+  }
+
+  override async cleanIncoming(client: Client): Promise<void> {
+    await super.cleanIncoming(client);
+    this.inbound.delete(client.id);
   }
 
   private admit(clientId: string, packet: Packet): boolean {

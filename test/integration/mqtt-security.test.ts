@@ -409,6 +409,21 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     expect(stored()).toEqual([1, 2, 3].map((seq) => `dev-1:${reading('dev-1', 'q0', seq)}`));
   });
 
+  it('stops while a login is being checked (aedes leaves such a connection open)', async () => {
+    const dir = tmp();
+    const passwordFile = join(dir, 'passwd');
+    addUserToFile(passwordFile, 'dev-1', 'secret-1', 1_000_000);
+    const { gateway } = await secureGateway({ auth: { passwordFile } });
+    const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.resume();
+    const closed = once(socket, 'close');
+    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-1', keepalive: 30, username: 'dev-1', password: Buffer.from('secret-1') }));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await gateway.close();
+    await closed;
+  });
+
   it('acknowledges a routed QoS 2 reading although retained messages of another device fill the memory budget', async () => {
     const dir = tmp();
     const passwordFile = mosquittoPasswordFile(dir, { 'dev-1': 'secret-1', 'dev-2': 'secret-2' });

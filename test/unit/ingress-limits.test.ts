@@ -86,30 +86,44 @@ describe('PublishThrottle', () => {
 });
 
 describe('LoginThrottle', () => {
-  it('holds the answer to each failure longer, doubling up to the cap, and refuses unchecked while too many wait', () => {
+  /** One login from `source` that fails: admitted, its answer held, answered. */
+  const fail = (throttle: LoginThrottle, source: string): number => {
+    expect(throttle.admit(source)).toBe(true);
+    const hold = throttle.failed(source);
+    throttle.answered(source);
+    return hold;
+  };
+
+  it('holds the answer to each failure longer, doubling up to the cap; a success starts afresh, and so does a quiet while', () => {
     let now = 0;
     const throttle = new LoginThrottle(1000, 3, 60_000, 10, () => now);
+    expect([1, 2, 3, 4, 5, 6].map(() => fail(throttle, 'a'))).toEqual([100, 200, 400, 800, 1000, 1000]);
     expect(throttle.admit('a')).toBe(true);
-    expect([1, 2, 3].map(() => throttle.failed('a'))).toEqual([100, 200, 400]);
-    expect(throttle.admit('a')).toBe(false); // three answers pending
-    expect(throttle.admit('b')).toBe(true); // another source (another username) is not affected
-    throttle.answered('a');
-    expect(throttle.admit('a')).toBe(true);
-    expect([throttle.failed('a'), throttle.failed('a')]).toEqual([800, 1000]);
     throttle.succeeded('a');
-    expect(throttle.admit('a')).toBe(true);
-    expect(throttle.failed('a')).toBe(100);
-    throttle.answered('a');
+    expect(fail(throttle, 'a')).toBe(100);
     now += 60_001;
-    expect(throttle.failed('a')).toBe(100); // forgotten after a quiet while
+    expect(fail(throttle, 'a')).toBe(100);
+  });
+
+  it('after a failure, refuses unchecked while maxPending logins of a source are being checked or held, other sources unaffected', () => {
+    const throttle = new LoginThrottle(1000, 3, 60_000, 10, () => 0);
+    // no failure seen yet: a fleet sharing one login may reconnect all at once
+    expect(Array.from({ length: 5 }, () => throttle.admit('a')).every(Boolean)).toBe(true);
+    for (let i = 0; i < 5; i++) throttle.succeeded('a');
+    fail(throttle, 'a');
+    expect([throttle.admit('a'), throttle.admit('a'), throttle.admit('a'), throttle.admit('a')]).toEqual([true, true, true, false]);
+    expect(throttle.admit('b')).toBe(true);
+    throttle.failed('a');
+    expect(throttle.admit('a')).toBe(false); // held, not yet answered
+    throttle.answered('a');
+    expect(throttle.admit('a')).toBe(true);
   });
 
   it('tracks at most maxSources, forgetting the one that failed longest ago', () => {
     const throttle = new LoginThrottle(1000, 10, 60_000, 3, () => 0);
-    for (const source of ['a', 'b', 'c', 'a', 'd']) throttle.failed(source);
+    for (const source of ['a', 'b', 'c', 'a', 'd']) fail(throttle, source);
     expect(throttle.trackedSources).toBe(3);
-    expect(throttle.failed('b')).toBe(100); // b was forgotten: its first failure again
-    expect(throttle.failed('a')).toBe(400);
+    expect(fail(throttle, 'b')).toBe(100); // b was forgotten: its first failure again
   });
 });
 
@@ -118,7 +132,7 @@ describe('SessionStore', () => {
   const packet = (topic: string, bytes: number, messageId?: number) => ({ topic, payload: Buffer.alloc(bytes), ...(messageId === undefined ? {} : { messageId }) });
 
   it('keeps retained and queued messages within one byte budget, and frees what is released (QoS 2: by the PUBREL in its place)', async () => {
-    const store = new SessionStore({ maxQueuedMessages: 100, maxRetainedMessages: 100, maxSessionBytes: 10_000 });
+    const store = new SessionStore({ maxQueuedMessages: 100, maxRetainedMessages: 100, maxSessionBytes: 10_000, maxInflightMessages: 2 });
     await store.storeRetained(packet('r/1', 4000));
     await store.storeRetained(packet('r/1', 3000)); // replaces: 3003 held for it
     await store.storeRetained(packet('r/2', 8000)); // over the budget: not kept
@@ -139,14 +153,36 @@ describe('SessionStore', () => {
     await store.outgoingClearMessageId(client('b'), packet('q', 0, 9));
     expect(store.bytes).toBe(3003);
     // a replacement refused for the budget takes the old value away too
-    const small = new SessionStore({ maxQueuedMessages: 1, maxRetainedMessages: 10, maxSessionBytes: 5000 });
+    const small = new SessionStore({ maxQueuedMessages: 1, maxRetainedMessages: 10, maxSessionBytes: 5000, maxInflightMessages: 2 });
     await small.storeRetained(packet('s', 1000));
     await small.storeRetained(packet('s', 9000));
     expect(small.bytes).toBe(0);
   });
 
+  it('queues one copy for overlapping filters, accounts by the message the store removed (reused packet ids), and bounds QoS 2 handshakes of a session', async () => {
+    const store = new SessionStore({ maxQueuedMessages: 10, maxRetainedMessages: 10, maxSessionBytes: 1e9, maxInflightMessages: 2 });
+    const q = (counter: number) => ({ ...packet('q', 100), brokerId: 'b', brokerCounter: counter, qos: 1 });
+    await store.outgoingEnqueueCombi([{ clientId: 'a' }, { clientId: 'a' }], q(1)); // site/+/temp and site/#
+    expect(store.bytes).toBe(101);
+    // message 1 sent as id 5 (not acknowledged); after a reconnect message 2 is sent as id 5 too
+    await store.outgoingUpdate(client('a'), { ...q(1), messageId: 5 });
+    await store.outgoingEnqueue({ clientId: 'a' }, q(2));
+    await store.outgoingUpdate(client('a'), { ...q(2), messageId: 5 });
+    await store.outgoingClearMessageId(client('a'), packet('q', 0, 5)); // removes one of them
+    await store.outgoingUpdate(client('a'), { ...q(1), messageId: 6 });
+    await store.outgoingUpdate(client('a'), { ...q(2), messageId: 6 });
+    await store.outgoingClearMessageId(client('a'), packet('q', 0, 6));
+    expect(store.bytes).toBe(0);
+    await store.incomingStorePacket(client('c'), packet('i', 10, 1));
+    await store.incomingStorePacket(client('c'), packet('i', 10, 2));
+    await expect(store.incomingStorePacket(client('c'), packet('i', 10, 3))).rejects.toThrow(/maxInflightMessages/);
+    await store.incomingStorePacket(client('c'), packet('i', 10, 2)); // a retransmit is no new one
+    await store.incomingDelPacket(client('c'), packet('i', 0, 1));
+    await store.incomingStorePacket(client('c'), packet('i', 10, 3));
+  });
+
   it('drops new messages for a subscriber whose queue is full, as Mosquitto does', async () => {
-    const store = new SessionStore({ maxQueuedMessages: 2, maxRetainedMessages: 1, maxSessionBytes: 1e9 });
+    const store = new SessionStore({ maxQueuedMessages: 2, maxRetainedMessages: 1, maxSessionBytes: 1e9, maxInflightMessages: 2 });
     // aedes gives a queued message its packet id when it sends it (outgoingUpdate), and clears it by that id on PUBACK.
     const queued = { ...packet('q', 1), brokerId: 'b', brokerCounter: 1, qos: 1 };
     await store.outgoingEnqueue({ clientId: 'a' }, queued);
