@@ -387,19 +387,26 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
     expect(res.status).toBe(426);
   });
 
-  it('stores QoS 0 readings a device sends right behind its CONNECT and then closes, while its login is checked', async () => {
-    const dir = tmp();
-    // A slow hash (many PBKDF2 iterations) keeps the login busy while the readings arrive.
-    const passwordFile = join(dir, 'passwd');
+  /**
+   * A gateway whose password check is slow (a million PBKDF2 iterations), and a raw connection
+   * that has sent its CONNECT and is being logged in 50 ms later.
+   */
+  async function slowLogin() {
+    const passwordFile = join(tmp(), 'passwd');
     addUserToFile(passwordFile, 'dev-1', 'secret-1', 1_000_000);
     const { gateway, stored } = await secureGateway({ auth: { passwordFile } });
     const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
     socket.on('error', () => undefined);
     socket.resume();
     const closed = once(socket, 'close');
-    // MQTT 3.1.1 lets a client send before the CONNACK [MQTT-3.1.4]; a sensor that wakes, sends and sleeps does.
     socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-1', keepalive: 30, username: 'dev-1', password: Buffer.from('secret-1') }));
     await new Promise((resolve) => setTimeout(resolve, 50));
+    return { gateway, stored, socket, closed };
+  }
+
+  it('stores QoS 0 readings a device sends right behind its CONNECT and then closes, while its login is checked', async () => {
+    // MQTT 3.1.1 lets a client send before the CONNACK [MQTT-3.1.4]; a sensor that wakes, sends and sleeps does.
+    const { stored, socket, closed } = await slowLogin();
     for (let seq = 1; seq <= 3; seq++) {
       socket.write(generate({ cmd: 'publish', topic: 'devices/dev-1/telemetry', payload: Buffer.from(reading('dev-1', 'q0', seq)), qos: 0, dup: false, retain: false }));
     }
@@ -410,16 +417,7 @@ describe('MQTT security: logins, own-topic ACLs, TLS, takeover', () => {
   });
 
   it('stops while a login is being checked (aedes leaves such a connection open)', async () => {
-    const dir = tmp();
-    const passwordFile = join(dir, 'passwd');
-    addUserToFile(passwordFile, 'dev-1', 'secret-1', 1_000_000);
-    const { gateway } = await secureGateway({ auth: { passwordFile } });
-    const socket = netConnect(gateway.mqttAddress.port, '127.0.0.1');
-    socket.on('error', () => undefined);
-    socket.resume();
-    const closed = once(socket, 'close');
-    socket.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-1', keepalive: 30, username: 'dev-1', password: Buffer.from('secret-1') }));
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    const { gateway, closed } = await slowLogin();
     await gateway.close();
     await closed;
   });
