@@ -206,16 +206,9 @@ async function brokerPorts(port, controllerPort) {
   return { port, controllerPort };
 }
 
-/**
- * Starts a broker on 127.0.0.1. Reuses `dataDir` when it is already formatted (a restart keeps
- * topics and data, which the fault tests rely on). Resolves once the broker answers.
- */
-export async function startKafka({ dataDir, port, controllerPort, detached = false, heap = '1g' } = {}) {
-  const lib = ensureKafkaJars();
-  dataDir = resolve(dataDir ?? join(STATE, 'data'));
-  ({ port, controllerPort } = await brokerPorts(port, controllerPort));
-  if (port === controllerPort) throw new KafkaSetupError(`the broker and controller ports must differ (both ${port})`);
-  const node = launchNode({
+/** One KRaft node that is both the broker and the only controller. */
+function launchSingleNode({ lib, dataDir, port, controllerPort, heap, detached, security }) {
+  return launchNode({
     lib,
     dataDir,
     nodeId: 1,
@@ -226,7 +219,20 @@ export async function startKafka({ dataDir, port, controllerPort, detached = fal
     replication: 1,
     heap,
     detached,
+    security,
   });
+}
+
+/**
+ * Starts a broker on 127.0.0.1. Reuses `dataDir` when it is already formatted (a restart keeps
+ * topics and data, which the fault tests rely on). Resolves once the broker answers.
+ */
+export async function startKafka({ dataDir, port, controllerPort, detached = false, heap = '1g' } = {}) {
+  const lib = ensureKafkaJars();
+  dataDir = resolve(dataDir ?? join(STATE, 'data'));
+  ({ port, controllerPort } = await brokerPorts(port, controllerPort));
+  if (port === controllerPort) throw new KafkaSetupError(`the broker and controller ports must differ (both ${port})`);
+  const node = launchSingleNode({ lib, dataDir, port, controllerPort, heap, detached });
   const brokers = [`127.0.0.1:${port}`];
   try {
     await waitForKafka(brokers, { isAlive: () => !node.exited });
@@ -390,19 +396,7 @@ export async function startSecureKafka({ dataDir, users = [], heap = '384m', det
   }
   const security = { admin, users, tls };
   ({ port, controllerPort } = await brokerPorts(port, controllerPort));
-  const node = launchNode({
-    lib,
-    dataDir,
-    nodeId: 1,
-    port,
-    controllerPort,
-    voters: [{ nodeId: 1, controllerPort }],
-    clusterId: kafkaUuid(),
-    replication: 1,
-    heap,
-    detached,
-    security,
-  });
+  const node = launchSingleNode({ lib, dataDir, port, controllerPort, heap, detached, security });
   const brokers = [`127.0.0.1:${port}`];
   const ca = readFileSync(tls.caFile, 'utf8');
   const client = (user = admin, mechanism = 'scram-sha-512') => ({

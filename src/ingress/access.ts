@@ -47,33 +47,34 @@ export class AccessPolicy {
   }
 
   mayPublish(who: Principal, topic: string): boolean {
-    if (this.open) return true;
-    const verdict = this.options.acl?.check('write', topic, who) ?? 'none';
-    if (verdict !== 'none') return verdict === 'allow';
-    if (!this.options.authenticated) return true;
-    if (who.username === undefined) return false;
-    // A routed topic is stored as the device its route names, whatever subtree it lies in.
-    const match = this.options.routes.match(topic);
-    return match ? match.deviceId === who.username : this.withinOwnSubtree(who.username, topic);
+    return this.decide('write', who, topic, (identity) => this.owns(identity, topic));
   }
 
   maySubscribe(who: Principal, filter: string): boolean {
-    if (this.open) return true;
-    const verdict = this.options.acl?.check('subscribe', filter, who) ?? 'none';
-    if (verdict !== 'none') return verdict === 'allow';
-    if (!this.options.authenticated) return true;
-    return who.username !== undefined && this.withinOwnSubtree(who.username, filter);
+    return this.decide('subscribe', who, filter, (identity) => this.withinOwnSubtree(identity, filter));
   }
 
   /** Checked for every message delivered to a subscriber (an ACL may narrow a granted filter). */
   mayReceive(who: Principal, topic: string): boolean {
+    return this.decide('read', who, topic, (identity) => this.owns(identity, topic));
+  }
+
+  /** The ACL file's verdict where it has one; else the default rule for an identified client. */
+  private decide(access: AclAccess, who: Principal, topic: string, ownRule: (identity: string) => boolean): boolean {
     if (this.open) return true;
-    const verdict = this.options.acl?.check('read', topic, who) ?? 'none';
+    const verdict = this.options.acl?.check(access, topic, who) ?? 'none';
     if (verdict !== 'none') return verdict === 'allow';
     if (!this.options.authenticated) return true;
-    if (who.username === undefined) return false;
+    return who.username !== undefined && ownRule(who.username);
+  }
+
+  /**
+   * Whether a topic is the device's own: a routed topic is the device its route names, whatever
+   * subtree it lies in; an unrouted one, if it lies in the device's subtree.
+   */
+  private owns(identity: string, topic: string): boolean {
     const match = this.options.routes.match(topic);
-    return match ? match.deviceId === who.username : this.withinOwnSubtree(who.username, topic);
+    return match ? match.deviceId === identity : this.withinOwnSubtree(identity, topic);
   }
 
   /**

@@ -5,7 +5,7 @@ import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes
 import type { Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
-import { describeError } from '../errors.js';
+import { describeError, type ErrorCode } from '../errors.js';
 import { listen } from '../listen.js';
 import type { AppendSink } from '../log/group-commit.js';
 import type { MqttRefusals } from '../status.js';
@@ -297,12 +297,7 @@ export class MqttIngress {
         };
         const server = createTlsServer(tlsOptions, handle);
         server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
-          this.counters.tlsHandshakesFailed++;
-          this.warnings.warn(
-            'tls',
-            { code: 'EB_ERR_INGRESS_TLS_HANDSHAKE', remoteAddress: socket.remoteAddress, err: describeError(err), total: this.counters.tlsHandshakesFailed },
-            'MQTT TLS handshake failed (no or untrusted client certificate, or not TLS)',
-          );
+          this.refuse('tlsHandshakesFailed', 'EB_ERR_INGRESS_TLS_HANDSHAKE', { remoteAddress: socket.remoteAddress, err: describeError(err) }, 'MQTT TLS handshake failed (no or untrusted client certificate, or not TLS)');
         });
         addresses.tls = await this.listen(server, tls.host, tls.port, 'MQTT over TLS');
       }
@@ -341,12 +336,7 @@ export class MqttIngress {
     const { logger } = this.options;
     server.maxConnections = this.limits.maxConnections;
     server.on('drop', () => {
-      this.counters.connectionsRefused++;
-      this.warnings.warn(
-        'connections',
-        { code: 'EB_ERR_INGRESS_LIMIT', maxConnections: this.limits.maxConnections, total: this.counters.connectionsRefused },
-        'connection refused: mqtt.limits.maxConnections reached',
-      );
+      this.refuse('connectionsRefused', 'EB_ERR_INGRESS_LIMIT', { maxConnections: this.limits.maxConnections }, 'connection refused: mqtt.limits.maxConnections reached');
     });
     this.servers.push(server);
     const address = await listen(server, host, port, 'EB_ERR_INGRESS_LISTEN', what, (err) =>
@@ -392,19 +382,9 @@ export class MqttIngress {
       const verdict = guard.feed(buf);
       if (verdict.ok) return parse(buf);
       if (verdict.reason === 'too-large') {
-        this.counters.oversized++;
-        this.warnings.warn(
-          'oversized',
-          { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
-          'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)',
-        );
+        this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes }, 'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)');
       } else {
-        this.counters.malformedPackets++;
-        this.warnings.warn(
-          'malformed',
-          { code: 'EB_ERR_INGRESS_MALFORMED', remoteAddress: socket.remoteAddress, clientId: client.id, total: this.counters.malformedPackets },
-          'malformed MQTT packet header (client disconnected)',
-        );
+        this.refuse('malformedPackets', 'EB_ERR_INGRESS_MALFORMED', { remoteAddress: socket.remoteAddress, clientId: client.id }, 'malformed MQTT packet header (client disconnected)');
       }
       conn.destroy();
       return 0;
@@ -445,15 +425,10 @@ export class MqttIngress {
       throw err;
     }
     if (!result.ok) {
-      this.counters.loginsFailed++;
+      this.refuse('loginsFailed', 'EB_ERR_INGRESS_LOGIN', { remoteAddress: address, clientId: client.id, username, reason: result.reason }, `MQTT login refused: ${result.reason}`);
       const holdMs = this.loginThrottle.failed(throttleKey);
       await new Promise((resolve) => setTimeout(resolve, holdMs));
       this.loginThrottle.answered(throttleKey);
-      this.warnings.warn(
-        'login',
-        { code: 'EB_ERR_INGRESS_LOGIN', remoteAddress: address, clientId: client.id, username, reason: result.reason, total: this.counters.loginsFailed },
-        `MQTT login refused: ${result.reason}`,
-      );
       throw refusal(result.returnCode, result.reason);
     }
     this.loginThrottle.succeeded(throttleKey);
@@ -463,12 +438,7 @@ export class MqttIngress {
     const taken = (owner !== undefined && owner.username !== identity) || !this.authenticator.mayUseClientId(client.id, identity);
     // A client id that is the device's own identity is always its own, whoever squatted it.
     if (taken && !this.authenticator.ownsClientId(client.id, identity)) {
-      this.counters.takeoversRefused++;
-      this.warnings.warn(
-        'takeover',
-        { code: 'EB_ERR_INGRESS_TAKEOVER', remoteAddress: address, clientId: client.id, username: identity, total: this.counters.takeoversRefused },
-        'MQTT connection refused: its client id belongs to another identity\'s session',
-      );
+      this.refuse('takeoversRefused', 'EB_ERR_INGRESS_TAKEOVER', { remoteAddress: address, clientId: client.id, username: identity }, 'MQTT connection refused: its client id belongs to another identity\'s session');
       throw refusal(5, `client id ${client.id} belongs to another identity`);
     }
     this.principals.set(client, { username: identity, clientId: client.id });
@@ -478,6 +448,12 @@ export class MqttIngress {
     this.sessionOwners.set(client.id, { username: identity, connection: this.connectionIds.get(client) ?? 0, previous: previous && { ...previous, previous: undefined } });
     if (this.sessionOwners.size > 100_000) this.sessionOwners.delete(this.sessionOwners.keys().next().value!);
     if (this.limits.publishRatePerSecond > 0) this.throttles.set(client, new PublishThrottle(this.limits.publishRatePerSecond));
+  }
+
+  /** Counts a refusal and logs it: at most one line a minute per counter, with the running total. */
+  private refuse(counter: keyof IngressCounters, code: ErrorCode, fields: Record<string, unknown>, message: string): void {
+    const total = ++this.counters[counter];
+    this.warnings.warn(counter, { code, ...fields, total }, message);
   }
 
   /**
@@ -514,12 +490,7 @@ export class MqttIngress {
     }
     const who = this.principals.get(client);
     if (!who || !this.access.maySubscribe(who, sub.topic)) {
-      this.counters.subscriptionsDenied++;
-      this.warnings.warn(
-        'subscribe',
-        { code: 'EB_ERR_INGRESS_DENIED', clientId: client.id, username: who?.username, topic: sub.topic, total: this.counters.subscriptionsDenied },
-        'MQTT subscription denied by the access policy (return code 0x80)',
-      );
+      this.refuse('subscriptionsDenied', 'EB_ERR_INGRESS_DENIED', { clientId: client.id, username: who?.username, topic: sub.topic }, 'MQTT subscription denied by the access policy (return code 0x80)');
       callback(null, null);
       return;
     }
@@ -545,35 +516,20 @@ export class MqttIngress {
     }
     const topicProblem = this.topicProblem(packet.topic);
     if (topicProblem) {
-      this.counters.topicsRefused++;
-      this.warnings.warn(
-        'topic',
-        { code: 'EB_ERR_INGRESS_DENIED', clientId: client?.id, problem: topicProblem, total: this.counters.topicsRefused },
-        `publish refused: ${topicProblem} (client disconnected)`,
-      );
+      this.refuse('topicsRefused', 'EB_ERR_INGRESS_DENIED', { clientId: client?.id, problem: topicProblem }, `publish refused: ${topicProblem} (client disconnected)`);
       callback(new Error(topicProblem));
       return;
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
     if (size > this.options.maxPayloadBytes) {
-      this.counters.oversized++;
-      this.warnings.warn(
-        'oversized',
-        { code: 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes, total: this.counters.oversized },
-        'publish larger than mqtt.maxPayloadBytes refused (client disconnected)',
-      );
+      this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes }, 'publish larger than mqtt.maxPayloadBytes refused (client disconnected)');
       callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.options.maxPayloadBytes})`));
       return;
     }
     if (client !== null) {
       const who = this.principals.get(client);
       if (!who || !this.access.mayPublish(who, packet.topic)) {
-        this.counters.publishesDenied++;
-        this.warnings.warn(
-          'publish',
-          { code: 'EB_ERR_INGRESS_DENIED', clientId: client.id, username: who?.username, topic: packet.topic, total: this.counters.publishesDenied },
-          'MQTT publish denied by the access policy (not stored, not acknowledged, client disconnected)',
-        );
+        this.refuse('publishesDenied', 'EB_ERR_INGRESS_DENIED', { clientId: client.id, username: who?.username, topic: packet.topic }, 'MQTT publish denied by the access policy (not stored, not acknowledged, client disconnected)');
         callback(new Error(`not authorized to publish to ${packet.topic}`));
         return;
       }
