@@ -40,6 +40,12 @@ const dedup = z
      * that lacks any of them has no identity: it is deduplicated only on MQTT DUP retransmits.
      */
     fields: z.array(z.string().min(1)).default(['bootId', 'seq']),
+    /**
+     * `window`: when the last field is a non-negative integer counter, a stream (route, device,
+     * the other fields) remembers the counters stored as ranges: O(streams) state. `exact`: an
+     * index entry per reading (any out-of-order arrival, at a write per reading).
+     */
+    mode: z.enum(['window', 'exact']).default('window'),
     /** How long a reading's identity is remembered. */
     window: duration(1000).default(24 * 3600e3),
     /**
@@ -57,7 +63,7 @@ const route = z
     /** Drop device retransmits and firmware replays; `false` turns it off for this route. */
     dedup: z
       .union([z.literal(false), dedup])
-      .default(() => ({ fields: ['bootId', 'seq'], window: 24 * 3600e3, retransmitWindow: 600_000 })),
+      .default(() => ({ fields: ['bootId', 'seq'], mode: 'window' as const, window: 24 * 3600e3, retransmitWindow: 600_000 })),
     /** Keep only the latest not-yet-forwarded message per device (state-like topics). */
     compact: z.boolean().default(false),
   })

@@ -28,6 +28,13 @@ function streamPrefix(...parts: string[]): Buffer {
   return hash.digest().subarray(0, 8);
 }
 
+/** A counter stream's id: route, device and the identity fields before the counter, hashed. */
+function streamId(pattern: string, deviceId: string, fields: readonly string[]): Buffer {
+  const hash = createHash('sha1').update('w\0').update(pattern).update('\0').update(deviceId);
+  for (const field of fields) hash.update('\0').update(field);
+  return hash.digest().subarray(0, 16);
+}
+
 /**
  * An identity field's value as key text: non-negative integers as fixed-width digits (so byte
  * order is numeric order), other integers, strings and booleans as JSON. `undefined` when the
@@ -81,11 +88,16 @@ export function dedupMark(route: CompiledRoute, deviceId: string, publish: Publi
     const texts = obj ? config.fields.map((f) => (Object.hasOwn(obj, f) ? identityText(obj[f]) : undefined)) : [];
     if (obj && texts.every((t) => t !== undefined)) {
       const identity = texts.join('\u0001');
-      return {
-        key: Buffer.concat([streamPrefix('f', route.pattern, deviceId), Buffer.from(identity, 'utf8')]),
-        mode: 'check',
-        windowMs: config.window,
-      };
+      const key = Buffer.concat([streamPrefix('f', route.pattern, deviceId), Buffer.from(identity, 'utf8')]);
+      // The last field is the counter when it is a non-negative integer (seq); the others and
+      // the device name its stream (one boot of one device).
+      const last = obj[config.fields[config.fields.length - 1]!];
+      const counter =
+        typeof last === 'number' && Number.isSafeInteger(last) && last >= 0
+          ? { stream: streamId(route.pattern, deviceId, texts.slice(0, -1)), value: last }
+          : undefined;
+      const mode = counter && config.mode !== 'exact' ? 'window' : 'check';
+      return { key, mode, windowMs: config.window, ...(counter ? { counter } : {}) };
     }
   }
   if (publish.qos === 0 || publish.clientId === undefined || publish.messageId === undefined) return undefined;

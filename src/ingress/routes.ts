@@ -5,6 +5,8 @@
  */
 export interface RouteDedup {
   readonly fields: readonly string[];
+  /** `window` (default): counter dedup per stream; `exact`: an index entry per reading. */
+  readonly mode?: 'window' | 'exact';
   readonly window: number;
   readonly retransmitWindow?: number;
 }

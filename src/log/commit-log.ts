@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import type Database from 'better-sqlite3';
 import { EdgebridgeError } from '../errors.js';
 import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, limitWal, logError, migrate, openDatabase, openError, walBytes } from './database.js';
+import { DedupWindows } from './dedup-windows.js';
 import type { LogEpoch } from './epochs.js';
 
 export { DB_FILE } from './database.js';
@@ -14,9 +15,22 @@ export { DB_FILE } from './database.js';
  * (re)arm the key, so that a later DUP retransmit of the same packet is recognised.
  */
 export interface DedupMark {
+  /** The reading's key in the per-reading index (also looked up in `window` mode, see below). */
   readonly key: Buffer;
-  readonly mode: 'check' | 'remember';
+  /**
+   * `window`: counter dedup (dedup-windows.ts): dropped when `counter` was already stored in its
+   * stream, or when its key is live in the per-reading index (readings stored by exact mode, or
+   * before counter dedup existed); otherwise stored and added to the stream's ranges.
+   */
+  readonly mode: 'check' | 'remember' | 'window';
   readonly windowMs: number;
+  /** The reading's stream and counter, when it has one: checked in every mode, kept in `window`. */
+  readonly counter?: DedupCounter;
+}
+
+export interface DedupCounter {
+  readonly stream: Buffer;
+  readonly value: number;
 }
 
 /** What ingress hands to the log: one MQTT publish that matched a route. */
@@ -98,6 +112,9 @@ export class CommitLog {
   private newTopics: string[] = [];
   private lastOffsetCache: number;
   private readonly pageSize: number;
+  private readonly windows: DedupWindows;
+  /** Whether the per-reading index may hold keys: `window` marks look there only then. */
+  private indexInUse: boolean;
   private closed = false;
 
   constructor(options: CommitLogOptions) {
@@ -127,9 +144,13 @@ export class CommitLog {
       if (error.code === 'EB_ERR_LOG_CORRUPT') rmSync(`${this.file}.damaged`, { force: true });
       throw error;
     }
-    this.appendAll = this.db.transaction((entries: readonly LogEntry[], now: number) =>
-      entries.map((e) => this.appendOne(e, now)),
-    );
+    this.windows = new DedupWindows(this.db);
+    this.indexInUse = this.stmts.dedupAny.get() === 1;
+    this.appendAll = this.db.transaction((entries: readonly LogEntry[], now: number) => {
+      const results = entries.map((e) => this.appendOne(e, now));
+      this.windows.writeStaged();
+      return results;
+    });
     this.lastOffsetCache = this.highestOffset();
   }
 
@@ -149,6 +170,8 @@ export class CommitLog {
       dedupRemember: db.prepare(
         'INSERT INTO dedup (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at',
       ),
+      dedupLive: db.prepare('SELECT 1 FROM dedup WHERE key = ? AND expires_at > ?').pluck(),
+      dedupAny: db.prepare('SELECT EXISTS (SELECT 1 FROM dedup)').pluck(),
       dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE expires_at <= ? LIMIT ?)'),
       dedupPruneOldest: db.prepare(
         'DELETE FROM dedup WHERE key IN (SELECT key FROM dedup ORDER BY expires_at LIMIT ?)',
@@ -203,12 +226,19 @@ export class CommitLog {
   }
 
   private appendOne(e: LogEntry, now: number): AppendResult {
-    if (e.dedup) {
-      const expires = now + e.dedup.windowMs;
-      if (e.dedup.mode === 'check') {
-        if (this.stmts.dedupCheck.run(e.dedup.key, expires, now).changes === 0) return 'duplicate';
+    const d = e.dedup;
+    if (d) {
+      if (d.counter && this.windows.has(d.counter.stream, d.counter.value, now)) return 'duplicate';
+      const expires = now + d.windowMs;
+      if (d.mode === 'window' && d.counter) {
+        if (this.indexInUse && this.stmts.dedupLive.get(d.key, now) !== undefined) return 'duplicate';
+        this.windows.add(d.counter.stream, d.counter.value, now, d.windowMs);
+      } else if (d.mode === 'check') {
+        this.indexInUse = true;
+        if (this.stmts.dedupCheck.run(d.key, expires, now).changes === 0) return 'duplicate';
       } else {
-        this.stmts.dedupRemember.run(e.dedup.key, expires);
+        this.indexInUse = true;
+        this.stmts.dedupRemember.run(d.key, expires);
       }
     }
     if (e.compact) this.stmts.compactDevice.run(e.route, e.deviceId);
@@ -239,8 +269,10 @@ export class CommitLog {
     try {
       results = this.appendAll(entries, now);
     } catch (err) {
+      this.windows.rolledBack();
       throw logError('EB_ERR_LOG_WRITE', this.file, 'append', err);
     }
+    this.windows.committed();
     for (const t of this.newTopics) this.knownTopics.add(t);
     for (let i = results.length - 1; i >= 0; i--) {
       const r = results[i]!;
@@ -296,13 +328,19 @@ export class CommitLog {
   /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */
   pruneDedup(now = Date.now(), limit = 5_000): number {
     this.assertOpen();
-    return this.stmts.dedupPrune.run(now, limit).changes;
+    const pruned = this.stmts.dedupPrune.run(now, limit).changes + this.windows.pruneExpired(now, limit);
+    if (this.indexInUse) this.indexInUse = this.stmts.dedupAny.get() === 1;
+    return pruned;
   }
 
-  /** Forgets the `count` dedup keys closest to expiry (only when storage is full of them). */
+  /**
+   * Forgets the `count` dedup keys closest to expiry, and when none are left the streams closest
+   * to expiry (only when storage is full of dedup state).
+   */
   pruneDedupOldest(count: number): number {
     this.assertOpen();
-    return this.stmts.dedupPruneOldest.run(count).changes;
+    const keys = this.stmts.dedupPruneOldest.run(count).changes;
+    return keys > 0 ? keys : this.windows.pruneOldest(count);
   }
 
   /**

@@ -57,6 +57,13 @@ export const MIGRATIONS: readonly string[] = [
      kafka_topic TEXT PRIMARY KEY
    ) WITHOUT ROWID;
    INSERT INTO topics (kafka_topic) SELECT DISTINCT kafka_topic FROM records;`,
+  // Counter dedup (dedup-windows.ts): one row per live reading stream, with the counters stored
+  // so far as ranges; replaces the per-reading index for readings with a counter.
+  `CREATE TABLE dedup_streams (
+     stream     BLOB PRIMARY KEY,
+     ranges     BLOB    NOT NULL,
+     expires_at INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

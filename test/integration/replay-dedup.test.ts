@@ -65,6 +65,51 @@ describe('replays and retransmits are not forwarded twice', () => {
     expect(gw.status().duplicates).toBe(610);
   });
 
+  it('counter dedup: a device sending live and backfill readings out of order keeps every one; replays of both are dropped after a restart, also of readings stored in exact mode', async () => {
+    const topic = uniqueName('iot.window');
+    const dir = tmp();
+    const route = (mode: 'window' | 'exact') => ({
+      overrides: { routes: [{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: topic, dedup: { mode } }] },
+    });
+    const send = async (url: string, clientId: string, seqs: readonly number[], bootId = 'boot-a') => {
+      const client = await mqtt.connectAsync(url, { clientId, clean: true });
+      for (const seq of seqs) {
+        await client.publishAsync('devices/backfill-1/telemetry', JSON.stringify({ bootId, seq, v: seq * 2 }), { qos: 1 });
+      }
+      await client.endAsync();
+    };
+    // Readings 1..20 stored while the route was in exact mode (one index entry each).
+    let gw = await startTestGateway({ dir, topic, ...route('exact') });
+    await send(gw.url, 'd-exact', Array.from({ length: 20 }, (_, i) => i + 1));
+    await gw.close();
+
+    gw = await startTestGateway({ dir, topic, gatewayId: gw.config.gateway.id, ...route('window') });
+    // Live readings 41..60 first, then the backfill 21..40 (every other one, then the rest).
+    const live = Array.from({ length: 20 }, (_, i) => 41 + i);
+    const backfill = Array.from({ length: 20 }, (_, i) => 21 + i);
+    await send(gw.url, 'd-live', live);
+    await send(gw.url, 'd-backfill', [...backfill.filter((s) => s % 2), ...backfill.filter((s) => s % 2 === 0)]);
+    await gw.close();
+
+    // After a restart: a replay of everything (exact-mode, live and backfill readings) is dropped;
+    // a new boot is kept.
+    gw = await startTestGateway({ dir, topic, gatewayId: gw.config.gateway.id, ...route('window') });
+    cleanup(() => gw.close());
+    await send(gw.url, 'd-replay', Array.from({ length: 60 }, (_, i) => i + 1));
+    await send(gw.url, 'd-reboot', [1, 2, 3], 'boot-b');
+    expect(gw.status().duplicates).toBe(60);
+
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 63 });
+    const seen = records.map((r) => {
+      const v = JSON.parse(r.value.toString('utf8')) as { bootId: string; seq: number };
+      return `${v.bootId}/${v.seq}`;
+    });
+    expect(new Set(seen).size).toBe(63);
+    expect(seen.sort()).toEqual(
+      [...Array.from({ length: 60 }, (_, i) => `boot-a/${i + 1}`), 'boot-b/1', 'boot-b/2', 'boot-b/3'].sort(),
+    );
+  });
+
   it('payloads without identity fields: only DUP retransmits of the same packet are dropped', async () => {
     const topic = uniqueName('iot.raw');
     const gw = await startTestGateway({ dir: tmp(), topic });

@@ -22,9 +22,34 @@ describe('dedup identity', () => {
   it('is the same for a replay, whatever the packet, client or other fields', () => {
     const a = dedupMark(route, 'd1', publish(reading(5, 'b1', ',"t":1')))!;
     const b = dedupMark(route, 'd1', publish(reading(5, 'b1', ',"t":2'), { clientId: 'other', messageId: 99, dup: true }))!;
-    expect(a.mode).toBe('check');
+    expect(a.mode).toBe('window');
     expect(a.key.equals(b.key)).toBe(true);
+    expect(a.counter!.stream.equals(b.counter!.stream)).toBe(true);
+    expect(a.counter!.value).toBe(5);
     expect(a.windowMs).toBe(60_000);
+  });
+
+  it('names a counter stream by route, device and the fields before the counter', () => {
+    const stream = (deviceId: string, payload: string, r = route) => dedupMark(r, deviceId, publish(payload))!.counter!.stream.toString('hex');
+    expect(stream('d1', reading(5))).toBe(stream('d1', reading(900)));
+    const streams = new Set([stream('d1', reading(5)), stream('d2', reading(5)), stream('d1', reading(5, 'b2'))]);
+    expect(streams.size).toBe(3);
+    const other = compileRoute({ mqtt: 'sensors/{deviceId}', kafka: 't', dedup: { fields: ['bootId', 'seq'], window: 60_000 } });
+    expect(stream('d1', reading(5), other)).not.toBe(stream('d1', reading(5)));
+    // a single counter field: the stream is the device on the route
+    const single = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: { fields: ['n'], window: 60_000 } });
+    expect(dedupMark(single, 'd1', publish('{"n":3}'))!.counter!.value).toBe(3);
+  });
+
+  it('keeps a per-reading key where the counter is no non-negative integer, or the route asks for exact', () => {
+    for (const seq of ['"a"', 'true', '-5']) {
+      const mark = dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":${seq}}`))!;
+      expect([mark.mode, mark.counter]).toEqual(['check', undefined]);
+    }
+    const exact = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: { fields: ['bootId', 'seq'], mode: 'exact', window: 60_000 } });
+    const mark = dedupMark(exact, 'd1', publish(reading(5)))!;
+    // exact mode still carries the counter, so readings remembered by window mode are checked too
+    expect([mark.mode, mark.counter?.value]).toEqual(['check', 5]);
   });
 
   it('differs by device, boot and seq', () => {
@@ -85,12 +110,12 @@ describe('dedup identity', () => {
     const strings = ['480', '481', '482'].map((tail) => dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":"1541815603606036${tail}"}`))!);
     expect(strings.map((m) => m.mode)).toEqual(['check', 'check', 'check']);
     expect(new Set(strings.map((m) => m.key.toString('hex'))).size).toBe(3);
-    expect(dedupMark(route, 'd1', publish(reading(Number.MAX_SAFE_INTEGER)))!.mode).toBe('check');
+    expect(dedupMark(route, 'd1', publish(reading(Number.MAX_SAFE_INTEGER)))!.mode).toBe('window');
   });
 
   it('takes identity only from values JSON carries exactly: strings, booleans, safe integers', () => {
     const mode = (seq: string) => dedupMark(route, 'd1', publish(`{"bootId":"b1","seq":${seq}}`))!.mode;
-    expect(['"a"', 'true', '-5', '0', '42'].map(mode)).toEqual(['check', 'check', 'check', 'check', 'check']);
+    expect(['"a"', 'true', '-5', '0', '42'].map(mode)).toEqual(['check', 'check', 'check', 'window', 'window']);
     // rounded or unbounded: 1e400 and 2e400 are both Infinity; a fraction may be rounded; nested
     // values may hold either (and a deeply nested one must not crash the key encoding)
     const deep = `${'['.repeat(30_000)}1${']'.repeat(30_000)}`;
