@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { EdgebridgeError } from './errors.js';
+import { useCompression } from './forward/compression.js';
 import { createKafka, type KafkaSecurity } from './forward/kafka-client.js';
 import { authenticationFailure, authorizationFailure, explainAuthenticationFailure } from './forward/sink.js';
 
@@ -30,6 +31,9 @@ export async function consume(options: ConsumeOptions): Promise<number> {
     logger: options.logger,
     ...(options.security === undefined ? {} : { security: options.security }),
   });
+  // Gateways may forward with kafka.compression lz4 or zstd: reading them needs their codecs.
+  await useCompression('lz4');
+  await useCompression('zstd');
   const groupId = options.group ?? `edgebridge-consume-${randomUUID().slice(0, 8)}`;
   const consumer = kafka.consumer({ groupId, readUncommitted: false });
   let count = 0;

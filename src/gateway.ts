@@ -47,6 +47,7 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
     kafka: {
       brokers: config.kafka.brokers,
       clientId: config.kafka.clientId ?? `edgebridge-${config.gateway.id}`,
+      compression: config.kafka.compression,
       connectionTimeoutMs: config.kafka.connectionTimeoutMs,
       requestTimeoutMs: config.kafka.requestTimeoutMs,
       topicDefaults: config.kafka.topicDefaults,

@@ -205,6 +205,11 @@ export const configSchema = z.strictObject({
     sasl: kafkaSasl.optional(),
     brokers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be host:port (IPv6 as [addr]:port)')).min(1),
     clientId: z.string().min(1).optional(),
+    /**
+     * How record batches are compressed on the way to Kafka: bytes on a metered uplink against
+     * CPU on the gateway. lz4 and zstd are pure JavaScript / WebAssembly (nothing native).
+     */
+    compression: z.enum(['none', 'gzip', 'lz4', 'zstd']).default('none'),
     connectionTimeoutMs: z.number().int().positive().default(3000),
     requestTimeoutMs: z.number().int().positive().default(30000),
     /** Used when the gateway creates a missing target topic. */

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { Partitioners, type Admin, type Kafka, type Message, type PartitionMetadata, type Producer } from 'kafkajs';
+import { Partitioners, type Admin, type CompressionTypes, type Kafka, type Message, type PartitionMetadata, type Producer } from 'kafkajs';
 import type { LogRecord } from '../log/commit-log.js';
+import { useCompression, type Compression } from './compression.js';
 import {
   RecordRejectedError,
   authenticationFailure,
@@ -30,6 +31,8 @@ export interface KafkaSinkOptions {
   readonly deadLetterTopic?: string;
   readonly topicDefaults: { readonly partitions: number; readonly replicationFactor: number };
   readonly transactionTimeoutMs: number;
+  /** How the forwarded records' batches are compressed (checkpoints and probes are tiny: never). */
+  readonly compression?: Compression;
   /** How long reading the checkpoint may take before connect fails (and is retried). */
   readonly checkpointReadTimeoutMs?: number;
 }
@@ -48,6 +51,7 @@ const SIZE_REJECTIONS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE']);
 export class KafkaSink implements RecordSink {
   private producer: Producer | undefined;
   private topicsReady = false;
+  private compression: CompressionTypes | undefined;
   private readonly partitioner = Partitioners.DefaultPartitioner();
   private partitions = new Map<string, PartitionMetadata[]>();
   readonly transactionalId: string;
@@ -57,6 +61,7 @@ export class KafkaSink implements RecordSink {
   }
 
   async connect({ hint, checking }: { hint?: number; checking: boolean }): Promise<ConnectResult> {
+    this.compression ??= await useCompression(this.options.compression ?? 'none');
     if (!this.topicsReady) {
       const internal = [this.options.checkpointTopic, ...(this.options.deadLetterTopic ? [this.options.deadLetterTopic] : [])];
       await this.ensureTopics([...new Set([...this.options.topics, ...internal, ...this.partitions.keys()])]);
@@ -280,7 +285,7 @@ export class KafkaSink implements RecordSink {
     try {
       for (const { topic, messages } of byPartition.values()) {
         sendingTopic = topic;
-        await txn.sendBatch({ acks: -1, topicMessages: [{ topic, messages }] });
+        await txn.sendBatch({ acks: -1, compression: this.compression, topicMessages: [{ topic, messages }] });
       }
       sendingTopic = checkpointTopic;
       const [cp] = await txn.sendBatch({ acks: -1, topicMessages: [{ topic: checkpointTopic, messages: [checkpointMessage] }] });

@@ -1,3 +1,4 @@
+import type { Compression } from './compression.js';
 import type { KafkaSecurity } from './kafka-client.js';
 import type { KafkaIdentity } from './sink.js';
 
@@ -16,6 +17,7 @@ export interface ForwardSettings {
   readonly kafka: {
     readonly brokers: readonly string[];
     readonly clientId: string;
+    readonly compression: Compression;
     readonly connectionTimeoutMs: number;
     readonly requestTimeoutMs: number;
     readonly topicDefaults: { readonly partitions: number; readonly replicationFactor: number };

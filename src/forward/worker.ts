@@ -35,6 +35,7 @@ function main(s: ForwardSettings): void {
     ...(s.deadLetterTopic === undefined ? {} : { deadLetterTopic: s.deadLetterTopic }),
     topicDefaults: s.kafka.topicDefaults,
     transactionTimeoutMs: s.transactionTimeoutMs,
+    compression: s.kafka.compression,
   });
   const forwarder = new Forwarder(reader, sink, {
     ...forwarderLimits(s),

@@ -1,4 +1,5 @@
 import { Kafka, logLevel, type IHeaders, type KafkaConfig } from 'kafkajs';
+import { useCompression } from '../../src/forward/compression.js';
 
 /** kafkajs options of a secured broker (TLS, SASL); none for the plain test broker. */
 export type KafkaClientSecurity = Pick<KafkaConfig, 'ssl' | 'sasl'>;
@@ -37,6 +38,8 @@ export async function consumeAll(
   }: { expected: number; timeoutMs?: number; settleMs?: number; client?: KafkaClientSecurity },
 ): Promise<ConsumedRecord[]> {
   await waitForTopic(brokers, topic, timeoutMs, client);
+  await useCompression('lz4');
+  await useCompression('zstd');
   const consumer = testKafka(brokers, client).consumer({
     groupId: `test-${topic}-${Math.random().toString(36).slice(2)}`,
     readUncommitted: false,
