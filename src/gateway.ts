@@ -294,6 +294,7 @@ export class Gateway {
       logError: this.logHealth.failure?.message ?? readError,
       mqttClients: this.ingress.connectedClients,
       received: this.ingress.counters.routed,
+      groupCommits: this.groupCommit.counters.groups,
       duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,
       forwarded: counters.forwarded,
       backlog: Math.max(0, this.log.lastOffset - forwardPosition),

@@ -12,6 +12,8 @@ export interface GatewayStatus {
   readonly mqttClients: number;
   /** Publishes committed to the log since start. */
   readonly received: number;
+  /** Log transactions (group commits) since start: received / groupCommits is the mean group size. */
+  readonly groupCommits: number;
   /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
   readonly duplicates: number;
   /** Records committed to Kafka since start. */

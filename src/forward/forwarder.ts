@@ -392,6 +392,8 @@ export class Forwarder {
     delta.deadLettered = batch.deadLetters.length;
     if (dropsRefused) delta.droppedRejected = 1;
     for (const k of Object.keys(delta) as (keyof ForwarderCounters)[]) this.counters[k] += delta[k];
+    // The state first: whoever sees the records counted must not see a state from before them.
+    if (this.stateValue !== 'forwarding') this.setState('forwarding');
     this.options.onProgress?.(delta);
     this.storePosition();
     this.removeForwarded(false);
