@@ -196,6 +196,7 @@ export class Gateway {
     const logHealth: { failure: EdgebridgeError | null } = { failure: null };
     const groupCommit = new GroupCommit(log, {
       maxBatch: config.storage.groupCommitMaxRecords,
+      minIntervalMs: config.storage.groupCommitIntervalMs,
       maxBatchBytes: budget.maxTransactionBytes,
       maxPending: config.storage.maxQueuedRecords,
       maxPendingBytes: config.storage.maxQueuedBytes,

@@ -253,6 +253,8 @@ export const configSchema = z.strictObject({
     synchronous: z.enum(['full', 'normal']).default('full'),
     /** Most publishes written in one group-commit transaction (bounds how long one write blocks). */
     groupCommitMaxRecords: z.number().int().min(1).max(100000).default(5000),
+    /** Least time between two group commits under steady traffic (fewer, larger transactions). */
+    groupCommitIntervalMs: z.number().int().min(0).max(1000).default(10),
     /**
      * Most publishes waiting to be stored (while acknowledgements are held under backpressure);
      * more are refused at once, unacknowledged, so memory stays bounded. Well above what one

@@ -52,6 +52,42 @@ describe('group commit', () => {
     log.close();
   });
 
+  it('spaces group commits minIntervalMs apart under steady traffic, writes at once after a quiet spell, and does not hold a large group', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'performance'] });
+    try {
+      const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+      const gc = new GroupCommit(log, { minIntervalMs: 20 });
+      let acked = 0;
+      const append = (n: number) => {
+        for (let i = 0; i < n; i++) gc.append(entry('d', i), () => acked++);
+      };
+      append(1); // quiet so far: written on the next turn
+      vi.advanceTimersByTime(1);
+      expect([gc.counters.groups, acked]).toEqual([1, 1]);
+      // steady traffic: what arrives within the interval gathers into one group
+      for (let ms = 1; ms < 19; ms++) {
+        append(1);
+        vi.advanceTimersByTime(1);
+      }
+      expect([gc.counters.groups, acked]).toEqual([1, 1]);
+      vi.advanceTimersByTime(1); // 20 ms after the first group began
+      expect([gc.counters.groups, acked]).toEqual([2, 19]);
+      // 64 waiting records are a group large enough: no wait
+      append(64);
+      vi.advanceTimersByTime(1);
+      expect([gc.counters.groups, acked]).toEqual([3, 83]);
+      // a quiet spell longer than the interval: the next append is written at once
+      vi.advanceTimersByTime(100);
+      append(1);
+      vi.advanceTimersByTime(1);
+      expect([gc.counters.groups, acked]).toEqual([4, 84]);
+      gc.close();
+      log.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('fails every callback of a group whose write failed, and acknowledges none', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
     vi.spyOn(log, 'append').mockImplementationOnce(() => {
