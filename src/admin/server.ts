@@ -40,7 +40,7 @@ export class AdminServer {
     const status = options.status;
     totalFrom(registry, 'edgebridge_received_total', 'Publishes committed to the commit log', () => status().received);
     // Each costs an fsync and a few pages of WAL whatever its size: received / this is the mean group.
-    totalFrom(registry, 'edgebridge_group_commits_total', 'Commit log transactions (one fsync each)', () => status().groupCommits);
+    totalFrom(registry, 'edgebridge_group_commits_total', 'Commit log transactions (group commits; an fsync each with storage.synchronous: full)', () => status().groupCommits);
     totalFrom(registry, 'edgebridge_duplicates_total', 'Retransmits and replays dropped by dedup (acknowledged, not stored)', () => status().duplicates);
     totalFrom(registry, 'edgebridge_forwarded_total', 'Records committed to Kafka', () => status().forwarded);
     totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);

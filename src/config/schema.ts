@@ -43,9 +43,11 @@ const dedup = z
     /**
      * `window`: when the last field is a non-negative integer counter, a stream (route, device,
      * the other fields) remembers the counters stored as ranges: O(streams) state. `exact`: an
-     * index entry per reading (any out-of-order arrival, at a write per reading).
+     * index entry per reading (any out-of-order arrival, at a write per reading). Unset: `window`
+     * with two or more fields (a boot id and a counter), `exact` with one (a lone id field is
+     * often no counter: a random message id, or a counter that restarts at boot).
      */
-    mode: z.enum(['window', 'exact']).default('window'),
+    mode: z.enum(['window', 'exact']).optional(),
     /** How long a reading's identity is remembered. */
     window: duration(1000).default(24 * 3600e3),
     /**
@@ -63,7 +65,7 @@ const route = z
     /** Drop device retransmits and firmware replays; `false` turns it off for this route. */
     dedup: z
       .union([z.literal(false), dedup])
-      .default(() => ({ fields: ['bootId', 'seq'], mode: 'window' as const, window: 24 * 3600e3, retransmitWindow: 600_000 })),
+      .default(() => ({ fields: ['bootId', 'seq'], window: 24 * 3600e3, retransmitWindow: 600_000 })),
     /** Keep only the latest not-yet-forwarded message per device (state-like topics). */
     compact: z.boolean().default(false),
   })

@@ -43,7 +43,7 @@ export async function useCompression(kind: Compression): Promise<CompressionType
     await zstd.init();
     const codec: Codec = {
       compress: async ({ buffer }) => Buffer.from(zstd.compress(buffer, 3)),
-      decompress: async (buffer) => Buffer.from(zstd.decompress(buffer)),
+      decompress: async (buffer) => zstdDecompress(zstd.decompress, buffer),
     };
     CompressionCodecs[CompressionTypes.ZSTD] = () => codec;
   }
@@ -51,8 +51,13 @@ export async function useCompression(kind: Compression): Promise<CompressionType
   return TYPES[kind];
 }
 
-/** 4 MiB, the largest LZ4 frame block (BD byte 0x70). */
-const LZ4_BLOCK_BYTES = 4 << 20;
+/**
+ * Input per block: a little under the 4 MiB the BD byte 0x70 announces. lz4js may start a block's
+ * last match 10-11 bytes before its end (the format asks for 12); Kafka's Java decoder, which
+ * decompresses into a buffer of exactly the announced size, then fails on a full 4 MiB block.
+ * The slack keeps such a block decodable (found in review against kafka-clients 4.1.1).
+ */
+const LZ4_BLOCK_BYTES = (4 << 20) - 64;
 const LZ4_HASH_ENTRIES = 1 << 16;
 
 /**
@@ -83,4 +88,18 @@ function lz4Frame(
   }
   parts.push(Buffer.alloc(4)); // end mark
   return Buffer.concat(parts);
+}
+
+/**
+ * A zstd frame whose content size is not in its header (Java producers stream them) is decoded
+ * into a fixed buffer (1 MiB by default in zstd-wasm): retried with a larger one, up to 256 MiB.
+ */
+function zstdDecompress(decompress: (buf: Uint8Array, opts?: { defaultHeapSize?: number }) => Uint8Array, buffer: Buffer): Buffer {
+  for (let heap = Math.max(1 << 20, buffer.length * 8); ; heap *= 4) {
+    try {
+      return Buffer.from(decompress(buffer, { defaultHeapSize: heap }));
+    } catch (err) {
+      if (heap >= 256 << 20) throw err;
+    }
+  }
 }

@@ -90,13 +90,15 @@ export function dedupMark(route: CompiledRoute, deviceId: string, publish: Publi
       const identity = texts.join('\u0001');
       const key = Buffer.concat([streamPrefix('f', route.pattern, deviceId), Buffer.from(identity, 'utf8')]);
       // The last field is the counter when it is a non-negative integer (seq); the others and
-      // the device name its stream (one boot of one device).
+      // the device name its stream (one boot of one device). Exact mode carries it too: what
+      // window mode stored is checked there as well.
       const last = obj[config.fields[config.fields.length - 1]!];
       const counter =
         typeof last === 'number' && Number.isSafeInteger(last) && last >= 0
           ? { stream: streamId(route.pattern, deviceId, texts.slice(0, -1)), value: last }
           : undefined;
-      const mode = counter && config.mode !== 'exact' ? 'window' : 'check';
+      const windowed = config.mode === 'window' || (config.mode === undefined && config.fields.length >= 2);
+      const mode = counter && windowed ? 'window' : 'check';
       return { key, mode, windowMs: config.window, ...(counter ? { counter } : {}) };
     }
   }

@@ -5,7 +5,7 @@
  */
 export interface RouteDedup {
   readonly fields: readonly string[];
-  /** `window` (default): counter dedup per stream; `exact`: an index entry per reading. */
+  /** `window`: counter dedup per stream; `exact`: an index entry per reading; unset: window with 2+ fields. */
   readonly mode?: 'window' | 'exact';
   readonly window: number;
   readonly retransmitWindow?: number;

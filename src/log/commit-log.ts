@@ -328,19 +328,25 @@ export class CommitLog {
   /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */
   pruneDedup(now = Date.now(), limit = 5_000): number {
     this.assertOpen();
-    const pruned = this.stmts.dedupPrune.run(now, limit).changes + this.windows.pruneExpired(now, limit);
+    const pruned = this.stmts.dedupPrune.run(now, limit).changes;
     if (this.indexInUse) this.indexInUse = this.stmts.dedupAny.get() === 1;
     return pruned;
   }
 
+  /** Forgets counter streams whose window ended; at most `limit` per call. */
+  pruneDedupStreams(now = Date.now(), limit = 5_000): number {
+    this.assertOpen();
+    return this.windows.pruneExpired(now, limit);
+  }
+
   /**
-   * Forgets the `count` dedup keys closest to expiry, and when none are left the streams closest
-   * to expiry (only when storage is full of dedup state).
+   * Forgets the `count` per-reading dedup keys closest to expiry (only when storage is full of
+   * them). Counter streams are never evicted: a row per stream frees next to nothing, and the
+   * stream's recent readings would be stored again if resent.
    */
   pruneDedupOldest(count: number): number {
     this.assertOpen();
-    const keys = this.stmts.dedupPruneOldest.run(count).changes;
-    return keys > 0 ? keys : this.windows.pruneOldest(count);
+    return this.stmts.dedupPruneOldest.run(count).changes;
   }
 
   /**

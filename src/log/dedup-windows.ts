@@ -107,7 +107,6 @@ export class DedupWindows {
   private readonly get: Database.Statement;
   private readonly put: Database.Statement;
   private readonly prune: Database.Statement;
-  private readonly pruneClosest: Database.Statement;
 
   constructor(db: Database.Database) {
     this.get = db.prepare('SELECT ranges, expires_at FROM dedup_streams WHERE stream = ?');
@@ -119,9 +118,6 @@ export class DedupWindows {
     // per live stream, so the scan is short and runs only at housekeeping.
     this.prune = db.prepare(
       'DELETE FROM dedup_streams WHERE stream IN (SELECT stream FROM dedup_streams WHERE expires_at <= ? LIMIT ?)',
-    );
-    this.pruneClosest = db.prepare(
-      'DELETE FROM dedup_streams WHERE stream IN (SELECT stream FROM dedup_streams ORDER BY expires_at LIMIT ?)',
     );
   }
 
@@ -159,12 +155,6 @@ export class DedupWindows {
   pruneExpired(now: number, limit: number): number {
     for (const [id, state] of this.cache) if (state.expiresAt <= now) this.cache.delete(id);
     return this.prune.run(now, limit).changes;
-  }
-
-  /** Forgets the `count` streams closest to expiry (only when storage is full of dedup state). */
-  pruneOldest(count: number): number {
-    this.cache.clear();
-    return this.pruneClosest.run(count).changes;
   }
 
   private current(stream: Buffer): WindowState | undefined {

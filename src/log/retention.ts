@@ -16,7 +16,10 @@ export interface RetentionOptions {
 
 export interface RetentionCounters {
   droppedExpired: number;
+  /** Per-reading dedup keys whose window ended. */
   dedupPruned: number;
+  /** Counter streams whose window ended. */
+  dedupStreamsPruned: number;
 }
 
 /**
@@ -25,7 +28,7 @@ export interface RetentionCounters {
  * (expired or dropped for space) in one summary line per interval, never per record.
  */
 export class Retention {
-  readonly counters: RetentionCounters = { droppedExpired: 0, dedupPruned: 0 };
+  readonly counters: RetentionCounters = { droppedExpired: 0, dedupPruned: 0, dedupStreamsPruned: 0 };
   private readonly timer: NodeJS.Timeout | undefined;
   private reportedOverflow = 0;
   private reportedDedupEvicted = 0;
@@ -63,6 +66,10 @@ export class Retention {
       for (let pruned = step, total = 0; pruned === step && total < budget; total += pruned) {
         pruned = this.log.pruneDedup(now, step);
         this.counters.dedupPruned += pruned;
+      }
+      for (let pruned = step, total = 0; pruned === step && total < budget; total += pruned) {
+        pruned = this.log.pruneDedupStreams(now, step);
+        this.counters.dedupStreamsPruned += pruned;
       }
     } catch (err) {
       logger.error({ err: describeError(err) }, 'commit log housekeeping failed; retrying next interval');

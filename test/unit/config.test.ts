@@ -44,7 +44,7 @@ describe('config', () => {
       {
         mqtt: 'devices/{deviceId}/telemetry/#',
         kafka: 'iot.telemetry',
-        dedup: { fields: ['bootId', 'seq'], mode: 'window', window: 86400e3, retransmitWindow: 600e3 },
+        dedup: { fields: ['bootId', 'seq'], window: 86400e3, retransmitWindow: 600e3 },
         compact: false,
       },
     ]);
@@ -63,7 +63,7 @@ describe('config', () => {
     );
     expect(config.storage.maxBytes).toBe(512e6);
     expect(config.storage.maxAge).toBe(36 * 3600e3);
-    expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], mode: 'window', window: 90 * 60e3, retransmitWindow: 600e3 });
+    expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], window: 90 * 60e3, retransmitWindow: 600e3 });
     expect(config.routes[1]).toMatchObject({ dedup: false, compact: true });
     const err = errorOf(() => loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: lots')), {}));
     expect(err.message).toMatch(/storage\.maxBytes: must be a size/);

@@ -118,7 +118,15 @@ describe('counter dedup in the commit log', () => {
     expect(stored(log.append([reading(1, 'd1', 'b2'), reading(1, 'd2')], now + 1))).toEqual(['new', 'new']);
     // the stream is forgotten a window after its last stored reading, and pruned
     expect(stored(log.append([reading(1)], now + 1 + 60_000))).toEqual(['new']);
-    expect(log.pruneDedup(now + 1 + 60_000 + 60_000)).toBeGreaterThanOrEqual(3);
+    expect(log.pruneDedupStreams(now + 1 + 60_000 + 60_000)).toBeGreaterThanOrEqual(3);
+    log.close();
+  });
+
+  it('never evicts counter streams when storage is full of dedup state: their recent readings stay recognised', () => {
+    const log = open(tmp());
+    expect(stored(log.append([1, 2, 3].map((s) => reading(s)), 10))).toEqual(['new', 'new', 'new']);
+    expect(log.pruneDedupOldest(1000)).toBe(0);
+    expect(stored(log.append([reading(2)], 11))).toEqual(['dup']);
     log.close();
   });
 

@@ -36,9 +36,12 @@ describe('dedup identity', () => {
     expect(streams.size).toBe(3);
     const other = compileRoute({ mqtt: 'sensors/{deviceId}', kafka: 't', dedup: { fields: ['bootId', 'seq'], window: 60_000 } });
     expect(stream('d1', reading(5), other)).not.toBe(stream('d1', reading(5)));
-    // a single counter field: the stream is the device on the route
+    // a single id field is no counter unless the route says so (a random message id, a counter
+    // that restarts at boot): exact by default; with mode: window the stream is the device
     const single = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: { fields: ['n'], window: 60_000 } });
-    expect(dedupMark(single, 'd1', publish('{"n":3}'))!.counter!.value).toBe(3);
+    expect([dedupMark(single, 'd1', publish('{"n":3}'))!.mode, dedupMark(single, 'd1', publish('{"n":3}'))!.counter!.value]).toEqual(['check', 3]);
+    const opted = compileRoute({ mqtt: 'x/{deviceId}', kafka: 't', dedup: { fields: ['n'], mode: 'window', window: 60_000 } });
+    expect(dedupMark(opted, 'd1', publish('{"n":3}'))!.mode).toBe('window');
   });
 
   it('keeps a per-reading key where the counter is no non-negative integer, or the route asks for exact', () => {
