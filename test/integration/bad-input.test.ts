@@ -403,7 +403,11 @@ describe('bad input: malformed, oversized, hostile and slow MQTT clients', () =>
     await before.endAsync();
 
     live = await mqtt.connectAsync(gw.url, { ...deviceOptions, clientId: 'dev-1-live', keepalive: 10 });
-    live.on('close', () => (liveError ??= new Error('the device lost its connection during the attack')));
+    live.on('close', () => {
+      // What the gateway said about it (or anything) last: why it closed the connection.
+      const said = gw.lines.filter((l) => (l.level as number) >= 40 || JSON.stringify(l).includes('dev-1-live')).slice(-5);
+      liveError ??= new Error(`the device lost its connection during the attack; the gateway's last warnings: ${JSON.stringify(said)}`);
+    });
     liveLoop = (async () => {
       while (!liveStop && liveError === undefined) {
         try {
