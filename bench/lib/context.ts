@@ -16,10 +16,10 @@ export interface BenchConfig {
     drainTimeoutMs: number;
   };
   s2: { levels: number[]; durationMs: number; warmupMs: number; clients: number; payloadBytes: number };
-  s3: { backlog: number; liveFraction: number; steadyMs: number; payloadBytes: number; liveClients: number };
+  s3: { backlog: number; liveFraction: number; steadyMs: number; payloadBytes: number; liveClients: number; rawModes: ('idempotent' | 'transactional')[] };
   s4: { devices: number; idleWindowMs: number; devicesWindowMs: number; burst: number; quietMs: number; payloadBytes: number };
   s5: { messages: number; warmup: number; payloads: number[] };
-  s6: { gatewayCpus: string; generatorCpus: string; maxOldSpaceMb: number; mqttjsClients: number; durationMs: number; cgenLines: number };
+  s6: { generators: ('mqttjs' | 'cgen')[]; gatewayCpus: string; generatorCpus: string; maxOldSpaceMb: number; mqttjsClients: number; durationMs: number; cgenLines: number };
 }
 
 export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfig {
@@ -28,22 +28,22 @@ export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfi
     quick,
     rounds,
     s1: {
-      mqttjs: { processes: 2, clients: 10, window: 10, payloadBytes: 200, durationMs: quick ? 3000 : 5000 },
-      cgen: { processes: 8, lines: quick ? 6000 : 20_000, payloadBytes: 63 },
+      mqttjs: { processes: 2, clients: 10, window: 10, payloadBytes: 200, durationMs: quick ? 2000 : 5000 },
+      cgen: { processes: 8, lines: quick ? 4000 : 20_000, payloadBytes: 63 },
       drainTimeoutMs: 120_000,
     },
-    s2: { levels: [0.25, 0.5, 0.75], durationMs: quick ? 5000 : 15_000, warmupMs: quick ? 1000 : 2000, clients: 20, payloadBytes: 200 },
-    s3: { backlog: quick ? 100_000 : 1_000_000, liveFraction: 0.25, steadyMs: quick ? 4000 : 10_000, payloadBytes: 200, liveClients: 10 },
+    s2: { levels: [0.25, 0.5, 0.75], durationMs: quick ? 3000 : 15_000, warmupMs: quick ? 1000 : 2000, clients: 20, payloadBytes: 200 },
+    s3: { backlog: quick ? 100_000 : 1_000_000, liveFraction: 0.25, steadyMs: quick ? 3000 : 10_000, payloadBytes: 200, liveClients: 10, rawModes: quick ? ['idempotent'] : ['idempotent', 'transactional'] },
     s4: {
       devices: 1000,
-      idleWindowMs: quick ? 3000 : 10_000,
-      devicesWindowMs: quick ? 5000 : 20_000,
-      burst: quick ? 60_000 : 200_000,
-      quietMs: quick ? 4000 : 10_000,
+      idleWindowMs: quick ? 2000 : 10_000,
+      devicesWindowMs: quick ? 3000 : 20_000,
+      burst: quick ? 20_000 : 200_000,
+      quietMs: quick ? 2000 : 10_000,
       payloadBytes: 200,
     },
-    s5: { messages: quick ? 30_000 : 100_000, warmup: quick ? 5000 : 10_000, payloads: [200, 63] },
-    s6: { gatewayCpus: '0', generatorCpus: '1', maxOldSpaceMb: 128, mqttjsClients: 20, durationMs: quick ? 3000 : 5000, cgenLines: quick ? 3000 : 10_000 },
+    s5: { messages: quick ? 15_000 : 100_000, warmup: quick ? 2000 : 10_000, payloads: [200, 63] },
+    s6: { generators: quick ? ['cgen'] : ['mqttjs', 'cgen'], gatewayCpus: '0', generatorCpus: '1', maxOldSpaceMb: 128, mqttjsClients: 20, durationMs: quick ? 2000 : 5000, cgenLines: quick ? 2500 : 10_000 },
   };
 }
 

@@ -9,6 +9,7 @@ import { cpuMeter, rssBytes, waitFor } from '../lib/proc.js';
 import { drainedAt, Gateway, startTarget, type Target, type TargetName } from '../lib/targets.js';
 import { errorText, log, median, rotate, round, tempDir } from '../lib/util.js';
 import { rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 
 export type GeneratorName = 'mqttjs' | 'cgen';
 
@@ -30,6 +31,8 @@ export interface IngestRun {
   p99Ms?: number;
   /** edgebridge: from the last PUBACK until the backlog was 0 (all committed to Kafka). */
   lastAckToKafkaMs?: number;
+  /** 1-minute load average at the end of the run: how busy the shared machine was. */
+  loadAvg1?: number;
   error?: string;
 }
 
@@ -94,9 +97,11 @@ export async function ingestRun(ctx: Context, o: IngestOptions): Promise<IngestR
     let lastAckToKafkaMs: number | undefined;
     if (target instanceof Gateway) {
       await target.waitDrained(cfg.drainTimeoutMs);
+      const seenAt = performance.timeOrigin + performance.now();
       const samples = await poller!.stop();
-      const drained = drainedAt(samples, lastAckAt);
-      lastAckToKafkaMs = drained ? Math.max(0, drained.at - lastAckAt) : undefined;
+      // the first time either the background poll or the wait saw the backlog at 0
+      const drained = Math.min(drainedAt(samples, lastAckAt)?.at ?? Infinity, seenAt);
+      lastAckToKafkaMs = Math.max(0, drained - lastAckAt);
     }
     // Mosquitto's $SYS counter is refreshed every second: wait for it (with a deadline)
     const targetCount = await waitFor(
@@ -117,6 +122,7 @@ export async function ingestRun(ctx: Context, o: IngestOptions): Promise<IngestR
       cpuPct,
       rssPeakMiB: rssPeak / 2 ** 20,
       ...(lastAckToKafkaMs !== undefined ? { lastAckToKafkaMs } : {}),
+      loadAvg1: loadavg()[0]!,
     };
   } finally {
     clearInterval(rssTimer);

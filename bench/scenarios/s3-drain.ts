@@ -117,7 +117,7 @@ export const s3: Scenario = {
     const partitions = await partitionCount(ctx.kafka.brokers, topic).catch(() => 3);
     const devices = Array.from({ length: fill.processes * fill.clients }, (_, i) => `${fillTag}-p${Math.floor(i / fill.clients)}-${i % fill.clients}`);
     const raw: Record<string, unknown> = {};
-    for (const mode of ['idempotent', 'transactional'] as const) {
+    for (const mode of cfg.rawModes) {
       try {
         const rawTopic = ctx.topic(`s3raw-${mode}`);
         await createTopic(ctx.kafka.brokers, rawTopic, partitions || 3);
@@ -143,7 +143,7 @@ export const s3: Scenario = {
     const rate = (m: string) => (raw[m] as { rate?: number } | undefined)?.rate;
     if (drainRate !== undefined) {
       result.ratioVsIdempotent = round(drainRate / (rate('idempotent') ?? NaN));
-      result.ratioVsTransactional = round(drainRate / (rate('transactional') ?? NaN));
+      if (rate('transactional') !== undefined) result.ratioVsTransactional = round(drainRate / rate('transactional')!);
     }
     if (result.gatewayError !== undefined) throw Object.assign(new Error(String(result.gatewayError)), { partial: result });
     return result;

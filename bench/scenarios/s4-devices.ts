@@ -67,9 +67,9 @@ export const s4: Scenario = {
     const mosq = await startMosquitto();
     devices = undefined;
     try {
-      const idle = await window(mosq.pid, Math.min(cfg.idleWindowMs, 3000));
+      const idle = await window(mosq.pid, Math.min(cfg.idleWindowMs, 2000));
       devices = await connectDevices(mosq, cfg.devices, 'dev');
-      const withDevices = await window(mosq.pid, Math.min(cfg.devicesWindowMs, 5000));
+      const withDevices = await window(mosq.pid, Math.min(cfg.devicesWindowMs, 3000));
       out.mosquitto = { idle, devices: withDevices };
       log(`s4 mosquitto idle ${idle.rssMiB} MiB, with devices ${withDevices.rssMiB} MiB`);
     } finally {

@@ -18,7 +18,7 @@ export const s6: Scenario = {
     const runs: IngestRun[] = [];
     try {
       for (let r = 1; r <= ctx.config.rounds; r++) {
-        for (const generator of ['mqttjs', 'cgen'] as const) {
+        for (const generator of cfg.generators) {
           for (const target of rotate<TargetName>(['mosquitto', 'edgebridge'], r - 1)) {
             try {
               const run = await ingestRun(ctx, {
