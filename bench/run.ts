@@ -5,13 +5,14 @@
 // own process, so CPU, RSS and disk writes are each process's own. A scenario that fails reports
 // its error and the others still run; every child process is stopped on exit, also on errors.
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { benchConfig, Context, type Scenario } from './lib/context.js';
 import { startBenchKafka, type BenchKafka } from './lib/kafka.js';
 import { installCleanup, stopAll } from './lib/proc.js';
-import { evaluateTargets, machineInfo, markdown, type BenchReport, type ScenarioOutcome } from './lib/report.js';
+import { evaluateTargets, fsyncProbe, machineInfo, markdown, type BenchReport, type ScenarioOutcome } from './lib/report.js';
 import { chart } from './lib/svg.js';
-import { errorText, log, ROOT } from './lib/util.js';
+import { errorText, log, ROOT, round } from './lib/util.js';
 import { s1 } from './scenarios/s1-ingest.js';
 import { s2 } from './scenarios/s2-latency.js';
 import { s3 } from './scenarios/s3-drain.js';
@@ -84,6 +85,8 @@ async function main(): Promise<number> {
     await kafka?.stop().catch(() => undefined);
   }
 
+  machine.loadAverageAtEnd = loadavg().map((l) => round(l));
+  machine.fsyncAtEnd = fsyncProbe();
   const results = Object.fromEntries(Object.entries(outcomes).map(([k, o]) => [k, o.result]));
   const targets = evaluateTargets(results);
   const report: BenchReport = {

@@ -12,6 +12,8 @@ export interface BenchConfig {
   s1: {
     mqttjs: { processes: number; clients: number; window: number; payloadBytes: number; durationMs: number };
     cgen: { processes: number; lines: number; payloadBytes: number };
+    /** Load before each measured run (MQTT.js, 1 process), not measured. */
+    warmupMs: number;
     /** How long a run may take to be forwarded after its last PUBACK before it counts as failed. */
     drainTimeoutMs: number;
   };
@@ -30,6 +32,7 @@ export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfi
     s1: {
       mqttjs: { processes: 2, clients: 10, window: 10, payloadBytes: 200, durationMs: quick ? 2000 : 5000 },
       cgen: { processes: 8, lines: quick ? 4000 : 20_000, payloadBytes: 63 },
+      warmupMs: quick ? 1000 : 2000,
       drainTimeoutMs: 120_000,
     },
     s2: { levels: [0.25, 0.5, 0.75], durationMs: quick ? 3000 : 15_000, warmupMs: quick ? 1000 : 2000, clients: 20, payloadBytes: 200 },

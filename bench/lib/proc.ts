@@ -1,7 +1,7 @@
 // Child processes of the bench (each in its own process group, all stopped on exit, also on
 // errors and signals), /proc readers, and conditional waits with deadlines.
 import { spawn, execFileSync, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -251,6 +251,25 @@ export function cpuMeter(pids: readonly number[]): () => number {
   const c0 = read();
   const t0 = performance.now();
   return () => ((read() - c0) / ((performance.now() - t0) / 1000)) * 100;
+}
+
+/**
+ * Seconds the threads of `pid` spent runnable but waiting for a CPU (/proc/PID/task/TID/schedstat,
+ * second field): how much the machine's other load held the process back.
+ */
+export function runqueueWaitSeconds(pid: number): number {
+  let ns = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    ns += safe(() => Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]), 0);
+  }
+  return ns / 1e9;
+}
+
+/** Run-queue wait of `pid` between two calls, in % of wall time (summed over its threads). */
+export function runqueueMeter(pid: number): () => number {
+  const w0 = safe(() => runqueueWaitSeconds(pid), 0);
+  const t0 = performance.now();
+  return () => ((safe(() => runqueueWaitSeconds(pid), w0) - w0) / ((performance.now() - t0) / 1000)) * 100;
 }
 
 function safe<T>(f: () => T, fallback: T): T {

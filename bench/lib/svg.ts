@@ -14,6 +14,7 @@ const SHORT: Record<string, string> = {
   'rss-devices': 'RSS with 1,000 devices',
   'rss-after-burst': 'RSS after 200k messages',
   drain: 'Backlog drain vs raw kafkajs',
+  'drain-live-p99': 'Live p99 during drain vs without',
   'kafka-lag': 'In Kafka after last PUBACK',
 };
 
@@ -27,7 +28,7 @@ function valueText(t: TargetRow): string {
 }
 
 export function chart(rep: BenchReport): string {
-  const W = 980;
+  const W = 1000;
   const out: string[] = [];
   let y = 0;
   const text = (x: number, yy: number, s: string, attrs = '') => out.push(`<text x="${x}" y="${yy}" ${attrs}>${esc(s)}</text>`);

@@ -37,7 +37,7 @@ export const s6: Scenario = {
               runs.push(run);
               log(`s6 round ${r} ${generator.padEnd(6)} ${target.padEnd(10)} ${Math.round(run.rate)} msg/s (cpu ${Math.round(run.cpuPct)}%, peak RSS ${Math.round(run.rssPeakMiB)} MiB)`);
             } catch (err) {
-              runs.push({ round: r, generator, target, rate: NaN, messages: 0, elapsedMs: 0, targetCount: 0, verified: false, cpuPct: NaN, rssPeakMiB: NaN, error: errorText(err) });
+              runs.push({ round: r, generator, target, rate: NaN, messages: 0, elapsedMs: 0, targetCount: 0, verified: false, cpuPct: NaN, runqWaitPct: NaN, rssPeakMiB: NaN, error: errorText(err) });
               log(`s6 round ${r} ${generator} ${target} FAILED: ${errorText(err)}`);
             }
           }
