@@ -12,7 +12,7 @@ import { startBenchKafka, type BenchKafka } from './lib/kafka.js';
 import { installCleanup, stopAll } from './lib/proc.js';
 import { evaluateTargets, fsyncProbe, machineInfo, markdown, type BenchReport, type ScenarioOutcome } from './lib/report.js';
 import { chart } from './lib/svg.js';
-import { errorText, log, ROOT, round } from './lib/util.js';
+import { errorText, log, removeTempDirs, ROOT, round } from './lib/util.js';
 import { s1 } from './scenarios/s1-ingest.js';
 import { s2 } from './scenarios/s2-latency.js';
 import { s3 } from './scenarios/s3-drain.js';
@@ -47,6 +47,7 @@ async function main(): Promise<number> {
   installCleanup(async () => {
     await kafka?.stop();
   });
+  process.on('exit', removeTempDirs); // after the children are killed (installCleanup's hook runs first)
   const outcomes: Record<string, ScenarioOutcome> = {};
   let kafkaStartMs = 0;
   try {

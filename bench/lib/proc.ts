@@ -40,6 +40,8 @@ export class Child {
     readonly proc: ChildProcess,
     private readonly keepStdout: boolean,
   ) {
+    // a command that cannot be spawned (ENOENT) reports it as an event: never an uncaught one
+    proc.once('error', (err) => this.errTail.push(`spawn error: ${err.message}`));
     if (proc.pid === undefined) throw new Error(`${name}: could not be started`);
     this.pid = proc.pid;
     this.exited = new Promise((resolve) => {

@@ -1,5 +1,5 @@
 // Small shared helpers: paths, ports, statistics, logging.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,9 +11,19 @@ export const DIST_BENCH = join(ROOT, 'dist', 'bench');
 /** Node entry points of the bench's own processes. */
 export const script = (name: string): string => join(DIST_BENCH, `${name}.js`);
 
+const temps = new Set<string>();
+
 /** A fresh directory on the disk (not tmpfs): write_bytes must see the log's writes. */
 export function tempDir(prefix: string): string {
-  return mkdtempSync(join(process.env.BENCH_TMP ?? tmpdir(), `eb-bench-${prefix}-`));
+  const dir = mkdtempSync(join(process.env.BENCH_TMP ?? tmpdir(), `eb-bench-${prefix}-`));
+  temps.add(dir);
+  return dir;
+}
+
+/** Removes every directory tempDir made that is still there (at exit, also after a signal). */
+export function removeTempDirs(): void {
+  for (const dir of temps) rmSync(dir, { recursive: true, force: true });
+  temps.clear();
 }
 
 /** `count` distinct free TCP ports on 127.0.0.1 (held together, so none is handed out twice). */

@@ -6,7 +6,7 @@ import { runMqttjs } from '../lib/generators.js';
 import type { Context, Scenario, ScenarioResult } from '../lib/context.js';
 import { cpuMeter, MiB, sampleRss, startNode, waitFor, type Child } from '../lib/proc.js';
 import { Gateway, startMosquitto, type Target } from '../lib/targets.js';
-import { log, median, round, script } from '../lib/util.js';
+import { errorText, log, median, round, script } from '../lib/util.js';
 
 const mib = (b: number) => round(b / MiB);
 
@@ -64,17 +64,22 @@ export const s4: Scenario = {
       await gw.stop();
     }
 
-    const mosq = await startMosquitto();
+    // Mosquitto for context: its failure does not take the gateway's figures with it
     devices = undefined;
+    let mosq: Target | undefined;
     try {
+      mosq = await startMosquitto();
       const idle = await window(mosq.pid, Math.min(cfg.idleWindowMs, 2000));
       devices = await connectDevices(mosq, cfg.devices, 'dev');
       const withDevices = await window(mosq.pid, Math.min(cfg.devicesWindowMs, 3000));
       out.mosquitto = { idle, devices: withDevices };
       log(`s4 mosquitto idle ${idle.rssMiB} MiB, with devices ${withDevices.rssMiB} MiB`);
+    } catch (err) {
+      out.mosquitto = { error: errorText(err) };
+      log(`s4 mosquitto FAILED: ${errorText(err)}`);
     } finally {
       await devices?.stop(5000);
-      await mosq.stop();
+      await mosq?.stop();
     }
     return out;
   },
