@@ -31,21 +31,21 @@ export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfi
     rounds,
     s1: {
       mqttjs: { processes: 2, clients: 10, window: 10, payloadBytes: 200, durationMs: quick ? 2000 : 5000 },
-      cgen: { processes: 8, lines: quick ? 4000 : 20_000, payloadBytes: 63 },
-      warmupMs: quick ? 1000 : 2000,
+      cgen: { processes: 8, lines: quick ? 3000 : 20_000, payloadBytes: 63 },
+      warmupMs: quick ? 700 : 2000,
       drainTimeoutMs: 120_000,
     },
     s2: { levels: [0.25, 0.5, 0.75], durationMs: quick ? 3000 : 15_000, warmupMs: quick ? 1000 : 2000, clients: 20, payloadBytes: 200 },
-    s3: { backlog: quick ? 100_000 : 1_000_000, liveFraction: 0.25, steadyMs: quick ? 3000 : 10_000, payloadBytes: 200, liveClients: 10, rawModes: quick ? ['idempotent'] : ['idempotent', 'transactional'] },
+    s3: { backlog: quick ? 100_000 : 1_000_000, liveFraction: 0.25, steadyMs: quick ? 2000 : 10_000, payloadBytes: 200, liveClients: 10, rawModes: quick ? ['idempotent'] : ['idempotent', 'transactional'] },
     s4: {
       devices: 1000,
-      idleWindowMs: quick ? 2000 : 10_000,
-      devicesWindowMs: quick ? 3000 : 20_000,
+      idleWindowMs: quick ? 1500 : 10_000,
+      devicesWindowMs: quick ? 2000 : 20_000,
       burst: quick ? 20_000 : 200_000,
       quietMs: quick ? 2000 : 10_000,
       payloadBytes: 200,
     },
-    s5: { messages: quick ? 15_000 : 100_000, warmup: quick ? 2000 : 10_000, payloads: [200, 63] },
+    s5: { messages: quick ? 12_000 : 100_000, warmup: quick ? 2000 : 10_000, payloads: [200, 63] },
     s6: { generators: quick ? ['cgen'] : ['mqttjs', 'cgen'], gatewayCpus: '0', generatorCpus: '1', maxOldSpaceMb: 128, mqttjsClients: 20, durationMs: quick ? 2000 : 5000, cgenLines: quick ? 2500 : 10_000 },
   };
 }

@@ -69,9 +69,9 @@ export const s4: Scenario = {
     let mosq: Target | undefined;
     try {
       mosq = await startMosquitto();
-      const idle = await window(mosq.pid, Math.min(cfg.idleWindowMs, 2000));
+      const idle = await window(mosq.pid, Math.min(cfg.idleWindowMs, 1500));
       devices = await connectDevices(mosq, cfg.devices, 'dev');
-      const withDevices = await window(mosq.pid, Math.min(cfg.devicesWindowMs, 3000));
+      const withDevices = await window(mosq.pid, Math.min(cfg.devicesWindowMs, 2000));
       out.mosquitto = { idle, devices: withDevices };
       log(`s4 mosquitto idle ${idle.rssMiB} MiB, with devices ${withDevices.rssMiB} MiB`);
     } catch (err) {
