@@ -109,7 +109,7 @@ export function machineInfo(): Record<string, unknown> {
     kafka: kafkaVersion,
     gitCommit: git(['rev-parse', 'HEAD']),
     gitBranch: git(['rev-parse', '--abbrev-ref', 'HEAD']),
-    gitDirty: git(['status', '--porcelain', '--', 'src', 'bench']) !== '',
+    gitDirty: git(['status', '--porcelain', '--', 'src', 'bench', ':!bench/results']) !== '', // results of an earlier run do not count
     loadAverageAtStart: loadavg().map((l) => round(l)),
     fsyncAtStart: fsyncProbe(),
     benchDisk: process.env.BENCH_TMP ?? tmpdir(),
