@@ -1,51 +1,66 @@
-// A QoS 1 load generator, run as its own process so it does not share an event loop with the
-// broker under test (as aedes's benchmarks do). Prints one JSON line of results on stdout.
+// A closed-loop QoS 1 load generator (MQTT.js), run as its own process so it does not share an
+// event loop with the broker under test. Each client keeps `window` publishes in flight; the run
+// lasts `durationMs`, or until `count` publishes (over all clients) are acknowledged. Prints one
+// JSON line of results on stdout.
 import { createHistogram } from 'node:perf_hooks';
 import mqtt from 'mqtt';
+import { newBootId, reading } from './lib/payload.js';
 
 interface LoadArgs {
   url: string;
   clients: number;
   window: number;
-  durationMs: number;
+  durationMs?: number;
+  count?: number;
   payloadBytes: number;
+  /** Device ids are `${prefix}-${i}` (the topic's {deviceId}); MQTT client ids too. */
+  prefix: string;
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
 const latency = createHistogram();
+const bootId = newBootId();
 let acked = 0;
+let sent = 0;
 let stopped = false;
-const bootId = process.pid.toString(16);
-/** A firmware-sim style reading padded to about payloadBytes, so the gateway's dedup path runs. */
-function reading(client: number, seq: number): string {
-  const body = JSON.stringify({ deviceId: `bench-${client}`, bootId, seq, ts: Date.now(), pad: '' });
-  return body.replace('"pad":""', `"pad":"${'x'.repeat(Math.max(0, args.payloadBytes - body.length))}"`);
-}
+let lastAck = 0;
+let bytes = 0;
 
 const clients = await Promise.all(
   Array.from({ length: args.clients }, (_, i) =>
-    mqtt.connectAsync(args.url, { clientId: `bench-${process.pid}-${i}`, clean: true, reconnectPeriod: 0 }),
+    mqtt.connectAsync(args.url, { clientId: `${args.prefix}-${i}`, clean: true, reconnectPeriod: 0, keepalive: 60 }),
   ),
 );
+const perClient = args.count !== undefined ? Math.ceil(args.count / args.clients) : Infinity;
+const startedAt = performance.timeOrigin + performance.now();
 const started = performance.now();
-setTimeout(() => (stopped = true), args.durationMs);
+if (args.durationMs !== undefined) setTimeout(() => (stopped = true), args.durationMs);
 await Promise.all(
   clients.map(
     (client, c) =>
-      new Promise<void>((resolve) => {
+      new Promise<void>((resolve, reject) => {
         let inflight = 0;
         let seq = 0;
+        const topic = `devices/${args.prefix}-${c}/telemetry`;
+        client.once('error', reject);
+        client.once('close', () => {
+          if (inflight > 0 || (!stopped && seq < perClient)) reject(new Error(`client ${c} closed by the broker`));
+        });
         const pump = (): void => {
-          while (!stopped && inflight < args.window) {
+          while (!stopped && inflight < args.window && seq < perClient) {
             inflight++;
+            sent++;
             const t0 = process.hrtime.bigint();
-            client.publish(`devices/bench-${c}/telemetry`, reading(c, ++seq), { qos: 1 }, () => {
+            const payload = reading(bootId, ++seq, args.payloadBytes);
+            bytes += payload.length;
+            client.publish(topic, payload, { qos: 1 }, (err) => {
+              if (err) return reject(err);
               latency.record(process.hrtime.bigint() - t0);
               acked++;
               inflight--;
-              if (stopped) {
-                if (inflight === 0) resolve();
-              } else pump();
+              lastAck = performance.now();
+              if (inflight === 0 && (stopped || seq >= perClient)) resolve();
+              else pump();
             });
           }
         };
@@ -53,15 +68,20 @@ await Promise.all(
       }),
   ),
 );
-const elapsed = performance.now() - started;
+const elapsed = lastAck - started;
 await Promise.all(clients.map((c) => c.endAsync(true)));
 process.stdout.write(
   `${JSON.stringify({
     acked,
+    sent,
     elapsedMs: elapsed,
     rate: acked / (elapsed / 1000),
     p50Ms: latency.percentile(50) / 1e6,
     p99Ms: latency.percentile(99) / 1e6,
+    p999Ms: latency.percentile(99.9) / 1e6,
+    payloadBytes: bytes / Math.max(1, sent),
+    startedAt,
+    lastAckAt: performance.timeOrigin + lastAck,
   })}\n`,
 );
 process.exit(0);

@@ -1,244 +1,127 @@
-// npm run bench: QoS 1 ingest through edgebridge side by side with baselines, in one run.
-// Scenarios are interleaved round by round so machine noise hits them alike; medians are
-// reported, with ratios against Mosquitto (the reference C broker) and plain aedes.
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir, cpus } from 'node:os';
+// npm run bench [-- --quick] [-- --only=1,5] [-- --rounds=N]
+//
+// Starts a real Kafka broker, runs the scenarios (bench/scenarios/), and writes
+// bench/results/latest.json, latest.md and latest.svg. Every broker, gateway and generator is its
+// own process, so CPU, RSS and disk writes are each process's own. A scenario that fails reports
+// its error and the others still run; every child process is stopped on exit, also on errors.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { Aedes } from 'aedes';
-import { pino } from 'pino';
-import { parseConfig } from '../src/config/load.js';
-import { Gateway } from '../src/gateway.js';
+import { benchConfig, Context, type Scenario } from './lib/context.js';
+import { startBenchKafka, type BenchKafka } from './lib/kafka.js';
+import { installCleanup, stopAll } from './lib/proc.js';
+import { evaluateTargets, fsyncProbe, machineInfo, markdown, type BenchReport, type ScenarioOutcome } from './lib/report.js';
+import { chart } from './lib/svg.js';
+import { errorText, log, removeTempDirs, ROOT, round } from './lib/util.js';
+import { s1 } from './scenarios/s1-ingest.js';
+import { s2 } from './scenarios/s2-latency.js';
+import { s3 } from './scenarios/s3-drain.js';
+import { s4 } from './scenarios/s4-devices.js';
+import { s5 } from './scenarios/s5-disk.js';
+import { s6 } from './scenarios/s6-pi.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 5000);
-const LOAD = { clients: 20, window: 10, payloadBytes: 200 };
+const SCENARIOS: Scenario[] = [s1, s2, s3, s4, s5, s6];
 
-interface LoadResult {
-  acked: number;
-  rate: number;
-  p50Ms: number;
-  p99Ms: number;
+function parseArgs(argv: string[]): { quick: boolean; only: number[]; rounds?: number } {
+  let quick = false;
+  let only = SCENARIOS.map((s) => s.id);
+  let rounds: number | undefined;
+  for (const a of argv) {
+    if (a === '--quick') quick = true;
+    else if (a.startsWith('--only=')) only = a.slice(7).split(',').map(Number).filter((n) => SCENARIOS.some((s) => s.id === n));
+    else if (a.startsWith('--rounds=')) rounds = Math.max(1, Number(a.slice(9)) || 1);
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: npm run bench [-- --quick] [--only=1,2,...] [--rounds=N]\n');
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}`);
+  }
+  return { quick, only, ...(rounds !== undefined ? { rounds } : {}) };
 }
 
-interface Target {
-  name: string;
-  describe: string;
-  start(): Promise<{ url: string; stop(): Promise<void>; after?(): Promise<Record<string, number>> }>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const config = benchConfig(args.quick, args.rounds);
+  const started = performance.now();
+  const machine = machineInfo();
+  let kafka: BenchKafka | undefined;
+  installCleanup(async () => {
+    await kafka?.stop();
   });
-}
-
-function runLoad(url: string): Promise<LoadResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      [join(ROOT, 'dist', 'bench', 'load.js'), JSON.stringify({ url, durationMs: DURATION_MS, ...LOAD })],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as LoadResult) : reject(new Error(`load exited ${code}`))));
-  });
-}
-
-function findMosquitto(): string | undefined {
-  const found = spawnSync('sh', ['-c', 'command -v mosquitto || ls /usr/sbin/mosquitto'], { encoding: 'utf8' });
-  return found.status === 0 ? found.stdout.trim().split('\n')[0] : undefined;
-}
-
-/** Mosquitto is the baseline; as root, install it from Debian when it is missing. */
-function ensureMosquitto(): string | undefined {
-  const found = findMosquitto();
-  if (found || process.getuid?.() !== 0) return found;
-  process.stderr.write('bench: installing mosquitto (apt-get) for the baseline...\n');
-  spawnSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto'], {
-    stdio: 'ignore',
-  });
-  return findMosquitto();
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const silent = pino({ level: 'silent' });
-
-function edgebridgeTarget(
-  name: string,
-  describe: string,
-  brokers: string[],
-  storage: Record<string, unknown>,
-  forwarding = true,
-  routeExtra: Record<string, unknown> = {},
-): Target {
-  return {
-    name,
-    describe,
-    async start() {
-      const dir = mkdtempSync(join(tmpdir(), 'eb-bench-'));
-      const topic = `bench.${name}.${Date.now()}`;
-      const gw = await Gateway.start(
-        parseConfig({
-          gateway: { id: `bench-${name}` },
-          // Load generators run 2-3k msg/s per connection: measure the gateway, not its per-client throttle.
-          mqtt: { host: '127.0.0.1', port: 0, limits: { publishRatePerSecond: 0 } },
-          kafka: { brokers },
-          storage: { dir, ...storage },
-          routes: [{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: topic, ...routeExtra }],
-        }),
-        { logger: silent, statusIntervalMs: 0 },
-      );
-      return {
-        url: `mqtt://127.0.0.1:${gw.mqttAddress.port}`,
-        after: forwarding ? drained : undefined,
-        async stop() {
-          await gw.close();
-          rmSync(dir, { recursive: true, force: true });
-        },
-      };
-      async function drained(): Promise<Record<string, number>> {
-        // how fast the forwarder drains into Kafka what was ingested
-        const t0 = Date.now();
-        const backlogAtEnd = gw.status().backlog;
-        while (gw.status().backlog > 0 && Date.now() - t0 < 60_000) await sleep(50);
-        return { forwardedPerSec: gw.status().forwarded / ((Date.now() - t0 + DURATION_MS) / 1000), backlogAtEnd };
-      }
-    },
-  };
-}
-
-async function main(): Promise<void> {
-  // @ts-expect-error plain ESM script
-  const { startKafka } = (await import('../../scripts/kafka.mjs')) as {
-    startKafka: (o: { dataDir: string }) => Promise<{ brokers: string[]; stop(): Promise<void> }>;
-  };
-  const kafkaDir = mkdtempSync(join(tmpdir(), 'eb-bench-kafka-'));
-  process.stderr.write('bench: starting Kafka...\n');
-  const kafka = await startKafka({ dataDir: kafkaDir });
-
-  const targets: Target[] = [];
-  const mosquitto = ensureMosquitto();
-  if (mosquitto) {
-    targets.push({
-      name: 'mosquitto',
-      describe: 'Mosquitto (C reference broker; in-memory, no per-message fsync)',
-      async start() {
-        const port = await freePort();
-        const conf = join(mkdtempSync(join(tmpdir(), 'eb-bench-mosq-')), 'm.conf');
-        writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\n`);
-        const child: ChildProcess = spawn(mosquitto, ['-c', conf], { stdio: 'ignore' });
-        await sleep(300);
-        return {
-          url: `mqtt://127.0.0.1:${port}`,
-          async stop() {
-            child.kill('SIGTERM');
-            await new Promise((r) => child.once('exit', r));
-          },
+  process.on('exit', removeTempDirs); // after the children are killed (installCleanup's hook runs first)
+  const outcomes: Record<string, ScenarioOutcome> = {};
+  let kafkaStartMs = 0;
+  try {
+    log(`bench${args.quick ? ' --quick' : ''}: scenarios ${args.only.join(',')}, ${config.rounds} round(s); starting Kafka...`);
+    const k0 = performance.now();
+    kafka = await startBenchKafka();
+    kafkaStartMs = performance.now() - k0;
+    log(`Kafka ready on ${kafka.brokers.join(',')} in ${(kafkaStartMs / 1000).toFixed(1)} s`);
+    const ctx = new Context(config, kafka);
+    for (const scenario of SCENARIOS.filter((s) => args.only.includes(s.id))) {
+      log(`--- scenario ${scenario.id}: ${scenario.title}`);
+      const t0 = performance.now();
+      try {
+        const result = await scenario.run(ctx);
+        ctx.results[scenario.key] = result;
+        outcomes[scenario.key] = { id: scenario.id, title: scenario.title, ok: true, durationMs: Math.round(performance.now() - t0), result };
+      } catch (err) {
+        const partial = (err as { partial?: Record<string, unknown> }).partial;
+        if (partial) ctx.results[scenario.key] = partial;
+        outcomes[scenario.key] = {
+          id: scenario.id,
+          title: scenario.title,
+          ok: false,
+          durationMs: Math.round(performance.now() - t0),
+          error: errorText(err),
+          ...(partial ? { result: partial } : {}),
         };
-      },
-    });
-  } else {
-    process.stderr.write('bench: mosquitto not found and cannot be installed; its baseline is left out\n');
+        log(`scenario ${scenario.id} FAILED: ${errorText(err)}`);
+      } finally {
+        await stopAll(); // nothing of one scenario runs into the next
+      }
+      log(`scenario ${scenario.id} took ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }
+  } finally {
+    await stopAll();
+    await kafka?.stop().catch(() => undefined);
   }
-  targets.push({
-    name: 'aedes',
-    describe: 'plain aedes (same broker library, no commit log)',
-    async start() {
-      const broker = await Aedes.createBroker({});
-      const server = createServer(broker.handle);
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-      const { port } = server.address() as { port: number };
-      return {
-        url: `mqtt://127.0.0.1:${port}`,
-        async stop() {
-          await new Promise<void>((r) => broker.close(() => r()));
-          await new Promise<void>((r) => server.close(() => r()));
-        },
-      };
+
+  machine.loadAverageAtEnd = loadavg().map((l) => round(l));
+  machine.fsyncAtEnd = fsyncProbe();
+  const results = Object.fromEntries(Object.entries(outcomes).map(([k, o]) => [k, o.result]));
+  const targets = evaluateTargets(results);
+  const report: BenchReport = {
+    schema: 'edgebridge-bench/1',
+    date: new Date().toISOString(),
+    wallTimeMs: Math.round(performance.now() - started),
+    quick: args.quick,
+    selection: args.only,
+    machine,
+    config: { ...config, kafka: { brokers: kafka?.brokers ?? [], startMs: Math.round(kafkaStartMs), note: 'single KRaft node (scripts/kafka.mjs), same machine' } },
+    scenarios: outcomes,
+    targets,
+    summary: {
+      passed: targets.filter((t) => t.pass === true).length,
+      failed: targets.filter((t) => t.pass === false).length,
+      missing: targets.filter((t) => t.pass === null).length,
     },
-  });
-  targets.push(
-    edgebridgeTarget('edgebridge', 'edgebridge: group commit, synchronous=FULL (default), forwarding to Kafka', kafka.brokers, {}),
-    edgebridgeTarget(
-      'eb-buffering',
-      'edgebridge while Kafka is unreachable (ingest into the log only), synchronous=FULL',
-      [`127.0.0.1:${await freePort()}`],
-      {},
-      false,
-    ),
-    edgebridgeTarget(
-      'eb-no-dedup',
-      'edgebridge with dedup off (routes[].dedup: false), forwarding to Kafka',
-      kafka.brokers,
-      {},
-      true,
-      { dedup: false },
-    ),
-    edgebridgeTarget('eb-normal', 'edgebridge with synchronous=NORMAL', kafka.brokers, { synchronous: 'normal' }),
-    edgebridgeTarget('eb-no-group', 'edgebridge without group commit (one transaction per message)', kafka.brokers, {
-      groupCommitMaxRecords: 1,
-    }),
-  );
-
-  const results = new Map<string, (LoadResult & Record<string, number>)[]>();
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const target of targets) {
-      const running = await target.start();
-      const load = await runLoad(running.url);
-      const extra = (await running.after?.()) ?? {};
-      await running.stop();
-      const list = results.get(target.name) ?? [];
-      list.push({ ...load, ...extra });
-      results.set(target.name, list);
-      process.stderr.write(
-        `round ${round} ${target.name.padEnd(12)} ${Math.round(load.rate)} msg/s p50=${load.p50Ms.toFixed(2)}ms p99=${load.p99Ms.toFixed(2)}ms\n`,
-      );
-    }
-  }
-  await kafka.stop();
-  rmSync(kafkaDir, { recursive: true, force: true });
-
-  const med = (name: string, key: string) => median((results.get(name) ?? []).map((r) => r[key] ?? NaN));
-  const base = results.has('mosquitto') ? 'mosquitto' : 'aedes';
-  const rows = targets.map((t) => {
-    const rate = med(t.name, 'rate');
-    const fwd = med(t.name, 'forwardedPerSec');
-    return `| ${t.describe} | ${Math.round(rate)} | ${(rate / med(base, 'rate')).toFixed(2)} | ${(rate / med('aedes', 'rate')).toFixed(2)} | ${med(t.name, 'p50Ms').toFixed(2)} | ${med(t.name, 'p99Ms').toFixed(2)} | ${Number.isNaN(fwd) ? '–' : Math.round(fwd)} |`;
-  });
-  const gitRev = (() => {
-    try {
-      return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-    } catch {
-      return 'unknown';
-    }
-  })();
-  const report = [
-    `# QoS 1 ingest benchmark`,
-    '',
-    `${new Date().toISOString()} · commit ${gitRev} · Node ${process.version} · ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`,
-    `Load: ${LOAD.clients} MQTT clients in a separate process, ${LOAD.window} QoS 1 publishes in flight each, ${LOAD.payloadBytes}-byte JSON readings with bootId/seq, ${DURATION_MS / 1000}s per run, ${ROUNDS} interleaved rounds; medians.`,
-    '',
-    `| target | acked msg/s | vs ${base} | vs aedes | PUBACK p50 ms | PUBACK p99 ms | forwarded to Kafka msg/s |`,
-    '|---|---:|---:|---:|---:|---:|---:|',
-    ...rows,
-    '',
-  ].join('\n');
-  mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench', 'results', 'latest.md'), report);
-  process.stdout.write(`\n${report}`);
+  };
+  const dir = join(ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+  const md = markdown(report);
+  writeFileSync(join(dir, 'latest.md'), md);
+  writeFileSync(join(dir, 'latest.svg'), chart(report));
+  process.stdout.write(`\n${md}`);
+  log(`wrote bench/results/latest.{json,md,svg} · wall time ${(report.wallTimeMs / 1000).toFixed(0)} s`);
+  return Object.values(outcomes).every((o) => o.ok) ? 0 : 1;
 }
 
-await main();
+main().then(
+  (code) => process.exit(code),
+  async (err: unknown) => {
+    process.stderr.write(`bench: ${errorText(err)}\n`);
+    await stopAll();
+    process.exit(2);
+  },
+);
