@@ -4,9 +4,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { stringify } from 'yaml';
 import { loadConfig, redactSecrets } from './config/load.js';
 import { registerPasswdCommand } from './cli-passwd.js';
-import { consume } from './consume.js';
 import { EdgebridgeError, describeError } from './errors.js';
-import { readKafkaSecurity } from './forward/kafka-client.js';
+import { readKafkaSecurity } from './forward/kafka-security.js';
 import { Gateway, checkConfigFiles } from './gateway.js';
 import { createLogger } from './logger.js';
 
@@ -117,6 +116,8 @@ program
         const abort = new AbortController();
         process.once('SIGINT', () => abort.abort());
         process.once('SIGTERM', () => abort.abort());
+        // kafkajs is loaded by this command only, not by `start` (whose Kafka client is in its worker)
+        const { consume } = await import('./consume.js');
         await consume({
           brokers,
           topic: opts.topic,

@@ -5,7 +5,7 @@ import { authenticationConfigured, isLoopback, mqttListenHost, type Config } fro
 import { readCertificates, readKeyPair } from './config/files.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
-import { readKafkaSecurity } from './forward/kafka-client.js';
+import { readKafkaSecurity } from './forward/kafka-security.js';
 import type { ForwardSettings } from './forward/settings.js';
 import { AccessPolicy } from './ingress/access.js';
 import { AclFile } from './ingress/auth/acl-file.js';
