@@ -4,7 +4,7 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { WebSocketServer, createWebSocketStream } from 'ws';
+import type { WebSocketServer } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
 import { describeError, type ErrorCode } from '../errors.js';
 import { listen } from '../listen.js';
@@ -322,6 +322,8 @@ export class MqttIngress {
           res.end(`MQTT over WebSocket: connect to ${websocket.path} with the "mqtt" subprotocol\n`);
         });
         server.headersTimeout = limits.connectTimeoutMs;
+        // ws is loaded only by a gateway that has a WebSocket listener
+        const { WebSocketServer, createWebSocketStream } = await import('ws');
         const wss = new WebSocketServer({
           server,
           path: websocket.path,
