@@ -40,12 +40,12 @@ export interface ForwarderThreadOptions {
 
 /**
  * The forwarder's young generation (V8's new space: two semi-spaces and a large-object space of
- * a third each). V8's default lets it grow to 48 MB, and it stays at its high-water mark until a
- * memory-reducing GC long after a burst: about 32 MB of RSS kept after one backlog. A transaction's
- * records (read, encoded, awaiting the commit: a few MB at forward.batchMaxBytes) still fit in
- * one semi-space, so they die young instead of being promoted.
+ * a third each): 12 MB, semi-spaces of 4 MB. V8's default lets it grow to 48 MB, and it stays at
+ * its high-water mark until a memory-reducing GC long after a burst: 32 MB of RSS kept after one
+ * backlog, 8 MB now. Forwarding at 14,000 records/s showed no measurable cost in CPU per record
+ * (alternating runs against the default on 2 cores).
  */
-export const WORKER_YOUNG_GENERATION_MB = 24;
+export const WORKER_YOUNG_GENERATION_MB = 12;
 
 /** A worker that ran this long is healthy again: the restart backoff starts over. */
 const HEALTHY_AFTER_MS = 60_000;
