@@ -5,7 +5,7 @@ import { authenticationConfigured, isLoopback, mqttListenHost, type Config } fro
 import { readCertificates, readKeyPair } from './config/files.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
-import { readKafkaSecurity } from './forward/kafka-client.js';
+import { readKafkaSecurity } from './forward/kafka-security.js';
 import type { ForwardSettings } from './forward/settings.js';
 import { AccessPolicy } from './ingress/access.js';
 import { AclFile } from './ingress/auth/acl-file.js';
@@ -20,6 +20,7 @@ import { GroupCommit, type AppendSink } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
 import { createLogger } from './logger.js';
 import type { GatewayStatus } from './status.js';
+import { YoungGenerationGovernor } from './young-generation.js';
 
 export type { GatewayStatus } from './status.js';
 
@@ -128,6 +129,8 @@ function mqttAuth(config: Config, routes: RouteTable): { authenticator: Authenti
 export class Gateway {
   private closing: Promise<void> | undefined;
   private readonly statusTimer: NodeJS.Timeout | undefined;
+  /** Lets V8 grow its young generations only while records are stored or forwarded at a high rate. */
+  private readonly youngGeneration: YoungGenerationGovernor;
 
   private constructor(
     readonly config: Config,
@@ -150,6 +153,7 @@ export class Gateway {
       this.statusTimer = setInterval(() => this.logger.info(this.status(), 'status'), statusIntervalMs);
       this.statusTimer.unref();
     }
+    this.youngGeneration = new YoungGenerationGovernor(() => groupCommit.counters.appended + forwarder.counters.forwarded);
   }
 
   /** The plain TCP listener's address, else the TLS listener's, else the WebSocket one's. */
@@ -338,6 +342,7 @@ export class Gateway {
 
   private async shutdown(): Promise<void> {
     if (this.statusTimer) clearInterval(this.statusTimer);
+    this.youngGeneration.close();
     this.logger.info('gateway stopping');
     await this.admin?.close();
     await this.ingress.close();

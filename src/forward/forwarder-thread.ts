@@ -38,6 +38,15 @@ export interface ForwarderThreadOptions {
   readonly onRemoved: () => void;
 }
 
+/**
+ * The forwarder's young generation (V8's new space: two semi-spaces and a large-object space of
+ * a third each): 12 MB, semi-spaces of 4 MB. V8's default lets it grow to 48 MB, and it stays at
+ * its high-water mark until a memory-reducing GC long after a burst: 32 MB of RSS kept after one
+ * backlog, 8 MB now. Forwarding at 14,000 records/s showed no measurable cost in CPU per record
+ * (alternating runs against the default on 2 cores).
+ */
+export const WORKER_YOUNG_GENERATION_MB = 12;
+
 /** A worker that ran this long is healthy again: the restart backoff starts over. */
 const HEALTHY_AFTER_MS = 60_000;
 
@@ -65,7 +74,10 @@ export class ForwarderThread {
 
   private spawn(): void {
     const logger = this.options.logger;
-    const worker = new Worker(workerFile(), { workerData: this.options.settings });
+    const worker = new Worker(workerFile(), {
+      workerData: this.options.settings,
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    });
     this.worker = worker;
     this.exited = false;
     this.spawnedAt = Date.now();

@@ -1,9 +1,10 @@
 import { createServer as createHttpServer } from 'node:http';
+import { createRequire } from 'node:module';
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { WebSocketServer, createWebSocketStream } from 'ws';
+import type { WebSocketServer } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
 import { describeError, type ErrorCode } from '../errors.js';
 import { listen } from '../listen.js';
@@ -110,6 +111,19 @@ export interface IngressAddresses {
 }
 
 const SYS_PREFIX = '$SYS/';
+
+/**
+ * mqtt-packet (aedes's packet writer) builds, on its first packet, a cache of a 2-byte Buffer for
+ * every packet id 0-65535: 65,536 Buffer objects, about 7 MB of heap for good, to save allocating
+ * 2 bytes per PUBACK. Off: each id is written from a fresh 2-byte Buffer (a slice of Node's pool).
+ * The copy aedes itself loads is the one switched.
+ */
+function disablePacketIdCache(): void {
+  const aedesFile = createRequire(import.meta.url).resolve('aedes');
+  const mqttPacket = createRequire(aedesFile)('mqtt-packet') as { writeToStream: { cacheNumbers: boolean } };
+  mqttPacket.writeToStream.cacheNumbers = false;
+}
+disablePacketIdCache();
 
 /**
  * Largest CONNECT (client id, credentials, a Last Will): it arrives before any login, so what an
@@ -308,6 +322,8 @@ export class MqttIngress {
           res.end(`MQTT over WebSocket: connect to ${websocket.path} with the "mqtt" subprotocol\n`);
         });
         server.headersTimeout = limits.connectTimeoutMs;
+        // ws is loaded only by a gateway that has a WebSocket listener
+        const { WebSocketServer, createWebSocketStream } = await import('ws');
         const wss = new WebSocketServer({
           server,
           path: websocket.path,
