@@ -4,7 +4,7 @@
 // JSON line of results on stdout.
 import { createHistogram } from 'node:perf_hooks';
 import mqtt from 'mqtt';
-import { newBootId, reading } from './lib/payload.js';
+import { newBootId, reading, variedReading } from './lib/payload.js';
 
 interface LoadArgs {
   url: string;
@@ -15,6 +15,8 @@ interface LoadArgs {
   payloadBytes: number;
   /** Device ids are `${prefix}-${i}` (the topic's {deviceId}); MQTT client ids too. */
   prefix: string;
+  /** Readings that compress like real telemetry instead of padded ones. */
+  varied?: boolean;
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
@@ -51,7 +53,7 @@ await Promise.all(
             inflight++;
             sent++;
             const t0 = process.hrtime.bigint();
-            const payload = reading(bootId, ++seq, args.payloadBytes);
+            const payload = (args.varied ? variedReading : reading)(bootId, ++seq, args.payloadBytes);
             bytes += payload.length;
             client.publish(topic, payload, { qos: 1 }, (err) => {
               if (err) return reject(err);

@@ -19,8 +19,9 @@ import { s3 } from './scenarios/s3-drain.js';
 import { s4 } from './scenarios/s4-devices.js';
 import { s5 } from './scenarios/s5-disk.js';
 import { s6 } from './scenarios/s6-pi.js';
+import { s7 } from './scenarios/s7-compression.js';
 
-const SCENARIOS: Scenario[] = [s1, s2, s3, s4, s5, s6];
+const SCENARIOS: Scenario[] = [s1, s2, s3, s4, s5, s6, s7];
 
 function parseArgs(argv: string[]): { quick: boolean; only: number[]; rounds?: number } {
   let quick = false;

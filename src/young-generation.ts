@@ -14,7 +14,8 @@ import { setFlagsFromString } from 'node:v8';
  * governs the forwarder's thread too. At 1,000 records/s a 1 MB semi-space fills a few times a
  * second with few survivors: the scavenges cost well under 1% of a core.
  *
- * An operator who sets `--semi-space-growth-factor` (NODE_OPTIONS) keeps it: nothing is changed.
+ * An operator who starts node with `--semi-space-growth-factor` keeps it: nothing is changed (Node
+ * does not accept that flag in NODE_OPTIONS; the check covers it anyway).
  */
 export const BUSY_RECORDS_PER_SECOND = 1000;
 /** Quiet seconds before growth is held off again (a burst's gaps do not flip it back and forth). */
@@ -30,8 +31,10 @@ let governors = 0;
 
 /**
  * Lets V8 grow the young generations (busy) or holds them at their size (quiet). Applied again
- * each time, not only on a change: Node sets V8's flags anew when it starts a worker thread, which
- * puts the factor back to V8's default.
+ * each time, not only on a change: V8 raises the factor to at least 2 whenever it configures a new
+ * isolate's heap (Heap::ConfigureHeap), so every start of the forwarder's thread undoes the hold
+ * until the next sample. Node 20 (V8 11.3) only: newer V8 may refuse a factor below 2 outright,
+ * and the hold then does nothing (more memory after bursts, no other effect).
  */
 export function allowYoungGenerationGrowth(allow: boolean): void {
   if (operatorChoice) return;

@@ -20,7 +20,8 @@ export interface BenchConfig {
   s2: { levels: number[]; durationMs: number; warmupMs: number; clients: number; payloadBytes: number };
   s3: { backlog: number; liveFraction: number; steadyMs: number; payloadBytes: number; liveClients: number; rawModes: ('idempotent' | 'transactional')[] };
   s4: { devices: number; idleWindowMs: number; devicesWindowMs: number; burst: number; quietMs: number; payloadBytes: number };
-  s5: { messages: number; warmup: number; payloads: number[] };
+  s5: { messages: number; warmup: number; payloads: number[]; steadyRate: number; steadyMs: number; steadyIntervalsMs: number[] };
+  s7: { messages: number; warmup: number; payloadBytes: number; codecs: ('none' | 'gzip' | 'lz4' | 'zstd')[] };
   s6: { generators: ('mqttjs' | 'cgen')[]; gatewayCpus: string; generatorCpus: string; maxOldSpaceMb: number; mqttjsClients: number; durationMs: number; cgenLines: number };
 }
 
@@ -45,7 +46,8 @@ export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfi
       quietMs: quick ? 2000 : 10_000,
       payloadBytes: 200,
     },
-    s5: { messages: quick ? 12_000 : 100_000, warmup: quick ? 2000 : 10_000, payloads: [200, 63] },
+    s5: { messages: quick ? 12_000 : 100_000, warmup: quick ? 2000 : 10_000, payloads: [200, 63], steadyRate: 1000, steadyMs: quick ? 4000 : 15_000, steadyIntervalsMs: quick ? [10] : [0, 10, 25, 50] },
+    s7: { messages: quick ? 10_000 : 60_000, warmup: quick ? 1000 : 5000, payloadBytes: 200, codecs: ['none', 'gzip', 'lz4', 'zstd'] },
     s6: { generators: quick ? ['cgen'] : ['mqttjs', 'cgen'], gatewayCpus: '0', generatorCpus: '1', maxOldSpaceMb: 128, mqttjsClients: 20, durationMs: quick ? 2000 : 5000, cgenLines: quick ? 2500 : 10_000 },
   };
 }

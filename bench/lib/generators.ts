@@ -33,6 +33,8 @@ export interface MqttjsOptions {
   /** Device id prefix (distinct per run keeps dedup identities apart). */
   readonly tag: string;
   readonly timeoutMs?: number;
+  /** Readings that compress like real telemetry (payload.ts variedReading). */
+  readonly varied?: boolean;
 }
 
 /** Runs `processes` MQTT.js generators side by side; rate = all acks / the longest run. */
@@ -44,6 +46,7 @@ export async function runMqttjs(url: string, o: MqttjsOptions): Promise<MqttjsRe
       window: o.window,
       payloadBytes: o.payloadBytes,
       prefix: `${o.tag}-p${p}`,
+      ...(o.varied ? { varied: true } : {}),
       ...(o.durationMs !== undefined ? { durationMs: o.durationMs } : {}),
       ...(o.count !== undefined ? { count: o.count } : {}),
     }, { cpus: o.cpus }),

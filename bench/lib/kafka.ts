@@ -12,6 +12,8 @@ import { freePorts, portFree, tempDir, ROOT } from './util.js';
 export interface BenchKafka {
   readonly brokers: string[];
   readonly port: number;
+  /** The broker's data directory (its topic partitions under logs/). */
+  readonly dataDir: string;
   readonly pid: number;
   stop(): Promise<void>;
 }
@@ -35,6 +37,7 @@ export async function startBenchKafka(): Promise<BenchKafka> {
   return {
     brokers: kafka.brokers,
     port,
+    dataDir,
     pid: kafka.pid,
     async stop() {
       await kafka.stop(20_000);

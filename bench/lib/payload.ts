@@ -9,6 +9,22 @@ export function newBootId(): string {
 }
 
 /**
+ * A reading that compresses like real telemetry (the padded one compresses far better than any
+ * sensor's): fixed keys, then 3-4 digit samples from a slowly drifting signal, to `bytes`.
+ */
+export function variedReading(bootId: string, seq: number, bytes: number): string {
+  let body = `{"bootId":"${bootId}","seq":${seq},"t":${(20 + Math.random() * 5).toFixed(2)},"rh":${(40 + Math.random() * 20).toFixed(1)},"s":[`;
+  let level = 500 + Math.floor(Math.random() * 200);
+  let first = true;
+  while (body.length < bytes - 8) {
+    level += Math.floor(Math.random() * 41) - 20;
+    body += `${first ? '' : ','}${level}`;
+    first = false;
+  }
+  return `${body}]}`;
+}
+
+/**
  * `{"bootId":"…","seq":N,"t":21.5,…extra,"p":"xxx"}` padded with x to `bytes` (longer only when
  * the fields alone do not fit).
  */

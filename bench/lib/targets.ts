@@ -98,6 +98,7 @@ export interface GatewaySpec extends PinOptions {
   readonly maxOldSpaceMb?: number | undefined;
   /** Merged into the config's sections (forward, storage, mqtt.limits). */
   readonly forward?: Record<string, unknown>;
+  readonly kafka?: Record<string, unknown>;
   readonly storage?: Record<string, unknown>;
 }
 
@@ -107,7 +108,7 @@ export function gatewayConfig(spec: GatewaySpec, ports: { mqtt: number; admin: n
     gateway: { id: `bench-${process.pid}-${ports.mqtt}` },
     // publishRatePerSecond 0: measure the gateway, not its per-client throttle
     mqtt: { host: '127.0.0.1', port: ports.mqtt, limits: { publishRatePerSecond: 0 } },
-    kafka: { brokers: [...spec.brokers] },
+    kafka: { brokers: [...spec.brokers], ...spec.kafka },
     ...(spec.forward ? { forward: spec.forward } : {}),
     storage: { dir: join(dir, 'log'), ...spec.storage },
     routes: [{ mqtt: 'devices/{deviceId}/telemetry/#', kafka: spec.topic }],
