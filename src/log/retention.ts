@@ -51,11 +51,13 @@ export class Retention {
       // Bounded work per run (this is the ingest thread): what is left waits for the next run.
       const budget = this.options.maxRowsPerRun ?? 20_000;
       const step = Math.min(budget, 5_000);
-      let expired = 0;
-      for (let n = step; n === step && expired < budget; ) {
-        n = this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs, step);
-        expired += n;
-      }
+      // Calls `run(step)` until it does less than a full step or the budget is spent.
+      const inSteps = (run: (limit: number) => number): number => {
+        let total = 0;
+        for (let n = step; n === step && total < budget; total += n) n = run(step);
+        return total;
+      };
+      const expired = inSteps((limit) => this.log.dropExpired(this.options.forwardPosition(), now - this.options.maxAgeMs, limit));
       if (expired > 0) {
         this.counters.droppedExpired += expired;
         logger.warn(
@@ -63,14 +65,8 @@ export class Retention {
           'dropped records older than storage.maxAge that could not be forwarded',
         );
       }
-      for (let pruned = step, total = 0; pruned === step && total < budget; total += pruned) {
-        pruned = this.log.pruneDedup(now, step);
-        this.counters.dedupPruned += pruned;
-      }
-      for (let pruned = step, total = 0; pruned === step && total < budget; total += pruned) {
-        pruned = this.log.pruneDedupStreams(now, step);
-        this.counters.dedupStreamsPruned += pruned;
-      }
+      this.counters.dedupPruned += inSteps((limit) => this.log.pruneDedup(now, limit));
+      this.counters.dedupStreamsPruned += inSteps((limit) => this.log.pruneDedupStreams(now, limit));
     } catch (err) {
       logger.error({ err: describeError(err) }, 'commit log housekeeping failed; retrying next interval');
     }
