@@ -301,6 +301,8 @@ export class Gateway {
       received: this.ingress.counters.routed,
       groupCommits: this.groupCommit.counters.groups,
       duplicates: this.ingress.counters.duplicates + this.ingress.counters.qos2Duplicates,
+      dedupGapsClosed: this.log.dedupGapsClosed,
+      forwarderRestarts: this.forwarder.restartCount,
       forwarded: counters.forwarded,
       backlog: Math.max(0, this.log.lastOffset - forwardPosition),
       lastOffset: this.log.lastOffset,

@@ -16,6 +16,13 @@ export interface GatewayStatus {
   readonly groupCommits: number;
   /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
   readonly duplicates: number;
+  /**
+   * Counter-dedup gaps closed since start: a stream had more than 63 gaps in its counters, so its
+   * oldest gap now reads as stored, and a late reading from that gap is dropped as a replay.
+   */
+  readonly dedupGapsClosed: number;
+  /** Forwarder threads restarted after an unexpected exit since start (a bug: please report). */
+  readonly forwarderRestarts: number;
   /** Records committed to Kafka since start. */
   readonly forwarded: number;
   /** Records in the log not yet committed to Kafka. */

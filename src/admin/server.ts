@@ -42,6 +42,8 @@ export class AdminServer {
     // Each costs an fsync and a few pages of WAL whatever its size: received / this is the mean group.
     totalFrom(registry, 'edgebridge_group_commits_total', 'Commit log transactions (group commits; an fsync each with storage.synchronous: full)', () => status().groupCommits);
     totalFrom(registry, 'edgebridge_duplicates_total', 'Retransmits and replays dropped by dedup (acknowledged, not stored)', () => status().duplicates);
+    totalFrom(registry, 'edgebridge_dedup_gaps_closed_total', 'Counter-dedup gaps closed (a stream had more than 63 gaps): a late reading in one is dropped as a replay', () => status().dedupGapsClosed);
+    totalFrom(registry, 'edgebridge_forwarder_restarts_total', 'Forwarder threads restarted after an unexpected exit (a bug: please report)', () => status().forwarderRestarts);
     totalFrom(registry, 'edgebridge_forwarded_total', 'Records committed to Kafka', () => status().forwarded);
     totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);
     totalFrom(registry, 'edgebridge_dropped_overflow_total', 'Unforwarded records dropped by overflow: drop-oldest', () => status().droppedOverflow);

@@ -65,6 +65,8 @@ export class ForwarderThread {
   private exited = false;
   private lastOffset = 0;
   private restarts = 0;
+  /** Workers restarted after an unexpected exit since start (each a bug worth a report). */
+  private restartsTotal = 0;
   private spawnedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
 
@@ -97,6 +99,7 @@ export class ForwarderThread {
       // checkpoint, so nothing is skipped or repeated. Back off if workers keep dying.
       if (Date.now() - this.spawnedAt > HEALTHY_AFTER_MS) this.restarts = 0;
       if (this.stateValue !== 'log-error') this.stateValue = 'connecting';
+      this.restartsTotal++;
       const delayMs = Math.min(30_000, 500 * 2 ** Math.min(this.restarts++, 6));
       logger.error({ code, restartInMs: delayMs, restarts: this.restarts }, 'forwarder thread exited unexpectedly; restarting it');
       this.restartTimer = setTimeout(() => {
@@ -147,6 +150,10 @@ export class ForwarderThread {
 
   get state(): ForwarderState {
     return this.stateValue;
+  }
+
+  get restartCount(): number {
+    return this.restartsTotal;
   }
 
   get lastErrorMessage(): string {

@@ -358,7 +358,8 @@ export class MqttIngress {
     const address = await listen(server, host, port, 'EB_ERR_INGRESS_LISTEN', what, (err) =>
       logger.error({ err: describeError(err) }, `${what} listener error`),
     );
-    logger.info({ host: address.address, port: address.port }, `${what === 'MQTT' ? 'mqtt' : 'mqtt tls'} listening`);
+    const name = what === 'MQTT' ? 'mqtt' : what === 'MQTT over TLS' ? 'mqtt tls' : 'mqtt websocket';
+    logger.info({ host: address.address, port: address.port }, `${name} listening`);
     return address;
   }
 

@@ -252,6 +252,11 @@ export class CommitLog {
     );
   }
 
+  /** Counter-dedup gaps closed since this log was opened (dedup-windows.ts, MAX_RANGES). */
+  get dedupGapsClosed(): number {
+    return this.windows.gapsClosed;
+  }
+
   private assertOpen(): void {
     if (this.closed) throw new EdgebridgeError('EB_ERR_LOG_CLOSED', `commit log ${this.file} is closed`);
   }

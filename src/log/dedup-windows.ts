@@ -36,7 +36,12 @@ export function rangesContain(ranges: readonly number[], counter: number): boole
  * The ranges with `counter` added (a new array; the input is not changed). Adjacent ranges are
  * joined; past MAX_RANGES the two lowest are merged (the oldest gap is closed).
  */
-export function rangesAdd(ranges: readonly number[], counter: number, maxRanges = MAX_RANGES): number[] {
+export function rangesAdd(
+  ranges: readonly number[],
+  counter: number,
+  maxRanges = MAX_RANGES,
+  onGapClosed: () => void = () => {},
+): number[] {
   const out = ranges.slice();
   // i: the lowest range that ends at counter - 1 or later (every range below ends before it).
   let i = out.length;
@@ -52,7 +57,10 @@ export function rangesAdd(ranges: readonly number[], counter: number, maxRanges 
       out.splice(i + 2, 2);
     }
   }
-  while (out.length > maxRanges * 2) out.splice(1, 2);
+  while (out.length > maxRanges * 2) {
+    out.splice(1, 2);
+    onGapClosed();
+  }
   return out;
 }
 
@@ -102,6 +110,12 @@ const CACHE_STREAMS = 4096;
  * settle the in-memory cache with the transaction's outcome (a rolled-back group leaves no trace).
  */
 export class DedupWindows {
+  /**
+   * Gaps closed because a stream had more than MAX_RANGES ranges, in committed transactions: a
+   * counter in a closed gap that arrives later is taken for a replay (acknowledged, not stored).
+   */
+  gapsClosed = 0;
+  private stagedGapsClosed = 0;
   private readonly cache = new Map<string, WindowState>();
   private staged = new Map<string, { stream: Buffer; state: WindowState }>();
   private readonly get: Database.Statement;
@@ -133,7 +147,7 @@ export class DedupWindows {
     const ranges = state !== undefined && state.expiresAt > now ? state.ranges : [];
     this.staged.set(stream.toString('latin1'), {
       stream,
-      state: { ranges: rangesAdd(ranges, counter), expiresAt: now + windowMs },
+      state: { ranges: rangesAdd(ranges, counter, MAX_RANGES, () => this.stagedGapsClosed++), expiresAt: now + windowMs },
     });
   }
 
@@ -145,10 +159,13 @@ export class DedupWindows {
   committed(): void {
     for (const [id, { state }] of this.staged) this.remember(id, state);
     this.staged = new Map();
+    this.gapsClosed += this.stagedGapsClosed;
+    this.stagedGapsClosed = 0;
   }
 
   rolledBack(): void {
     this.staged = new Map();
+    this.stagedGapsClosed = 0;
   }
 
   /** Forgets streams whose window ended (at most `limit`). */

@@ -85,6 +85,7 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
       const second = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, keepPayloads: true, prefix: 'w2' });
       await expect.poll(() => gw.status().backlog, { timeout: 30_000 }).toBe(0);
       expect(lines.some((l) => l.msg.startsWith('forwarder thread exited unexpectedly'))).toBe(true);
+      expect(gw.status().forwarderRestarts).toBe(1);
       await expect.poll(() => gw.status().forwarder).toBe('forwarding');
       const records = await consumeAll(kafkaBrokers(), topic, { expected: 400 });
       expectExactlyOnce(verifyExactlyOnce(records, [first, second]));

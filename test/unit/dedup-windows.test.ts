@@ -130,6 +130,21 @@ describe('counter dedup in the commit log', () => {
     log.close();
   });
 
+  it('counts the gaps it closes past 64 ranges, and only in committed groups', () => {
+    const log = open(tmp());
+    // 64 ranges: the even counters 0, 2, ..., 126 (each a range of its own)
+    log.append(Array.from({ length: 64 }, (_, i) => reading(2 * i)), 10);
+    expect(log.dedupGapsClosed).toBe(0);
+    const bad = { ...reading(1000), payload: null as unknown as Buffer };
+    expect(() => log.append([reading(500), bad], 10)).toThrow();
+    expect(log.dedupGapsClosed).toBe(0);
+    // a 65th range closes the oldest gap (counter 1): 1 now reads as stored
+    expect(stored(log.append([reading(500)], 10))).toEqual(['new']);
+    expect(log.dedupGapsClosed).toBe(1);
+    expect(stored(log.append([reading(1), reading(3)], 10))).toEqual(['dup', 'new']);
+    log.close();
+  });
+
   it('leaves no trace of a group whose transaction failed', () => {
     const log = open(tmp());
     const bad = { ...reading(99), payload: null as unknown as Buffer };
