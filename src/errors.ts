@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   EB_ERR_INGRESS_DENIED: { retryable: false, summary: 'a publish or subscription was denied by the access policy (own topics, ACL file)' },
   EB_ERR_INGRESS_MALFORMED: { retryable: false, summary: 'a connection sent a malformed MQTT packet header and was closed' },
   EB_ERR_INGRESS_LIMIT: { retryable: true, summary: 'mqtt.limits.maxConnections was reached; a new connection was closed' },
+  EB_ERR_SESSION_WRITE: { retryable: true, summary: 'MQTT session state (a subscription, a queued or retained message, a will) could not be written to the database (disk full, I/O error); the operation failed and its client was told so or disconnected' },
   EB_ERR_ADMIN_LISTEN: { retryable: false, summary: 'the admin HTTP endpoint could not bind its address' },
   EB_ERR_FORWARD_FENCED: { retryable: false, summary: 'another gateway with the same gateway.id took over the Kafka transactions; this one stopped forwarding' },
   EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },

@@ -1,6 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { AdminServer } from './admin/server.js';
+import { CommandDelivery } from './commands/delivery.js';
 import { authenticationConfigured, isLoopback, mqttListenHost, type Config } from './config/schema.js';
 import { readCertificates, readKeyPair } from './config/files.js';
 import { EdgebridgeError, describeError } from './errors.js';
@@ -18,8 +19,10 @@ import { storageBudget } from './log/budget.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
 import { GroupCommit, type AppendSink } from './log/group-commit.js';
 import { Retention } from './log/retention.js';
+import type { CommandOutbox } from './log/outbox.js';
+import { SessionTables } from './log/session-tables.js';
 import { createLogger } from './logger.js';
-import type { GatewayStatus } from './status.js';
+import type { CommandStatus, GatewayStatus } from './status.js';
 import { YoungGenerationGovernor } from './young-generation.js';
 
 export type { GatewayStatus } from './status.js';
@@ -55,7 +58,7 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
       // kafka.ssl / kafka.sasl files read here, in the main thread (EB_ERR_CONFIG_FILE if unreadable)
       security: readKafkaSecurity(config.kafka),
     },
-    topics: [...new Set([...routeTopics, ...log.topics()])],
+    topics: [...new Set([...routeTopics, ...log.topics(), ...(config.commands ? [config.commands.acks] : [])])],
     checkpointTopic: config.forward.checkpointTopic,
     deadLetterTopic: config.forward.deadLetterTopic === false ? undefined : config.forward.deadLetterTopic,
     transactionTimeoutMs: config.forward.transactionTimeoutMs,
@@ -63,14 +66,74 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
     batchMaxBytes: config.forward.batchMaxBytes,
     commitIntervalMs: config.forward.commitIntervalMs,
     retry: config.forward.retry,
+    commands:
+      config.commands === undefined
+        ? undefined
+        : {
+            topic: config.commands.kafka,
+            groupId: commandGroupId(config.gateway.id),
+            ttlMs: config.commands.ttl,
+            maxPending: config.commands.maxPending,
+          },
   };
+}
+
+/**
+ * Commands: delivery on the main thread (the consumer runs in the forwarder's thread). The devices
+ * a gateway serves are those that connected to it and those its password file lists.
+ */
+function startCommands(
+  config: Config,
+  commands: NonNullable<Config['commands']>,
+  ingress: MqttIngress,
+  outbox: CommandOutbox,
+  sink: AppendSink,
+  logger: Logger,
+): CommandDelivery {
+  const delivery = new CommandDelivery({
+    outbox,
+    outlet: ingress.commandOutlet(),
+    mqttTopic: commands.mqtt,
+    ackTopic: commands.acks,
+    gatewayId: config.gateway.id,
+    appendAck: (entry) => new Promise((resolve, reject) => sink.append(entry, (err, result) => (err ? reject(err) : resolve(result!)))),
+    logger,
+  });
+  const served = new Set<string>();
+  const serve = (ids: string[]): void => {
+    const added = ids.filter((id) => !served.has(id));
+    if (added.length === 0) return;
+    outbox.serve(added);
+    for (const id of added) served.add(id);
+  };
+  const { passwordFile } = config.mqtt.auth;
+  if (passwordFile !== undefined) serve(PasswordFile.load(passwordFile).users());
+  ingress.attachCommands({
+    delivered: () => delivery.delivered(),
+    deviceReady: (ids) => {
+      serve(ids);
+      delivery.kick();
+    },
+  });
+  return delivery;
+}
+
+/** The command consumer's group: this gateway's own, so that it reads every partition. */
+export function commandGroupId(gatewayId: string): string {
+  return `edgebridge-commands-${gatewayId}`;
 }
 
 /**
  * The MQTT side of the config: listeners, who may log in (password file, client certificates),
  * what they may touch (own topics, ACL file) and the limits. Reads the password and ACL files.
  */
-export function ingressOptions(config: Config, routes: RouteTable, sink: AppendSink, logger: Logger): MqttIngressOptions {
+export function ingressOptions(
+  config: Config,
+  routes: RouteTable,
+  sink: AppendSink,
+  logger: Logger,
+  sessionTables?: SessionTables,
+): MqttIngressOptions {
   const { mqtt } = config;
   const host = mqttListenHost(mqtt);
   if (!authenticationConfigured(mqtt)) {
@@ -91,6 +154,7 @@ export function ingressOptions(config: Config, routes: RouteTable, sink: AppendS
     ...mqttAuth(config, routes),
     failedLoginMaxDelayMs: mqtt.auth.failedLoginMaxDelayMs,
     limits: mqtt.limits,
+    sessionTables,
   };
 }
 
@@ -136,11 +200,13 @@ export class Gateway {
     readonly config: Config,
     readonly logger: Logger,
     readonly log: CommitLog,
+    private readonly sessionTables: SessionTables,
     readonly groupCommit: GroupCommit,
     private readonly logHealth: { failure: EdgebridgeError | null },
     private readonly retention: Retention,
     readonly forwarder: ForwarderThread,
     private readonly ingress: MqttIngress,
+    private readonly commands: CommandDelivery | undefined,
     /** Where the MQTT listeners are bound. */
     readonly mqttAddresses: IngressAddresses,
     private readonly admin: AdminServer | undefined,
@@ -167,14 +233,17 @@ export class Gateway {
     const lock = lockStorageDir(config.storage.dir);
     const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
     let log: CommitLog | undefined;
+    let sessionTables: SessionTables | undefined;
     let settings: ForwardSettings;
     try {
       log = new CommitLog({ dir: config.storage.dir, synchronous: config.storage.synchronous, walLimitBytes: budget.walLimitBytes });
+      sessionTables = new SessionTables(log.file, { busyTimeoutMs: 1000, walLimitBytes: budget.walLimitBytes });
       log.pruneTopics(routes.kafkaTopics);
       // Reads the Kafka TLS and SASL files: a missing one stops the start before anything listens.
       // The topics of records appended later, under the current routes, are in it already.
       settings = forwardSettings(config, log);
     } catch (err) {
+      sessionTables?.close();
       log?.close();
       lock.release();
       throw err;
@@ -233,8 +302,10 @@ export class Gateway {
     let addresses: IngressAddresses;
     let admin: AdminServer | undefined;
     let adminAddress: AddressInfo | undefined;
+    let commands: CommandDelivery | undefined;
     try {
-      ingress = new MqttIngress(ingressOptions(config, routes, groupCommit, logger.child({ stage: 'ingress' })));
+      ingress = new MqttIngress(ingressOptions(config, routes, groupCommit, logger.child({ stage: 'ingress' }), sessionTables));
+      if (config.commands) commands = startCommands(config, config.commands, ingress, sessionTables.outbox, groupCommit, logger.child({ stage: 'commands' }));
       addresses = await ingress.start();
       if (config.admin.enabled) {
         admin = new AdminServer({
@@ -247,16 +318,23 @@ export class Gateway {
         adminAddress = await admin.start();
       }
     } catch (err) {
+      await commands?.close();
       await ingress?.close();
       await admin?.close();
       groupCommit.close();
       retention.close();
+      sessionTables.close();
       log.close();
       lock.release();
       throw err;
     }
     // Appends committed before this point are found by the worker when it opens the log.
-    forwarder = new ForwarderThread({ settings, logger, onRemoved: () => groupCommit.release() });
+    forwarder = new ForwarderThread({
+      settings,
+      logger,
+      onRemoved: () => groupCommit.release(),
+      onCommands: (result) => commands?.stored(result),
+    });
     logger.info(
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
       'gateway started',
@@ -265,11 +343,13 @@ export class Gateway {
       config,
       logger,
       log,
+      sessionTables,
       groupCommit,
       logHealth,
       retention,
       forwarder,
       ingress,
+      commands,
       addresses,
       admin,
       lock,
@@ -316,7 +396,18 @@ export class Gateway {
       droppedRejected: counters.droppedRejected,
       storageBytes,
       mqtt: this.ingress.refusals(),
+      ...(this.commands === undefined ? {} : { commands: this.commandStatus(this.commands) }),
     };
+  }
+
+  private commandStatus(commands: CommandDelivery): CommandStatus {
+    let now = { waiting: 0, inSession: 0, toAck: 0 };
+    try {
+      now = commands.pending();
+    } catch {
+      // the database cannot be read: health says so (logWritable); the counts stay 0
+    }
+    return { ...now, ...commands.counters };
   }
 
   /**
@@ -347,7 +438,9 @@ export class Gateway {
     this.youngGeneration.close();
     this.logger.info('gateway stopping');
     await this.admin?.close();
+    await this.commands?.close();
     await this.ingress.close();
+    this.sessionTables.close();
     this.groupCommit.close();
     this.retention.close();
     await this.forwarder.close();

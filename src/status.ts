@@ -17,8 +17,8 @@ export interface GatewayStatus {
   /** Retransmits and replays recognised by dedup since start (acknowledged, not stored). */
   readonly duplicates: number;
   /**
-   * Counter-dedup gaps closed since start: a stream had more than 63 gaps in its counters, so its
-   * oldest gap now reads as stored, and a late reading from that gap is dropped as a replay.
+   * Counter-dedup gaps closed by late readings since start: a stream had 63 gaps when an
+   * out-of-order reading arrived, so its oldest gap now reads as stored (README: Delivery guarantee).
    */
   readonly dedupGapsClosed: number;
   /** Forwarder threads restarted after an unexpected exit since start (a bug: please report). */
@@ -43,6 +43,24 @@ export interface GatewayStatus {
   readonly storageBytes: number;
   /** What the MQTT side refused or limited since start (security and limits). */
   readonly mqtt: MqttRefusals;
+  /** Commands from Kafka (absent when `commands` is not configured). */
+  readonly commands?: CommandStatus;
+}
+
+/** Commands now in the gateway, and counts since start. */
+export interface CommandStatus {
+  /** Stored, waiting for a persistent session of their device. */
+  readonly waiting: number;
+  /** In their device's session: sent, or queued until it reconnects. */
+  readonly inSession: number;
+  /** Acknowledged by the device, the ack record not yet in the log. */
+  readonly toAck: number;
+  readonly stored: number;
+  readonly notServed: number;
+  readonly invalid: number;
+  readonly expired: number;
+  readonly delivered: number;
+  readonly acked: number;
 }
 
 /** Counts of MQTT refusals by reason: the `reason` label of edgebridge_mqtt_refused_total. */

@@ -42,7 +42,7 @@ export class AdminServer {
     // Each costs an fsync and a few pages of WAL whatever its size: received / this is the mean group.
     totalFrom(registry, 'edgebridge_group_commits_total', 'Commit log transactions (group commits; an fsync each with storage.synchronous: full)', () => status().groupCommits);
     totalFrom(registry, 'edgebridge_duplicates_total', 'Retransmits and replays dropped by dedup (acknowledged, not stored)', () => status().duplicates);
-    totalFrom(registry, 'edgebridge_dedup_gaps_closed_total', 'Counter-dedup gaps closed (a stream had more than 63 gaps): a late reading in one is dropped as a replay', () => status().dedupGapsClosed);
+    totalFrom(registry, 'edgebridge_dedup_gaps_closed_total', 'Counter-dedup gaps closed by late readings in streams with 63 gaps: a reading sent into one later is dropped as a replay', () => status().dedupGapsClosed);
     totalFrom(registry, 'edgebridge_forwarder_restarts_total', 'Forwarder threads restarted after an unexpected exit (a bug: please report)', () => status().forwarderRestarts);
     totalFrom(registry, 'edgebridge_forwarded_total', 'Records committed to Kafka', () => status().forwarded);
     totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);
@@ -58,6 +58,33 @@ export class AdminServer {
       collect() {
         this.reset();
         for (const [reason, n] of Object.entries(status().mqtt)) this.inc({ reason }, n);
+      },
+    });
+    const commandEvents = { stored: 'stored', not_served: 'notServed', invalid: 'invalid', expired: 'expired', delivered: 'delivered', acked: 'acked' } as const;
+    new Counter({
+      name: 'edgebridge_commands_total',
+      help: 'Commands from Kafka by event: stored (for a served device), not_served, invalid, expired (TTL), delivered (PUBACK by the device), acked (ack record in the log)',
+      labelNames: ['event'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const c = status().commands;
+        if (c) for (const [event, key] of Object.entries(commandEvents)) this.inc({ event }, c[key]);
+      },
+    });
+    new Gauge({
+      name: 'edgebridge_commands_pending',
+      help: 'Commands in the gateway by state: waiting (for a persistent session of the device), in_session (sent or queued), to_ack (delivered, ack record to write)',
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const c = status().commands;
+        if (c) {
+          this.set({ state: 'waiting' }, c.waiting);
+          this.set({ state: 'in_session' }, c.inSession);
+          this.set({ state: 'to_ack' }, c.toAck);
+        }
       },
     });
     const gauge = (name: string, help: string, read: () => number) =>

@@ -248,6 +248,27 @@ export const configSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  /**
+   * Commands from Kafka to devices (off when absent): read from `kafka` (keyed by device ID) by
+   * a consumer group of this gateway's own, kept for the devices it serves, delivered with QoS 1
+   * on `mqtt`, and acknowledged to `acks` when the device PUBACKs.
+   */
+  commands: z
+    .strictObject({
+      kafka: kafkaTopicName.default('iot.commands'),
+      /** The MQTT topic of a device's commands: {deviceId}, and optionally {correlationId}. */
+      mqtt: z
+        .string()
+        .default('devices/{deviceId}/commands')
+        .refine((t) => t.includes('{deviceId}'), 'must contain {deviceId}')
+        .refine((t) => !/[+#\u0000]/.test(t) && !t.startsWith('$'), 'must be a topic name: no wildcards (+ #), no U+0000, not under $'),
+      acks: kafkaTopicName.default('iot.command-acks'),
+      /** A command its device has not acknowledged this long after it was written to Kafka is dropped. */
+      ttl: duration(1000).default(24 * 3600e3),
+      /** Most commands waiting in the gateway; past it the consumer pauses (Kafka keeps the rest). */
+      maxPending: z.number().int().min(1).default(100_000),
+    })
+    .optional(),
   storage: z.strictObject({
     /** Directory of the commit log (relative paths resolve against the working directory). */
     dir: z.string().min(1),

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
+import type { StoreResult } from '../log/outbox.js';
 import { addCounters, zeroCounters, type ForwarderCounters, type ForwarderState } from './forwarder.js';
 import type { ForwardSettings } from './settings.js';
 
@@ -13,7 +14,8 @@ export type FromWorker =
   | { type: 'log'; line: string }
   | { type: 'removed' }
   | { type: 'closed' }
-  | { type: 'fatal'; message: string; code: string | undefined };
+  | { type: 'fatal'; message: string; code: string | undefined }
+  | { type: 'commands'; result: StoreResult };
 
 const LEVELS: Record<number, 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal'> = {
   10: 'trace',
@@ -36,6 +38,8 @@ export interface ForwarderThreadOptions {
   readonly logger: Logger;
   /** Forwarded records were removed: held appends may fit now. */
   readonly onRemoved: () => void;
+  /** The command consumer stored a batch from Kafka in the outbox. */
+  readonly onCommands?: (result: StoreResult) => void;
 }
 
 /**
@@ -67,6 +71,7 @@ export class ForwarderThread {
   private restarts = 0;
   /** Workers restarted after an unexpected exit since start (each a bug worth a report). */
   private restartsTotal = 0;
+  private workerFailedToStart = false;
   private spawnedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
 
@@ -82,6 +87,7 @@ export class ForwarderThread {
     });
     this.worker = worker;
     this.exited = false;
+    this.workerFailedToStart = false;
     this.spawnedAt = Date.now();
     worker.on('message', (message: FromWorker) => this.receive(message));
     worker.on('error', (err) => logger.error({ err: err.message, stack: err.stack }, 'forwarder thread crashed'));
@@ -99,7 +105,8 @@ export class ForwarderThread {
       // checkpoint, so nothing is skipped or repeated. Back off if workers keep dying.
       if (Date.now() - this.spawnedAt > HEALTHY_AFTER_MS) this.restarts = 0;
       if (this.stateValue !== 'log-error') this.stateValue = 'connecting';
-      this.restartsTotal++;
+      // A worker that could not open the log said so and ended: that is a log error, not a crash.
+      if (!this.workerFailedToStart) this.restartsTotal++;
       const delayMs = Math.min(30_000, 500 * 2 ** Math.min(this.restarts++, 6));
       logger.error({ code, restartInMs: delayMs, restarts: this.restarts }, 'forwarder thread exited unexpectedly; restarting it');
       this.restartTimer = setTimeout(() => {
@@ -131,6 +138,9 @@ export class ForwarderThread {
       case 'removed':
         this.options.onRemoved();
         break;
+      case 'commands':
+        this.options.onCommands?.(message.result);
+        break;
       case 'closed':
         this.onClosed?.();
         break;
@@ -138,6 +148,7 @@ export class ForwarderThread {
         // Only opening the log can fail this way (the Kafka side retries on its own).
         this.stateValue = 'log-error';
         this.lastError = message.message;
+        this.workerFailedToStart = true;
         logger.error({ err: message.message, code: message.code }, 'forwarder thread could not start');
         break;
     }

@@ -393,7 +393,9 @@ export class Forwarder {
     if (dropsRefused) delta.droppedRejected = 1;
     for (const k of Object.keys(delta) as (keyof ForwarderCounters)[]) this.counters[k] += delta[k];
     // The state first: whoever sees the records counted must not see a state from before them.
-    if (this.stateValue !== 'forwarding') this.setState('forwarding');
+    // Not out of log-error: the log's own steps below may fail again, and step() says when the
+    // log works again (else the state and its log lines flap with every batch).
+    if (this.stateValue !== 'forwarding' && this.stateValue !== 'log-error') this.setState('forwarding');
     this.options.onProgress?.(delta);
     this.storePosition();
     this.removeForwarded(false);

@@ -370,7 +370,7 @@ export function toMessage(record: LogRecord, gatewayId: string): Message {
     key: record.deviceId,
     value: record.payload,
     timestamp: String(record.receivedAt),
-    headers: { 'mqtt-topic': record.mqttTopic, 'gateway-id': gatewayId },
+    headers: { ...record.headers, 'mqtt-topic': record.mqttTopic, 'gateway-id': gatewayId },
   };
 }
 

@@ -37,6 +37,15 @@ export interface ForwardSettings {
   readonly batchMaxBytes: number;
   readonly commitIntervalMs: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
+  /** The command consumer (config `commands`); undefined: commands are off. */
+  readonly commands: CommandConsumerSettings | undefined;
+}
+
+export interface CommandConsumerSettings {
+  readonly topic: string;
+  readonly groupId: string;
+  readonly ttlMs: number;
+  readonly maxPending: number;
 }
 
 /** One ACL binding (set) a gateway needs, as kafka-acls.sh understands it. */

@@ -4,16 +4,21 @@
  * its parts from the ForwardSettings gateway.ts hands it, and nothing else: its own connection
  * to the commit log (LogReader), the Kafka sink and the forwarder. Protocol: forwarder-thread.ts.
  */
+import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
+import type { Kafka } from 'kafkajs';
 import { pino } from 'pino';
 import { EdgebridgeError, describeError } from '../errors.js';
+import { CommandConsumer } from '../commands/consumer.js';
+import { DB_FILE, limitWal, openDatabase } from '../log/database.js';
 import { LogReader } from '../log/log-reader.js';
+import { CommandOutbox } from '../log/outbox.js';
 import { REDACT } from '../logger.js';
 import { Forwarder } from './forwarder.js';
 import { createKafka } from './kafka-client.js';
 import { KafkaSink } from './kafka-sink.js';
 import type { FromWorker, ToWorker } from './forwarder-thread.js';
-import { forwarderLimits, type ForwardSettings } from './settings.js';
+import { forwarderLimits, type CommandConsumerSettings, type ForwardSettings } from './settings.js';
 
 const port = parentPort!;
 const post = (message: FromWorker): void => port.postMessage(message);
@@ -24,8 +29,9 @@ const logger = pino({ level: settings.logLevel, redact: REDACT }, { write: (line
 
 function main(s: ForwardSettings): void {
   const reader = new LogReader({ dir: s.storage.dir, synchronous: s.storage.synchronous, walLimitBytes: s.storage.walLimitBytes });
+  const kafka = createKafka({ ...s.kafka, logger });
   const sink = new KafkaSink({
-    kafka: createKafka({ ...s.kafka, logger }),
+    kafka,
     gatewayId: s.gatewayId,
     logId: reader.logId,
     // this process's epoch: the newest, the gateway opened the log before starting this thread
@@ -46,17 +52,44 @@ function main(s: ForwardSettings): void {
     onProgress: (delta) => post({ type: 'progress', delta }),
   });
 
+  const commands = s.commands === undefined ? undefined : startCommandConsumer(s, s.commands, kafka);
+
   port.on('message', (message: ToWorker) => {
     if (message.type === 'appended') {
       forwarder.notify(message.lastOffset);
     } else if (message.type === 'close') {
-      void forwarder.close(message.timeoutMs).finally(() => {
+      void Promise.all([forwarder.close(message.timeoutMs), commands?.close()]).finally(() => {
         reader.close();
         post({ type: 'closed' });
       });
     }
   });
   forwarder.start();
+}
+
+/** The command consumer, on a connection of its own (its transactions sync like the log's). */
+function startCommandConsumer(s: ForwardSettings, c: CommandConsumerSettings, kafka: Kafka): { close(): Promise<void> } {
+  const db = openDatabase(join(s.storage.dir, DB_FILE), { busyTimeoutMs: 5000, moveAsideIfCorrupt: false });
+  db.pragma(`synchronous = ${s.storage.synchronous.toUpperCase()}`);
+  limitWal(db, s.storage.walLimitBytes);
+  const consumer = new CommandConsumer({
+    kafka,
+    outbox: new CommandOutbox(db),
+    topic: c.topic,
+    groupId: c.groupId,
+    ttlMs: c.ttlMs,
+    maxPending: c.maxPending,
+    retry: s.retry,
+    logger: logger.child({ stage: 'commands' }),
+    onStored: (result) => post({ type: 'commands', result }),
+  });
+  consumer.start();
+  return {
+    close: async () => {
+      await consumer.close();
+      db.close();
+    },
+  };
 }
 
 try {

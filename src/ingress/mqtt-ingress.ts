@@ -15,6 +15,8 @@ import { Authenticator, LoginThrottle, type Credentials } from './authenticator.
 import { toLogEntry } from './entry.js';
 import { PACKET_HEADROOM_BYTES, PacketSizeGuard, PublishThrottle } from './limits.js';
 import type { RouteMatch, RouteTable } from './routes.js';
+import type { CommandOutlet } from '../commands/delivery.js';
+import type { SessionTables } from '../log/session-tables.js';
 import { SessionStore } from './session-store.js';
 
 export interface TlsListenerOptions {
@@ -69,6 +71,15 @@ export interface MqttIngressOptions {
   readonly access?: AccessPolicy;
   readonly failedLoginMaxDelayMs?: number;
   readonly limits?: IngressLimits;
+  /** Where MQTT sessions and retained messages are kept across restarts (memory only without). */
+  readonly sessionTables?: SessionTables | undefined;
+}
+
+export interface CommandHooks {
+  /** A device acknowledged a command. */
+  delivered(): void;
+  /** A client completed its CONNECT: its client id and user name (the device IDs it may be). */
+  deviceReady(ids: string[]): void;
 }
 
 export interface IngressCounters {
@@ -196,6 +207,7 @@ export class MqttIngress {
     publishesThrottled: 0,
     tlsHandshakesFailed: 0,
   };
+  private commandHooks: CommandHooks | undefined;
   /** Set while the gateway stops: its clients are disconnected, they did not go offline. */
   private closing = false;
   private broker: Aedes | undefined;
@@ -243,12 +255,8 @@ export class MqttIngress {
     const { logger, tcp, tls } = this.options;
     const limits = this.limits;
     // Messages a subscriber may not receive are not queued for it (online or offline).
-    const sessions = new SessionStore(limits, (clientId, topic) => {
-      const live = brokerClients(this.broker)[clientId];
-      const owner = this.sessionOwners.get(clientId);
-      const who = live ? this.principals.get(live) : owner ? { username: owner.username, clientId } : undefined;
-      return who === undefined || this.access.mayReceive(who, topic);
-    });
+    const sessions = new SessionStore(limits, (clientId, topic) => this.mayReceive(clientId, topic), this.options.sessionTables);
+    sessions.onCommandDelivered = () => this.commandHooks?.delivered();
     this.sessions = sessions;
     const broker = await Aedes.createBroker({
       persistence: sessions,
@@ -283,7 +291,22 @@ export class MqttIngress {
     broker.on('clientError', (client: Client, err: Error) => {
       logger.debug({ clientId: client?.id, err: describeError(err) }, 'mqtt client error');
     });
-    broker.on('clientReady', (client: Client) => this.established.add(client));
+    // Persistent sessions restored from the database stay their owners' (no takeover by another
+    // identity after a restart); a connection that completes its CONNECT records or ends its claim.
+    for (const [clientId, username] of sessions.restoredOwners) {
+      this.sessionOwners.set(clientId, { username, connection: 0, previous: undefined });
+    }
+    broker.on('clientReady', (client: Client) => {
+      this.established.add(client);
+      const username = this.principals.get(client)?.username;
+      try {
+        if (client.clean) sessions.forgetOwner(client.id);
+        else sessions.rememberOwner(client.id, username);
+        this.commandHooks?.deviceReady(username === undefined || username === client.id ? [client.id] : [client.id, username]);
+      } catch (err) {
+        this.warnings.warn('sessionWrite', { clientId: client.id, err: describeError(err) }, 'MQTT session owner not stored');
+      }
+    });
     broker.on('unsubscribe', (filters: string[], client: Client) => {
       const granted = this.grantedFilters.get(client);
       for (const filter of filters) granted?.delete(filter);
@@ -618,6 +641,45 @@ export class MqttIngress {
       // dropped as an abandoned publish of a closed connection [MQTT-3.1.2-8].
       isWill(client, packet) ? undefined : (client ?? undefined),
     );
+  }
+
+  /** Whether a client (by id; live, or a persistent session kept for later) may receive `topic`. */
+  private mayReceive(clientId: string, topic: string): boolean {
+    const live = brokerClients(this.broker)[clientId];
+    const owner = this.sessionOwners.get(clientId);
+    const who = live ? this.principals.get(live) : owner ? { username: owner.username, clientId } : undefined;
+    return who === undefined || this.access.mayReceive(who, topic);
+  }
+
+  /** Commands (src/commands) are told when a device connects and when it acknowledged a command. */
+  attachCommands(hooks: CommandHooks): void {
+    this.commandHooks = hooks;
+  }
+
+  /** What command delivery needs of the broker and the sessions. */
+  commandOutlet(): CommandOutlet {
+    return {
+      hasDeviceSession: async (topic, deviceId) => {
+        const sessions = this.sessions;
+        if (!sessions) return false;
+        const subs = await sessions.subscriptionsByTopic(topic);
+        return subs.some(
+          (sub) =>
+            sub.qos > 0 &&
+            (sub.clientId === deviceId || this.sessionOwners.get(sub.clientId)?.username === deviceId) &&
+            this.mayReceive(sub.clientId, topic),
+        );
+      },
+      publish: (packet) =>
+        new Promise<void>((resolve, reject) => {
+          const broker = this.broker;
+          if (!broker) return reject(new Error('the MQTT broker is closed'));
+          broker.publish(packet as unknown as PublishPacket, (err?: Error) => (err ? reject(err) : resolve()));
+        }),
+      dropQueued: async (packet) => {
+        await this.sessions?.dropCommand({ ...packet });
+      },
+    };
   }
 
   get connectedClients(): number {

@@ -1,5 +1,9 @@
-import type { Client } from 'aedes';
-import MemoryPersistence, { type StoredPacket as Packet } from 'aedes-persistence/asyncPersistence.js';
+import type { Aedes, Client } from 'aedes';
+import MemoryPersistence, { type StoredPacket as Packet, type StoredSubscription } from 'aedes-persistence/asyncPersistence.js';
+import { Readable } from 'node:stream';
+import { commandOf } from '../commands/packet.js';
+import { EdgebridgeError } from '../errors.js';
+import type { SessionPacket, SessionTables, StoredSessions } from '../log/session-tables.js';
 
 export interface SessionStoreCounters {
   /** Messages for a subscriber whose queue was full (maxQueuedMessages) or over the byte budget: not queued. */
@@ -20,7 +24,8 @@ export interface SessionStoreLimits {
 /** Whether a subscriber (by client id) may receive a message: the access policy, for queued messages. */
 export type MayReceive = (clientId: string, topic: string) => boolean;
 
-const sizeOf = (packet: Packet): number => packet.payload.length + packet.topic.length;
+// A PUBREL that replaced a queued PUBLISH has neither.
+const sizeOf = (packet: Packet): number => (packet.payload?.length ?? 0) + (packet.topic?.length ?? 0);
 
 /** A queued message before aedes gives it a packet id: by the broker's own message counter. */
 const pendingKey = (packet: Packet): string => `b${String(packet.brokerId)}:${String(packet.brokerCounter)}`;
@@ -42,6 +47,11 @@ interface Subscriber {
  * without their payload (aedes needs only their ids to recognise a retransmit; it published them
  * already), at most mqtt.limits.maxInflightMessages per session, across reconnects. Local broker traffic only:
  * routed publishes are in the commit log before they are acknowledged.
+ *
+ * With `tables`, every change is also written to the commit log's database before the call
+ * returns (session-tables.ts), and `setup` loads what a previous run left: persistent sessions,
+ * their subscriptions and queued messages, retained messages and wills survive a restart. Reads
+ * stay in memory; inbound QoS 2 payloads are kept on disk only.
  */
 export class SessionStore extends MemoryPersistence {
   readonly counters: SessionStoreCounters = { queueDropped: 0, retainedRefused: 0 };
@@ -53,11 +63,109 @@ export class SessionStore extends MemoryPersistence {
   /** Bytes of retained and queued messages (a message queued for two subscribers counts twice). */
   private heldBytes = 0;
 
+  /** Who owned each persistent session when the last run ended (filled by `setup`). */
+  readonly restoredOwners = new Map<string, string | undefined>();
+  /**
+   * Which clients have rows in the database: a clean session's connect and disconnect (aedes
+   * clears its subscriptions, inbound handshakes and will each time) then write nothing.
+   */
+  private readonly onDisk = { subscriptions: new Set<string>(), inbound: new Set<string>(), wills: new Set<string>() };
+  /** The owners in the database (so that a reconnect of the same owner writes nothing). */
+  private readonly owners = new Map<string, string | undefined>();
+  /** Set while `setup` loads stored state: nothing is written back. */
+  private restoring = false;
+
+  /** Called after a device acknowledged a command (the outbox says delivered). */
+  onCommandDelivered: () => void = () => undefined;
+
   constructor(
     private readonly limits: SessionStoreLimits,
     private readonly mayReceive: MayReceive = () => true,
+    private readonly tables?: SessionTables,
   ) {
     super();
+  }
+
+  override async setup(broker: Aedes): Promise<void> {
+    await super.setup(broker);
+    if (this.tables) {
+      await this.restore(this.tables.load());
+      this.tables.reconcileCommands();
+    }
+  }
+
+  /** Writes a change through to the database (not while restoring); a failure is the caller's error. */
+  private write(what: string, change: (tables: SessionTables) => void): void {
+    if (!this.tables || this.restoring) return;
+    try {
+      change(this.tables);
+    } catch (err) {
+      throw new EdgebridgeError('EB_ERR_SESSION_WRITE', `MQTT session state not stored (${what}): ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  private async restore(stored: StoredSessions): Promise<void> {
+    this.restoring = true;
+    try {
+      for (const [clientId, subs] of stored.subscriptions) {
+        await super.addSubscriptions({ id: clientId } as Client, subs as StoredSubscription[]);
+        this.onDisk.subscriptions.add(clientId);
+      }
+      for (const packet of stored.retained) {
+        await this.storeRetained(packet);
+        if (!this.retainedBytes.has(packet.topic)) this.tables!.deleteRetained(packet.topic);
+      }
+      let placeholder = 0;
+      for (const { clientId, key, packet } of stored.queue) {
+        const client = { id: clientId } as Client;
+        if (!this.admit(clientId, packet, key)) {
+          this.tables!.deleteQueued(clientId, key);
+          continue;
+        }
+        if (packet.cmd === 'pubrel') {
+          // The PUBLISH it replaced is gone: a stand-in is queued, sent with its id, and replaced.
+          const standIn = { cmd: 'publish', topic: '', payload: Buffer.alloc(0), qos: 2, brokerId: '$restored', brokerCounter: ++placeholder };
+          await super.outgoingEnqueue({ clientId }, standIn);
+          await super.outgoingUpdate(client, { ...standIn, messageId: packet.messageId });
+          await super.outgoingUpdate(client, packet);
+        } else {
+          await super.outgoingEnqueue({ clientId }, packet);
+          if (packet.messageId !== undefined && packet.messageId !== null) await super.outgoingUpdate(client, packet);
+        }
+        if (packet.messageId !== undefined && packet.messageId !== null) this.sentWithId(clientId, key, packet.messageId);
+      }
+      for (const { clientId, packet } of stored.inbound) {
+        await this.incomingStorePacket({ id: clientId } as Client, packet);
+        this.onDisk.inbound.add(clientId);
+      }
+      for (const { clientId, packet } of stored.wills) {
+        // The will keeps the id of the broker that took it: that broker is gone, so aedes
+        // publishes it (its will check runs every 4 heartbeats), as for any connection that ended
+        // without a DISCONNECT.
+        const brokerId = packet.brokerId;
+        await super.putWill({ id: clientId } as Client, packet);
+        packet.brokerId = brokerId;
+        this.onDisk.wills.add(clientId);
+      }
+      for (const [clientId, username] of stored.owners) this.restoredOwners.set(clientId, username ?? undefined);
+      for (const [clientId, username] of this.restoredOwners) this.owners.set(clientId, username);
+    } finally {
+      this.restoring = false;
+    }
+  }
+
+  /** A persistent session was established by `username` (undefined: anonymous). */
+  rememberOwner(clientId: string, username: string | undefined): void {
+    if (this.owners.has(clientId) && this.owners.get(clientId) === username) return;
+    this.write('session owner', (t) => t.putOwner(clientId, username));
+    this.owners.set(clientId, username);
+  }
+
+  /** A clean session replaced whatever session the client id had. */
+  forgetOwner(clientId: string): void {
+    if (!this.owners.has(clientId)) return;
+    this.write('session owner', (t) => t.deleteOwner(clientId));
+    this.owners.delete(clientId);
   }
 
   /** Bytes the store holds now (for tests and status). */
@@ -71,6 +179,7 @@ export class SessionStore extends MemoryPersistence {
       const bytes = sizeOf(packet);
       const full = previous === undefined && this.retainedBytes.size >= this.limits.maxRetainedMessages;
       if (!full && this.heldBytes - (previous ?? 0) + bytes <= this.limits.maxSessionBytes) {
+        this.write('retained message', (t) => t.putRetained(packet as SessionPacket));
         this.heldBytes += bytes - (previous ?? 0);
         this.retainedBytes.set(packet.topic, bytes);
         await super.storeRetained(packet);
@@ -81,14 +190,38 @@ export class SessionStore extends MemoryPersistence {
       // Refused as a replacement: the old value goes too, rather than being served as current.
     }
     if (previous !== undefined) {
+      this.write('retained message', (t) => t.deleteRetained(packet.topic));
       this.heldBytes -= previous;
       this.retainedBytes.delete(packet.topic);
     }
     await super.storeRetained({ ...packet, payload: Buffer.alloc(0) });
   }
 
+  override async addSubscriptions(client: Client, subs: StoredSubscription[]): Promise<void> {
+    // A clean session ends with its connection: nothing of it is kept for a restart.
+    if (client.clean !== true) {
+      this.write('subscriptions', (t) => t.putSubscriptions(client.id, subs));
+      if (!this.restoring) this.onDisk.subscriptions.add(client.id);
+    }
+    await super.addSubscriptions(client, subs);
+  }
+
+  override async removeSubscriptions(client: Client, topics: string[]): Promise<void> {
+    if (this.onDisk.subscriptions.has(client.id)) this.write('subscriptions', (t) => t.deleteSubscriptions(client.id, topics));
+    await super.removeSubscriptions(client, topics);
+  }
+
+  override async cleanSubscriptions(client: Client): Promise<void> {
+    if (this.onDisk.subscriptions.has(client.id)) {
+      this.write('subscriptions', (t) => t.deleteSubscriptions(client.id, null));
+      this.onDisk.subscriptions.delete(client.id);
+    }
+    await super.cleanSubscriptions(client);
+  }
+
   override async outgoingEnqueue(sub: { clientId: string }, packet: Packet): Promise<void> {
     if (!this.admit(sub.clientId, packet)) return;
+    this.stored([sub.clientId], packet);
     await super.outgoingEnqueue(sub, packet);
   }
 
@@ -97,7 +230,20 @@ export class SessionStore extends MemoryPersistence {
     // delivers one online too; a second would never be given a packet id, nor cleared).
     const seen = new Set<string>();
     const admitted = subs.filter((sub) => !seen.has(sub.clientId) && seen.add(sub.clientId) && this.admit(sub.clientId, packet));
-    if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet);
+    if (admitted.length === 0) return;
+    this.stored(admitted.map((sub) => sub.clientId), packet);
+    await super.outgoingEnqueueCombi(admitted, packet);
+  }
+
+  /** Writes admitted messages through; if that fails they were not queued after all. */
+  private stored(clientIds: string[], packet: Packet): void {
+    const key = pendingKey(packet);
+    try {
+      this.write('queued message', (t) => t.enqueue(clientIds, key, packet as SessionPacket));
+    } catch (err) {
+      for (const id of clientIds) this.unqueue(id, key);
+      throw err;
+    }
   }
 
   override async outgoingUpdate(client: Client, packet: Packet): Promise<void> {
@@ -107,14 +253,24 @@ export class SessionStore extends MemoryPersistence {
       // by that id, as the PUBLISH or as the PUBREL aedes puts in its place.
       const key = pendingKey(packet);
       if (!mine?.bytes.has(key)) return this.notQueued();
-      const before = mine.idOf.get(key);
-      if (before !== undefined) mine.byId.delete(before);
-      mine.byId.set(packet.messageId, key);
-      mine.idOf.set(key, packet.messageId);
+      this.write('queued message', (t) => t.updateQueued(client.id, key, packet as SessionPacket));
+      this.sentWithId(client.id, key, packet.messageId);
     } else if (packet.messageId === undefined || !mine?.byId.has(packet.messageId)) {
       return this.notQueued();
+    } else {
+      const key = mine.byId.get(packet.messageId)!;
+      this.write('queued message', (t) => t.updateQueued(client.id, key, packet as SessionPacket));
     }
     await super.outgoingUpdate(client, packet);
+  }
+
+  private sentWithId(clientId: string, key: string, messageId: number): void {
+    const mine = this.queued.get(clientId);
+    if (!mine) return;
+    const before = mine.idOf.get(key);
+    if (before !== undefined) mine.byId.delete(before);
+    mine.byId.set(messageId, key);
+    mine.idOf.set(key, messageId);
   }
 
   override async outgoingClearMessageId(client: Client, packet: Packet): Promise<Packet | undefined> {
@@ -129,14 +285,75 @@ export class SessionStore extends MemoryPersistence {
     // holds it): a PUBLISH names itself by its broker counter, a PUBREL by the id it was sent with.
     const key = cleared.brokerId !== undefined ? pendingKey(cleared) : mine.byId.get(packet.messageId);
     if (key !== undefined && mine.bytes.has(key)) {
-      this.heldBytes -= mine.bytes.get(key)!;
-      mine.bytes.delete(key);
-      const id = mine.idOf.get(key);
-      if (id !== undefined && mine.byId.get(id) === key) mine.byId.delete(id);
-      mine.idOf.delete(key);
-      if (mine.bytes.size === 0) this.queued.delete(client.id);
+      const command = commandOf(cleared);
+      if (command) this.clearCommand(client, key, command, cleared.topic);
+      else this.write('queued message', (t) => t.deleteQueued(client.id, key));
+      this.unqueue(client.id, key);
     }
     return cleared;
+  }
+
+  /**
+   * A command left a session queue. aedes clears a queued message for a PUBACK, and also when it
+   * drops the queue of a client that reconnected with a clean session or may no longer receive
+   * the topic: only the device's own acknowledgement delivers the command (with the queue entry,
+   * in one transaction); when its session dropped it, it waits in the outbox again.
+   */
+  private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, topic: string): void {
+    const dropped = client.clean === true || !this.mayReceive(client.id, topic);
+    const byDevice = client.id === command.deviceId || this.owners.get(client.id) === command.deviceId;
+    let delivered = false;
+    this.write('command acknowledgement', (t) =>
+      t.atomically(() => {
+        t.deleteQueued(client.id, key);
+        if (dropped) t.outbox.markWaiting(command.seq);
+        else if (byDevice) delivered = t.outbox.markDelivered(command.seq, Date.now());
+      }),
+    );
+    if (delivered) this.onCommandDelivered();
+  }
+
+  /** Expired messages (a command past its TTL) are not sent again, also not after a reconnect. */
+  override outgoingStream(client: Client | { id: string }): AsyncIterable<Packet> {
+    const all = super.outgoingStream(client);
+    return Readable.from(
+      (async function* live() {
+        const now = Date.now();
+        for await (const packet of all) {
+          const expiry = (packet as { messageExpiry?: unknown }).messageExpiry;
+          if (typeof expiry !== 'number' || expiry > now) yield packet;
+        }
+      })(),
+    );
+  }
+
+  /** Takes a command whose TTL ended out of every queue (memory and database). */
+  async dropCommand(packet: Packet): Promise<void> {
+    const key = pendingKey(packet);
+    for (const clientId of this.tables?.queuedFor(key) ?? [...this.queued.keys()].filter((id) => this.queued.get(id)!.bytes.has(key))) {
+      const mine = this.queued.get(clientId);
+      if (!mine?.bytes.has(key)) continue;
+      const client = { id: clientId } as Client;
+      // The memory store removes by packet id: one that was never sent gets id 0 (never used on
+      // the wire) for that.
+      const messageId = mine.idOf.get(key) ?? 0;
+      if (messageId === 0) await super.outgoingUpdate(client, { ...packet, messageId: 0 });
+      await super.outgoingClearMessageId(client, { ...packet, messageId });
+      this.write('expired command', (t) => t.deleteQueued(clientId, key));
+      this.unqueue(clientId, key);
+    }
+  }
+
+  private unqueue(clientId: string, key: string): void {
+    const mine = this.queued.get(clientId);
+    const bytes = mine?.bytes.get(key);
+    if (!mine || bytes === undefined) return;
+    this.heldBytes -= bytes;
+    mine.bytes.delete(key);
+    const id = mine.idOf.get(key);
+    if (id !== undefined && mine.byId.get(id) === key) mine.byId.delete(id);
+    mine.idOf.delete(key);
+    if (mine.bytes.size === 0) this.queued.delete(clientId);
   }
 
   /**
@@ -152,32 +369,66 @@ export class SessionStore extends MemoryPersistence {
     if (!ids.has(messageId) && ids.size >= this.limits.maxInflightMessages) {
       throw new Error(`mqtt.limits.maxInflightMessages (${this.limits.maxInflightMessages}) QoS 2 publishes of this session await PUBREL`);
     }
+    if (client.clean !== true) {
+      this.write('inbound QoS 2 packet', (t) => t.putInbound(client.id, packet as SessionPacket));
+      if (!this.restoring) this.onDisk.inbound.add(client.id);
+    }
     await super.incomingStorePacket(client, { ...packet, payload: Buffer.alloc(0) });
     ids.add(messageId);
     this.inbound.set(client.id, ids);
   }
 
+  /** With tables, the packet as it was received (the memory copy has no payload). */
+  override async incomingGetPacket(client: Client, packet: Packet): Promise<Packet> {
+    const inMemory = await super.incomingGetPacket(client, packet);
+    return this.tables?.getInbound(client.id, packet.messageId ?? 0) ?? inMemory;
+  }
+
   override async incomingDelPacket(client: Client, packet: Packet): Promise<void> {
     await super.incomingDelPacket(client, packet);
+    if (this.onDisk.inbound.has(client.id)) this.write('inbound QoS 2 packet', (t) => t.deleteInbound(client.id, packet.messageId ?? 0));
     const ids = this.inbound.get(client.id);
     ids?.delete(packet.messageId ?? 0);
     if (ids?.size === 0) this.inbound.delete(client.id);
   }
 
   override async cleanIncoming(client: Client): Promise<void> {
+    if (this.onDisk.inbound.has(client.id)) {
+      this.write('inbound QoS 2 packets', (t) => t.clearInbound(client.id));
+      this.onDisk.inbound.delete(client.id);
+    }
     await super.cleanIncoming(client);
     this.inbound.delete(client.id);
   }
 
-  private admit(clientId: string, packet: Packet): boolean {
+  override async putWill(client: Client, packet: Packet): Promise<void> {
+    await super.putWill(client, packet);
+    this.write('will', (t) => t.putWill(client.id, packet as SessionPacket));
+    if (!this.restoring) this.onDisk.wills.add(client.id);
+  }
+
+  override async delWill(client: Client): Promise<Packet | undefined> {
+    if (this.onDisk.wills.has(client.id)) {
+      this.write('will', (t) => t.deleteWill(client.id));
+      this.onDisk.wills.delete(client.id);
+    }
+    return super.delWill(client);
+  }
+
+  private admit(clientId: string, packet: Packet, key = pendingKey(packet)): boolean {
     if (!this.mayReceive(clientId, packet.topic)) return false;
     const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>() };
+    // Queued already (a command handed again after a restart): one copy.
+    if (mine.bytes.has(key)) return false;
     const bytes = sizeOf(packet);
-    if (mine.bytes.size >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes) {
+    // Commands are bounded by commands.maxPending instead: one the device's session refused
+    // could still be sent to it online, unqueued, and its acknowledgement would then be lost.
+    const command = commandOf(packet) !== undefined;
+    if (!command && (mine.bytes.size >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes)) {
       this.counters.queueDropped++;
       return false;
     }
-    mine.bytes.set(pendingKey(packet), bytes);
+    mine.bytes.set(key, bytes);
     this.queued.set(clientId, mine);
     this.heldBytes += bytes;
     return true;

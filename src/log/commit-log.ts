@@ -47,6 +47,8 @@ export interface LogEntry {
   readonly dedup?: DedupMark;
   /** Compacted route: older unforwarded records of this route and device are dropped. */
   readonly compact?: boolean;
+  /** Kafka headers of the record's own, besides the gateway's (command acks carry theirs). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 /** A stored entry, as the forwarder reads it back. */
@@ -89,6 +91,7 @@ interface RecordRow {
   mqtt_topic: string;
   qos: number;
   payload: Buffer;
+  headers: string | null;
 }
 
 /**
@@ -158,8 +161,8 @@ export class CommitLog {
     const { db } = this;
     return {
       insert: db.prepare(
-        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload, headers)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       compactDevice: db.prepare('DELETE FROM records WHERE compact = 1 AND route = ? AND device_id = ?'),
       // Inserts the key, or re-arms it if it expired; changes = 0 means it is live: a duplicate.
@@ -191,7 +194,7 @@ export class CommitLog {
       ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
       read: db.prepare(
-        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload
+        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
       getPosition: db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
@@ -247,7 +250,7 @@ export class CommitLog {
       this.newTopics.push(e.kafkaTopic);
     }
     return Number(
-      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload)
+      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload, e.headers ? JSON.stringify(e.headers) : null)
         .lastInsertRowid,
     );
   }
@@ -255,6 +258,11 @@ export class CommitLog {
   /** Counter-dedup gaps closed since this log was opened (dedup-windows.ts, MAX_RANGES). */
   get dedupGapsClosed(): number {
     return this.windows.gapsClosed;
+  }
+
+  /** Counter-dedup stream rows found damaged since this log was opened (each started over). */
+  get dedupStreamsDamaged(): number {
+    return this.windows.damaged;
   }
 
   private assertOpen(): void {
@@ -438,6 +446,7 @@ export function toRecord(row: RecordRow): LogRecord {
     mqttTopic: row.mqtt_topic,
     qos: row.qos as 0 | 1 | 2,
     payload: row.payload,
+    ...(row.headers === null ? {} : { headers: JSON.parse(row.headers) as Record<string, string> }),
   };
 }
 

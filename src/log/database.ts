@@ -64,6 +64,74 @@ export const MIGRATIONS: readonly string[] = [
      ranges     BLOB    NOT NULL,
      expires_at INTEGER NOT NULL
    ) WITHOUT ROWID;`,
+  // MQTT sessions (session-tables.ts): what aedes keeps per client and for retained topics, so
+  // persistent sessions, their queued messages and retained messages survive a restart. A
+  // packet is its header fields as JSON and its payload as a blob.
+  `CREATE TABLE session_subscriptions (
+     client_id TEXT NOT NULL,
+     topic     TEXT NOT NULL,
+     options   TEXT NOT NULL,
+     PRIMARY KEY (client_id, topic)
+   ) WITHOUT ROWID;
+   CREATE TABLE session_queue (
+     seq        INTEGER PRIMARY KEY,
+     client_id  TEXT    NOT NULL,
+     packet_key TEXT    NOT NULL,
+     message_id INTEGER,
+     packet     TEXT    NOT NULL,
+     payload    BLOB    NOT NULL
+   );
+   CREATE UNIQUE INDEX session_queue_key ON session_queue (client_id, packet_key);
+   CREATE TABLE session_inbound (
+     client_id  TEXT    NOT NULL,
+     message_id INTEGER NOT NULL,
+     packet     TEXT    NOT NULL,
+     payload    BLOB    NOT NULL,
+     PRIMARY KEY (client_id, message_id)
+   ) WITHOUT ROWID;
+   CREATE TABLE retained (
+     topic   TEXT PRIMARY KEY,
+     packet  TEXT NOT NULL,
+     payload BLOB NOT NULL
+   ) WITHOUT ROWID;
+   CREATE TABLE wills (
+     client_id TEXT PRIMARY KEY,
+     packet    TEXT NOT NULL,
+     payload   BLOB NOT NULL
+   ) WITHOUT ROWID;
+   CREATE TABLE session_owners (
+     client_id TEXT PRIMARY KEY,
+     username  TEXT
+   ) WITHOUT ROWID;`,
+  // Commands from Kafka (outbox.ts): the commands for devices this gateway serves until their
+  // device acknowledged them and the ack record is in this log, the command consumer's position
+  // per partition (written with the commands it read), and the devices it serves. Records gain
+  // Kafka headers of their own (ack records carry the correlation id; telemetry has none).
+  `ALTER TABLE records ADD COLUMN headers TEXT;
+   CREATE TABLE commands (
+     seq             INTEGER PRIMARY KEY,
+     device_id       TEXT    NOT NULL,
+     correlation_id  TEXT    NOT NULL,
+     kafka_topic     TEXT    NOT NULL,
+     kafka_partition INTEGER NOT NULL,
+     kafka_offset    INTEGER NOT NULL,
+     payload         BLOB    NOT NULL,
+     created_at      INTEGER NOT NULL,
+     expires_at      INTEGER NOT NULL,
+     state           INTEGER NOT NULL DEFAULT 0,
+     delivered_at    INTEGER
+   );
+   CREATE INDEX commands_state ON commands (state, seq);
+   CREATE TABLE command_positions (
+     kafka_topic     TEXT    NOT NULL,
+     kafka_partition INTEGER NOT NULL,
+     next_offset     INTEGER NOT NULL,
+     PRIMARY KEY (kafka_topic, kafka_partition)
+   ) WITHOUT ROWID;
+   CREATE TABLE served_devices (
+     device_id TEXT    PRIMARY KEY,
+     seen_at   INTEGER NOT NULL
+   ) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -156,7 +224,6 @@ export function openDatabase(file: string, options: OpenOptions): Database.Datab
   return db;
 }
 
-/** Runs the schema steps this database has not had yet, each atomically with its version bump. */
 /**
  * Checkpoints and truncates the WAL at `walLimitBytes` (it counts against storage.maxBytes). Both
  * connections set it: the forwarder's writes (positions, removals, vacuum) fill the WAL too.

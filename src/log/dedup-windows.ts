@@ -111,10 +111,14 @@ const CACHE_STREAMS = 4096;
  */
 export class DedupWindows {
   /**
-   * Gaps closed because a stream had more than MAX_RANGES ranges, in committed transactions: a
-   * counter in a closed gap that arrives later is taken for a replay (acknowledged, not stored).
+   * Gaps closed by a late reading (a counter below its stream's highest) in a stream that had
+   * MAX_RANGES ranges, in committed transactions: firmware that reorders this much may see a
+   * later reading in the closed gap taken for a replay. Sparse in-order firmware (every 10th
+   * sample) closes gaps too, harmlessly, and is not counted: it never sends into them.
    */
   gapsClosed = 0;
+  /** Stream rows that could not be decoded: those streams started over (a replay may be stored again). */
+  damaged = 0;
   private stagedGapsClosed = 0;
   private readonly cache = new Map<string, WindowState>();
   private staged = new Map<string, { stream: Buffer; state: WindowState }>();
@@ -145,9 +149,10 @@ export class DedupWindows {
   add(stream: Buffer, counter: number, now: number, windowMs: number): void {
     const state = this.current(stream);
     const ranges = state !== undefined && state.expiresAt > now ? state.ranges : [];
+    const late = ranges.length > 0 && counter < ranges[ranges.length - 1]!;
     this.staged.set(stream.toString('latin1'), {
       stream,
-      state: { ranges: rangesAdd(ranges, counter, MAX_RANGES, () => this.stagedGapsClosed++), expiresAt: now + windowMs },
+      state: { ranges: rangesAdd(ranges, counter, MAX_RANGES, late ? () => this.stagedGapsClosed++ : undefined), expiresAt: now + windowMs },
     });
   }
 
@@ -189,7 +194,18 @@ export class DedupWindows {
     }
     const row = this.get.get(stream) as { ranges: Buffer; expires_at: number } | undefined;
     if (row === undefined) return undefined;
-    const state = { ranges: decodeRanges(row.ranges), expiresAt: row.expires_at };
+    let ranges: number[];
+    try {
+      ranges = decodeRanges(row.ranges);
+    } catch {
+      // A damaged row must not fail every group its stream is in (refusing the other devices in
+      // them too, again and again): the stream starts over, and is rewritten by this group.
+      this.damaged++;
+      const startOver = { ranges: [], expiresAt: 0 };
+      this.remember(id, startOver);
+      return startOver;
+    }
+    const state = { ranges, expiresAt: row.expires_at };
     this.remember(id, state);
     return state;
   }

@@ -12,8 +12,27 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     [key: string]: unknown;
   }
 
+  export interface StoredSubscription {
+    topic: string;
+    qos: number;
+    [option: string]: unknown;
+  }
+
   export default class MemoryPersistence {
     constructor(opts?: object);
+    setup(broker: import('aedes').Aedes): Promise<void>;
+    addSubscriptions(client: Client, subs: StoredSubscription[]): Promise<void>;
+    removeSubscriptions(client: Client, topics: string[]): Promise<void>;
+    cleanSubscriptions(client: Client): Promise<void>;
+    incomingGetPacket(client: Client, packet: StoredPacket): Promise<StoredPacket>;
+    putWill(client: Client, packet: StoredPacket): Promise<void>;
+    delWill(client: Client): Promise<StoredPacket | undefined>;
+    destroy(): Promise<void>;
+    subscriptionsByClient(client: Client | { id: string }): Promise<StoredSubscription[]>;
+    subscriptionsByTopic(topic: string): Promise<(StoredSubscription & { clientId: string })[]>;
+    createRetainedStream(pattern: string): AsyncIterable<StoredPacket>;
+    outgoingStream(client: Client | { id: string }): AsyncIterable<StoredPacket>;
+    getWill(client: Client | { id: string }): Promise<StoredPacket | undefined>;
     storeRetained(packet: StoredPacket): Promise<void>;
     outgoingEnqueue(sub: { clientId: string }, packet: StoredPacket): Promise<void>;
     outgoingEnqueueCombi(subs: { clientId: string }[], packet: StoredPacket): Promise<void>;

@@ -1,6 +1,8 @@
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CommitLog, type LogEntry } from '../../src/log/commit-log.js';
+import { CommitLog, DB_FILE, type LogEntry } from '../../src/log/commit-log.js';
 import { decodeRanges, encodeRanges, rangesAdd, rangesContain } from '../../src/log/dedup-windows.js';
 import { dedupMark } from '../../src/ingress/dedup.js';
 import { compileRoute } from '../../src/ingress/routes.js';
@@ -130,18 +132,35 @@ describe('counter dedup in the commit log', () => {
     log.close();
   });
 
-  it('counts the gaps it closes past 64 ranges, and only in committed groups', () => {
+  it('counts the gaps late readings close past 64 ranges, only in committed groups; sparse in-order firmware is not counted', () => {
     const log = open(tmp());
     // 64 ranges: the even counters 0, 2, ..., 126 (each a range of its own)
     log.append(Array.from({ length: 64 }, (_, i) => reading(2 * i)), 10);
+    // in order, above every stored counter: the oldest gap (1) closes, harmlessly, uncounted
+    expect(stored(log.append([reading(1000)], 10))).toEqual(['new']);
     expect(log.dedupGapsClosed).toBe(0);
-    const bad = { ...reading(1000), payload: null as unknown as Buffer };
-    expect(() => log.append([reading(500), bad], 10)).toThrow();
+    const bad = { ...reading(2000), payload: null as unknown as Buffer };
+    expect(() => log.append([reading(501), bad], 10)).toThrow();
     expect(log.dedupGapsClosed).toBe(0);
-    // a 65th range closes the oldest gap (counter 1): 1 now reads as stored
-    expect(stored(log.append([reading(500)], 10))).toEqual(['new']);
+    // a late reading (below 1000) makes a 65th range: the oldest gap (3) closes, counted
+    expect(stored(log.append([reading(501)], 10))).toEqual(['new']);
     expect(log.dedupGapsClosed).toBe(1);
-    expect(stored(log.append([reading(1), reading(3)], 10))).toEqual(['dup', 'new']);
+    expect(stored(log.append([reading(1), reading(3), reading(5)], 10))).toEqual(['dup', 'dup', 'new']);
+    log.close();
+  });
+
+  it('a damaged stream row starts its stream over instead of failing every group it is in', () => {
+    const dir = tmp();
+    let log = open(dir);
+    log.append([reading(1), reading(2)], 10);
+    log.close();
+    const db = new Database(join(dir, DB_FILE));
+    db.prepare('UPDATE dedup_streams SET ranges = ?').run(Buffer.from([0x05])); // one bound: no range
+    db.close();
+    log = open(dir);
+    expect(stored(log.append([reading(3, 'd2'), reading(3)], 10))).toEqual(['new', 'new']);
+    expect(log.dedupStreamsDamaged).toBe(1);
+    expect(stored(log.append([reading(3)], 10))).toEqual(['dup']);
     log.close();
   });
 

@@ -395,6 +395,27 @@ describe('forwarder', () => {
     close();
   });
 
+  it('removal failing after every Kafka commit: log-error once, not a flap with two lines per batch (review of e666fd4)', async () => {
+    const { log, reader, close } = openLog();
+    log.append(Array.from({ length: 12 }, (_, i) => entry('a', i + 1)));
+    const sink = new MemorySink();
+    const states: string[] = [];
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push((JSON.parse(l) as { msg: string }).msg) });
+    const fwd = new Forwarder(reader, sink, { ...options, logger, onStateChange: (s) => states.push(s) });
+    const remove = vi.spyOn(reader, 'removeThrough').mockImplementation(() => {
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    });
+    for (let i = 0; i < 6; i++) await fwd.step();
+    expect(states.slice(states.indexOf('log-error'))).toEqual(['log-error']);
+    expect(lines.filter((l) => /commit log/.test(l)).length).toBeLessThanOrEqual(2);
+    expect(offsets(sink.delivered)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    remove.mockRestore();
+    await fwd.step();
+    expect(fwd.state).toBe('forwarding');
+    close();
+  });
+
   it('a position that cannot be stored after Kafka committed is kept in memory: nothing is sent twice', async () => {
     const { log, reader, close } = openLog();
     log.append([entry('a', 1), entry('a', 2), entry('a', 3), entry('a', 4)]);

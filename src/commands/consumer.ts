@@ -1,0 +1,117 @@
+import type { Consumer, EachBatchPayload, IHeaders, Kafka } from 'kafkajs';
+import type { Logger } from 'pino';
+import { describeError } from '../errors.js';
+import { backoffDelay } from '../forward/backoff.js';
+import type { CommandOutbox, ConsumedCommand, StoreResult } from '../log/outbox.js';
+
+export interface CommandConsumerOptions {
+  readonly kafka: Kafka;
+  readonly outbox: CommandOutbox;
+  /** The topic applications write commands to, keyed by device ID. */
+  readonly topic: string;
+  /** This gateway's own group: it reads every partition. */
+  readonly groupId: string;
+  readonly ttlMs: number;
+  /** Most commands waiting in the outbox: past it, reading pauses (Kafka keeps the rest). */
+  readonly maxPending: number;
+  readonly retry: { readonly initialMs: number; readonly maxMs: number };
+  readonly logger: Logger;
+  /** After each batch is stored (and before its offset is committed to Kafka). */
+  readonly onStored: (result: StoreResult) => void;
+}
+
+const UNFIT_DEVICE_ID = /[+#\u0000]/;
+const UNFIT_CORRELATION_ID = /[+#/\u0000]/;
+
+/** The correlation id of a command: the `correlation-id` header (`correlationId` also accepted). */
+function correlationId(headers: IHeaders | undefined): string | undefined {
+  const value = headers?.['correlation-id'] ?? headers?.correlationId;
+  const first = Array.isArray(value) ? value[0] : value;
+  return first === undefined ? undefined : first.toString();
+}
+
+/**
+ * Reads the command topic (read_committed, a group of this gateway's own so it sees every
+ * partition) into the outbox, like a Kafka Connect sink task: each batch is stored with its
+ * partition's position in one transaction, and only then is the offset committed to Kafka. A
+ * crash between the two reads the batch again, and the outbox skips what it stored: a command is
+ * never lost and never stored twice. Runs in the forwarder's thread, where kafkajs is loaded.
+ */
+export class CommandConsumer {
+  private consumer: Consumer | undefined;
+  private stopped = false;
+  private stop: () => void = () => undefined;
+  private readonly stopping = new Promise<void>((resolve) => (this.stop = resolve));
+  private failing = false;
+
+  constructor(private readonly options: CommandConsumerOptions) {}
+
+  start(): void {
+    void this.loop();
+  }
+
+  async close(): Promise<void> {
+    this.stopped = true;
+    this.stop();
+    await this.consumer?.disconnect().catch(() => undefined);
+  }
+
+  private async loop(): Promise<void> {
+    const { kafka, topic, groupId, logger, retry } = this.options;
+    let attempt = 0;
+    while (!this.stopped) {
+      // A short session: after a crash, the restarted gateway's consumer waits this long for the
+      // dead one to leave the group before it is given the partitions.
+      const consumer = kafka.consumer({ groupId, readUncommitted: false, maxWaitTimeInMs: 500, sessionTimeout: 10_000 });
+      this.consumer = consumer;
+      try {
+        // kafkajs restarts the consumer itself after retriable errors; one it gives up on ends
+        // this run, and the loop starts over with backoff.
+        const crashed = new Promise<Error>((resolve) =>
+          consumer.on(consumer.events.CRASH, ({ payload }) => {
+            if (!payload.restart) resolve(payload.error);
+          }),
+        );
+        await consumer.connect();
+        await consumer.subscribe({ topic, fromBeginning: true });
+        await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch: (batch) => this.batch(consumer, batch) });
+        if (this.failing) logger.info({ topic }, 'command consumer reading again');
+        this.failing = false;
+        attempt = 0;
+        const outcome = await Promise.race([crashed, this.stopping]);
+        if (outcome instanceof Error) throw outcome;
+      } catch (err) {
+        if (this.stopped) break;
+        if (!this.failing) logger.warn({ topic, groupId, err: describeError(err) }, 'command consumer cannot read the command topic; retrying with backoff');
+        this.failing = true;
+        await consumer.disconnect().catch(() => undefined);
+        await Promise.race([new Promise((r) => setTimeout(r, backoffDelay(attempt++, retry.initialMs, retry.maxMs))), this.stopping]);
+      }
+    }
+  }
+
+  private async batch(consumer: Consumer, { batch, heartbeat, isRunning, isStale, resolveOffset }: EachBatchPayload): Promise<void> {
+    const { outbox, ttlMs, maxPending, onStored } = this.options;
+    if (batch.messages.length === 0) return;
+    // Backpressure: nothing is read past maxPending waiting commands; Kafka keeps them meanwhile.
+    while (isRunning() && !isStale() && outbox.openCount() >= maxPending) {
+      await heartbeat();
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    if (!isRunning() || isStale()) return;
+    const commands: ConsumedCommand[] = batch.messages.map((m) => {
+      const deviceId = m.key === null ? null : m.key.toString();
+      const cid = correlationId(m.headers);
+      // Both may end up in an MQTT topic: one they would break is no command (counted invalid).
+      const fit = deviceId !== null && !UNFIT_DEVICE_ID.test(deviceId) && (cid === undefined || (cid !== '' && !UNFIT_CORRELATION_ID.test(cid)));
+      return { offset: Number(m.offset), deviceId: fit ? deviceId : null, payload: m.value, correlationId: cid, timestamp: Number(m.timestamp) };
+    });
+    // Throws on a log error: kafkajs retries the batch (nothing was committed, nothing skipped).
+    const result = outbox.store(batch.topic, batch.partition, commands, ttlMs);
+    onStored(result);
+    const last = batch.messages[batch.messages.length - 1]!.offset;
+    resolveOffset(last);
+    await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: String(Number(last) + 1) }]);
+    await heartbeat();
+  }
+}

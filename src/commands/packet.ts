@@ -1,0 +1,37 @@
+/**
+ * How a command travels through aedes: a QoS 1 PUBLISH whose broker id names the device and whose
+ * broker counter is the command's place in the outbox. aedes keeps both with the packet in the
+ * session queue (and so in the session tables), so the session store knows a command when its
+ * device acknowledges it; and aedes's per-subscriber duplicate check (by broker id, increasing
+ * counters) sees each device's commands in the order they were stored.
+ */
+const PREFIX = 'edgebridge-commands/';
+
+export interface CommandPacket {
+  readonly cmd: 'publish';
+  readonly topic: string;
+  readonly payload: Buffer;
+  readonly qos: 1;
+  readonly retain: false;
+  readonly dup: false;
+  readonly brokerId: string;
+  readonly brokerCounter: number;
+  /** When the command's TTL ends (ms): a queued copy is not sent after it. */
+  readonly messageExpiry: number;
+}
+
+export function commandPacket(deviceId: string, seq: number, topic: string, payload: Buffer, expiresAt: number): CommandPacket {
+  return { cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false, brokerId: `${PREFIX}${deviceId}`, brokerCounter: seq, messageExpiry: expiresAt };
+}
+
+/** The device and outbox place of a command packet; undefined for any other message. */
+export function commandOf(packet: { brokerId?: unknown; brokerCounter?: unknown }): { deviceId: string; seq: number } | undefined {
+  const { brokerId, brokerCounter } = packet;
+  if (typeof brokerId !== 'string' || !brokerId.startsWith(PREFIX) || typeof brokerCounter !== 'number') return undefined;
+  return { deviceId: brokerId.slice(PREFIX.length), seq: brokerCounter };
+}
+
+/** The MQTT topic of a command: the configured template with {deviceId} and {correlationId}. */
+export function commandTopic(template: string, deviceId: string, correlationId: string): string {
+  return template.replaceAll('{deviceId}', deviceId).replaceAll('{correlationId}', correlationId);
+}

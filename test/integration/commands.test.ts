@@ -1,0 +1,224 @@
+import type { IHeaders } from 'kafkajs';
+import mqtt, { type MqttClient } from 'mqtt';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ConfigInput } from '../../src/config/schema.js';
+import type { GatewayStatus } from '../../src/status.js';
+import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
+import { consumeAll, testKafka } from '../helpers/kafka.js';
+import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+
+interface Names {
+  readonly telemetry: string;
+  readonly commands: string;
+  readonly acks: string;
+}
+
+const names = (): Names => ({ telemetry: uniqueName('iot.t'), commands: uniqueName('iot.commands'), acks: uniqueName('iot.acks') });
+
+function config(dir: string, n: Names, commands: Record<string, unknown> = {}): ConfigInput {
+  return testConfig({
+    dir,
+    topic: n.telemetry,
+    overrides: { commands: { kafka: n.commands, acks: n.acks, mqtt: 'devices/{deviceId}/commands/{correlationId}', ...commands } } as Partial<ConfigInput>,
+  });
+}
+
+interface Command {
+  readonly device: string;
+  readonly id: string;
+  readonly value?: string;
+  readonly timestamp?: number;
+}
+
+/** Applications' side: commands written to Kafka keyed by device, with a correlation-id header. */
+async function produce(topic: string, commands: readonly Command[]): Promise<void> {
+  const producer = testKafka(kafkaBrokers()).producer();
+  await producer.connect();
+  try {
+    await producer.send({
+      topic,
+      messages: commands.map((c) => ({
+        key: c.device,
+        value: c.value ?? `do ${c.id}`,
+        headers: { 'correlation-id': c.id } satisfies IHeaders,
+        ...(c.timestamp === undefined ? {} : { timestamp: String(c.timestamp) }),
+      })),
+    });
+  } finally {
+    await producer.disconnect();
+  }
+}
+
+/** A device with a persistent session subscribed to its commands; it records what it gets. */
+async function device(url: string, id: string): Promise<{ client: MqttClient; got: string[] }> {
+  const got: string[] = [];
+  // The handler first: queued commands follow the CONNACK at once.
+  const client = mqtt.connect(url, { clientId: id, clean: false, reconnectPeriod: 0 });
+  client.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
+  await client.subscribeAsync(`devices/${id}/commands/#`, { qos: 1 });
+  return { client, got };
+}
+
+async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function adminPort(gw: GatewayProcess): Promise<number> {
+  return (await gw.waitForLine((l) => l.msg === 'admin endpoint listening')).port as number;
+}
+
+async function status(port: number): Promise<GatewayStatus> {
+  return (await (await fetch(`http://127.0.0.1:${port}/status`)).json()) as GatewayStatus;
+}
+
+describe('commands: Kafka -> device -> ack record in Kafka', () => {
+  const tmp = useTmpDirs();
+  let gw: GatewayProcess | undefined;
+  const clients: MqttClient[] = [];
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.end(true);
+    if (gw && gw.child.exitCode === null && gw.child.signalCode === null) {
+      gw.child.kill('SIGKILL');
+      await gw.exited;
+    }
+    gw = undefined;
+  });
+
+  async function createTopic(topic: string, partitions = 3): Promise<void> {
+    const admin = testKafka(kafkaBrokers()).admin();
+    await admin.connect();
+    try {
+      await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }], waitForLeaders: true });
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  it('a command reaches a connected device on its topic, and its ack record is in Kafka once, with the correlation id', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands);
+    const cfg = config(dir, n);
+    gw = await spawnGateway(cfg, dir);
+    const port = await adminPort(gw);
+    const d1 = await device(gw.url, 'valve-1');
+    clients.push(d1.client);
+    await produce(n.commands, [{ device: 'valve-1', id: 'c-1', value: 'close' }]);
+    await until('the command at the device', () => d1.got.length === 1);
+    expect(d1.got).toEqual(['devices/valve-1/commands/c-1 close']);
+
+    const acks = await consumeAll(kafkaBrokers(), n.acks, { expected: 1 });
+    expect(acks).toHaveLength(1);
+    const ack = acks[0]!;
+    expect(ack.key).toBe('valve-1');
+    expect(ack.headers['correlation-id']).toBe('c-1');
+    expect(ack.headers['gateway-id']).toBe(cfg.gateway.id);
+    expect(Date.parse(ack.headers['delivered-at']!)).toBeGreaterThan(0);
+    const body = JSON.parse(ack.value.toString()) as { deviceId: string; correlationId: string; command: { topic: string } };
+    expect(body).toMatchObject({ deviceId: 'valve-1', correlationId: 'c-1', command: { topic: n.commands } });
+    await until('status to count it', async () => {
+      const c = (await status(port)).commands;
+      return c?.delivered === 1 && c.acked === 1 && c.waiting + c.inSession + c.toAck === 0;
+    });
+  });
+
+  it('commands for an offline device arrive once each, in Kafka order, when it reconnects — also after a SIGKILL while they were being consumed', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands, 1);
+    const cfg = config(dir, n);
+    gw = await spawnGateway(cfg, dir);
+    let port = await adminPort(gw);
+    // The device gets a persistent session and goes offline.
+    const first = await device(gw.url, 'pump-7');
+    await first.client.endAsync();
+
+    const ids = Array.from({ length: 300 }, (_, i) => `c-${i}`);
+    await produce(n.commands, ids.map((id) => ({ device: 'pump-7', id })));
+    // Killed as soon as the consumer stored some of them: the rest, and whatever was stored
+    // but not yet committed as a Kafka offset, are read after the restart.
+    await until('the first commands stored', async () => ((await status(port)).commands?.stored ?? 0) > 0, 60_000);
+    gw.child.kill('SIGKILL');
+    await gw.exited;
+    // The worst moment of a kill: commands stored, their Kafka offsets not committed. Rewinding
+    // the gateway's group makes every command be read again.
+    const admin = testKafka(kafkaBrokers()).admin();
+    await admin.connect();
+    const groupId = `edgebridge-commands-${cfg.gateway.id}`;
+    await until('the killed gateway to leave its group (session timeout)', async () => {
+      const { groups } = await admin.describeGroups([groupId]);
+      return groups[0]?.state === 'Empty' || groups[0]?.state === 'Dead';
+    });
+    await admin.resetOffsets({ groupId, topic: n.commands, earliest: true });
+    await admin.disconnect();
+
+    gw = await spawnGateway(cfg, dir);
+    port = await adminPort(gw);
+    await until('every command stored', async () => {
+      const c = (await status(port)).commands;
+      return c !== undefined && c.waiting + c.inSession === 300;
+    });
+    const again = await device(gw.url, 'pump-7');
+    clients.push(again.client);
+    await until('300 commands at the device', () => again.got.length >= 300);
+    expect(again.got).toEqual(ids.map((id) => `devices/pump-7/commands/${id} do ${id}`));
+
+    const acks = await consumeAll(kafkaBrokers(), n.acks, { expected: 300 });
+    expect(acks.map((a) => a.headers['correlation-id'])).toEqual(ids);
+    await until('all acknowledged', async () => (await status(port)).commands?.acked === 300);
+    expect(again.got).toHaveLength(300);
+  });
+
+  it('an expired command is never delivered; one for a device the gateway does not serve is neither stored nor delivered', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands, 1);
+    gw = await spawnGateway(config(dir, n, { ttl: '2s' }), dir);
+    const port = await adminPort(gw);
+    const sleeper = await device(gw.url, 'sensor-3');
+    await sleeper.client.endAsync();
+
+    // One expires in the device's session queue, one was expired before it was read; one is for
+    // a device that never connected here.
+    await produce(n.commands, [
+      { device: 'sensor-3', id: 'late-1' },
+      { device: 'sensor-3', id: 'stale-1', timestamp: Date.now() - 3_600_000 },
+      { device: 'stranger', id: 'not-mine-1' },
+    ]);
+    await until('both expired and the stranger skipped', async () => {
+      const c = (await status(port)).commands;
+      return c?.expired === 2 && c.notServed === 1 && c.waiting + c.inSession + c.toAck === 0;
+    });
+
+    // Later commands arrive; the expired and the skipped ones never do.
+    await produce(n.commands, [{ device: 'sensor-3', id: 'fresh-1' }]);
+    const awake = await device(gw.url, 'sensor-3');
+    clients.push(awake.client);
+    const stranger = await device(gw.url, 'stranger');
+    clients.push(stranger.client);
+    await produce(n.commands, [{ device: 'stranger', id: 'mine-now' }]);
+    await until('the fresh commands', () => awake.got.length >= 1 && stranger.got.length >= 1);
+    const acks = await consumeAll(kafkaBrokers(), n.acks, { expected: 2 });
+    expect(awake.got).toEqual(['devices/sensor-3/commands/fresh-1 do fresh-1']);
+    expect(stranger.got).toEqual(['devices/stranger/commands/mine-now do mine-now']);
+    expect(acks.map((a) => a.headers['correlation-id']).sort()).toEqual(['fresh-1', 'mine-now']);
+    const c = (await status(port)).commands!;
+    expect({ stored: c.stored, expired: c.expired, notServed: c.notServed, delivered: c.delivered, acked: c.acked }).toEqual({
+      stored: 3,
+      expired: 2,
+      notServed: 1,
+      delivered: 2,
+      acked: 2,
+    });
+  });
+});
