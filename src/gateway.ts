@@ -74,6 +74,12 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
             groupId: commandGroupId(config.gateway.id),
             ttlMs: config.commands.ttl,
             maxPending: config.commands.maxPending,
+            mqttTopic: config.commands.mqtt,
+            limits: {
+              maxTopicBytes: config.mqtt.limits.maxTopicBytes,
+              maxTopicLevels: config.mqtt.limits.maxTopicLevels,
+              maxPayloadBytes: config.mqtt.maxPayloadBytes,
+            },
           },
   };
 }
@@ -112,7 +118,7 @@ function startCommands(
     delivered: () => delivery.delivered(),
     deviceReady: (ids) => {
       serve(ids);
-      delivery.kick();
+      delivery.kick(ids);
     },
   });
   return delivery;

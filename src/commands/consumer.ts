@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import { backoffDelay } from '../forward/backoff.js';
 import type { CommandOutbox, ConsumedCommand, StoreResult } from '../log/outbox.js';
+import { commandTopic } from './packet.js';
 
 export interface CommandConsumerOptions {
   readonly kafka: Kafka;
@@ -12,15 +13,22 @@ export interface CommandConsumerOptions {
   /** This gateway's own group: it reads every partition. */
   readonly groupId: string;
   readonly ttlMs: number;
+  /** config commands.mqtt, and the MQTT limits a command must fit in to be deliverable. */
+  readonly mqttTopic: string;
+  readonly limits: { readonly maxTopicBytes: number; readonly maxTopicLevels: number; readonly maxPayloadBytes: number };
   /** Most commands waiting in the outbox: past it, reading pauses (Kafka keeps the rest). */
   readonly maxPending: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
+  /** Partitions and replication of the command topic, when the gateway creates it. */
+  readonly topicDefaults: { readonly partitions: number; readonly replicationFactor: number };
   readonly logger: Logger;
   /** After each batch is stored (and before its offset is committed to Kafka). */
   readonly onStored: (result: StoreResult) => void;
 }
 
-const UNFIT_DEVICE_ID = /[+#\u0000]/;
+// A key or correlation id that would change the topic's shape, or name another device's subtree
+// (a device `a` may receive devices/a/#, so a key `a/b` would reach it).
+const UNFIT_DEVICE_ID = /[+#/\u0000]/;
 const UNFIT_CORRELATION_ID = /[+#/\u0000]/;
 
 /** The correlation id of a command: the `correlation-id` header (`correlationId` also accepted). */
@@ -72,6 +80,7 @@ export class CommandConsumer {
             if (!payload.restart) resolve(payload.error);
           }),
         );
+        await this.ensureTopic();
         await consumer.connect();
         await consumer.subscribe({ topic, fromBeginning: true });
         await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch: (batch) => this.batch(consumer, batch) });
@@ -90,6 +99,37 @@ export class CommandConsumer {
     }
   }
 
+  private deliverable(deviceId: string, correlation: string, payload: Buffer | null): boolean {
+    const { mqttTopic, limits } = this.options;
+    if (deviceId === '' || UNFIT_DEVICE_ID.test(deviceId) || correlation === '' || UNFIT_CORRELATION_ID.test(correlation)) return false;
+    const topic = commandTopic(mqttTopic, deviceId, correlation);
+    return (
+      Buffer.byteLength(topic) <= limits.maxTopicBytes &&
+      topic.split('/').length <= limits.maxTopicLevels &&
+      (payload === null || payload.length <= limits.maxPayloadBytes)
+    );
+  }
+
+  /**
+   * Creates the command topic if it is missing (as the forwarder does its topics), so that
+   * applications can write commands before any gateway read them.
+   */
+  private async ensureTopic(): Promise<void> {
+    const { kafka, topic, topicDefaults } = this.options;
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      if ((await admin.listTopics()).includes(topic)) return;
+      await admin
+        .createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: topicDefaults.partitions, replicationFactor: topicDefaults.replicationFactor }] })
+        .catch((err: { type?: string }) => {
+          if (err.type !== 'TOPIC_ALREADY_EXISTS') throw err;
+        });
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
+  }
+
   private async batch(consumer: Consumer, { batch, heartbeat, isRunning, isStale, resolveOffset }: EachBatchPayload): Promise<void> {
     const { outbox, ttlMs, maxPending, onStored } = this.options;
     if (batch.messages.length === 0) return;
@@ -102,8 +142,10 @@ export class CommandConsumer {
     const commands: ConsumedCommand[] = batch.messages.map((m) => {
       const deviceId = m.key === null ? null : m.key.toString();
       const cid = correlationId(m.headers);
-      // Both may end up in an MQTT topic: one they would break is no command (counted invalid).
-      const fit = deviceId !== null && !UNFIT_DEVICE_ID.test(deviceId) && (cid === undefined || (cid !== '' && !UNFIT_CORRELATION_ID.test(cid)));
+      // What cannot be delivered is no command (counted invalid): a key or correlation id that
+      // would break the topic, a topic or payload over the MQTT limits (aedes would fail to
+      // write it and drop the device's connection, on every reconnect).
+      const fit = deviceId !== null && this.deliverable(deviceId, cid ?? `${batch.partition}-${m.offset}`, m.value);
       return { offset: Number(m.offset), deviceId: fit ? deviceId : null, payload: m.value, correlationId: cid, timestamp: Number(m.timestamp) };
     });
     // Throws on a log error: kafkajs retries the batch (nothing was committed, nothing skipped).

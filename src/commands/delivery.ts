@@ -26,8 +26,10 @@ export interface CommandDeliveryOptions {
   /** Appends an ack record to the commit log (group commit): resolves once it is durable. */
   readonly appendAck: (entry: LogEntry) => Promise<AppendResult>;
   readonly logger: Logger;
-  /** How often expiry and retries run without a trigger. */
+  /** How often expiry and ack retries run without a trigger. */
   readonly sweepIntervalMs?: number;
+  /** How often every device with waiting commands is looked at (besides triggers). */
+  readonly rescanIntervalMs?: number;
   readonly now?: () => number;
 }
 
@@ -62,6 +64,11 @@ export class CommandDelivery {
   readonly counters: CommandCounters = { stored: 0, notServed: 0, invalid: 0, expired: 0, delivered: 0, acked: 0 };
   private running: Promise<void> | undefined;
   private again = false;
+  /** Devices to look at in the next pass (they connected, subscribed or got commands). */
+  private dirty = new Set<string>();
+  /** Look at every device with waiting commands in the next pass (at start, then now and then). */
+  private rescan = true;
+  private lastRescan = 0;
   private closed = false;
   private readonly timer: NodeJS.Timeout;
   private failing = false;
@@ -77,7 +84,7 @@ export class CommandDelivery {
     this.counters.notServed += result.notServed;
     this.counters.invalid += result.invalid;
     this.counters.expired += result.expired;
-    if (result.stored > 0) this.kick();
+    if (result.stored > 0) this.kick(result.devices);
   }
 
   /** A device acknowledged a command (the session store marked it delivered). */
@@ -86,9 +93,10 @@ export class CommandDelivery {
     this.kick();
   }
 
-  /** Runs a pass now, or right after the one running. */
-  kick(): void {
+  /** Runs a pass now, or right after the one running; `devices` may take commands now. */
+  kick(devices: readonly string[] = []): void {
     if (this.closed) return;
+    for (const d of devices) this.dirty.add(d);
     if (this.running) {
       this.again = true;
       return;
@@ -126,6 +134,7 @@ export class CommandDelivery {
       // pass tries again. One line per failure spell.
       if (!this.failing) this.options.logger.error({ err: describeError(err) }, 'command delivery failed; retrying every second');
       this.failing = true;
+      this.rescan = true;
     }
   }
 
@@ -149,25 +158,37 @@ export class CommandDelivery {
     }
   }
 
-  /** Hands waiting commands to their devices' sessions, each device's in order. */
+  /**
+   * Hands waiting commands to their devices' sessions, each device's in order: of the devices
+   * triggered since the last pass, or of all that have waiting commands when a rescan is due.
+   */
   private async hand(): Promise<void> {
+    const { outbox } = this.options;
+    if (this.now() - this.lastRescan >= (this.options.rescanIntervalMs ?? 30_000)) this.rescan = true;
+    let devices: Iterable<string> = this.dirty;
+    if (this.rescan) {
+      devices = outbox.waitingDevices();
+      this.rescan = false;
+      this.lastRescan = this.now();
+    }
+    this.dirty = new Set();
+    for (const device of devices) await this.handTo(device);
+  }
+
+  private async handTo(deviceId: string): Promise<void> {
     const { outbox, outlet } = this.options;
-    const blocked = new Set<string>();
     let after = 0;
     for (;;) {
-      const waiting = outbox.waiting(after, 500);
+      const waiting = outbox.waitingFor(deviceId, after, 100);
       if (waiting.length === 0) return;
       for (const c of waiting) {
         after = c.seq;
-        if (blocked.has(c.deviceId) || c.expiresAt <= this.now()) continue;
+        if (c.expiresAt <= this.now()) continue;
         const packet = this.packetOf(c);
         // A command goes only to a persistent session of its device: one that is acknowledged
         // there and survives the device's (and the gateway's) restarts. Until then it waits,
         // and so do the device's later commands (order).
-        if (!(await outlet.hasDeviceSession(packet.topic, c.deviceId))) {
-          blocked.add(c.deviceId);
-          continue;
-        }
+        if (!(await outlet.hasDeviceSession(packet.topic, c.deviceId))) return;
         // Marked first: a gateway that dies before the broker queued it finds it handed with no
         // queue entry at the next start, and it waits again (SessionTables.reconcileCommands);
         // marked after, it could be queued twice.

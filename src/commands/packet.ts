@@ -31,6 +31,14 @@ export function commandOf(packet: { brokerId?: unknown; brokerCounter?: unknown 
   return { deviceId: brokerId.slice(PREFIX.length), seq: brokerCounter };
 }
 
+/** The same from a session queue key (session-store.ts: `b<brokerId>:<brokerCounter>`). */
+export function commandOfKey(key: string): { deviceId: string; seq: number } | undefined {
+  if (!key.startsWith(`b${PREFIX}`)) return undefined;
+  const colon = key.lastIndexOf(':');
+  const seq = Number(key.slice(colon + 1));
+  return colon > PREFIX.length && Number.isSafeInteger(seq) ? { deviceId: key.slice(PREFIX.length + 1, colon), seq } : undefined;
+}
+
 /** The MQTT topic of a command: the configured template with {deviceId} and {correlationId}. */
 export function commandTopic(template: string, deviceId: string, correlationId: string): string {
   return template.replaceAll('{deviceId}', deviceId).replaceAll('{correlationId}', correlationId);

@@ -46,6 +46,8 @@ export interface CommandConsumerSettings {
   readonly groupId: string;
   readonly ttlMs: number;
   readonly maxPending: number;
+  readonly mqttTopic: string;
+  readonly limits: { readonly maxTopicBytes: number; readonly maxTopicLevels: number; readonly maxPayloadBytes: number };
 }
 
 /** One ACL binding (set) a gateway needs, as kafka-acls.sh understands it. */

@@ -79,7 +79,10 @@ function startCommandConsumer(s: ForwardSettings, c: CommandConsumerSettings, ka
     groupId: c.groupId,
     ttlMs: c.ttlMs,
     maxPending: c.maxPending,
+    mqttTopic: c.mqttTopic,
+    limits: c.limits,
     retry: s.retry,
+    topicDefaults: s.kafka.topicDefaults,
     logger: logger.child({ stage: 'commands' }),
     onStored: (result) => post({ type: 'commands', result }),
   });

@@ -208,6 +208,9 @@ export class MqttIngress {
     tlsHandshakesFailed: 0,
   };
   private commandHooks: CommandHooks | undefined;
+  /** Client ids with a connection between CONNECT and ready (see startConnecting). */
+  private readonly connecting = new Map<string, number>();
+  private readonly connectingClientIds = new WeakMap<Client, string>();
   /** Set while the gateway stops: its clients are disconnected, they did not go offline. */
   private closing = false;
   private broker: Aedes | undefined;
@@ -262,6 +265,7 @@ export class MqttIngress {
       persistence: sessions,
       preConnect: (client, packet, callback) => {
         this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false });
+        this.startConnecting(client, packet.clientId);
         // aedes stops reading a client while it authenticates it, and resumes after the CONNACK;
         // from here on, not only one event-loop turn later: a packet completed by a read in that
         // turn would reach authorizePublish before the client has an identity (and be denied).
@@ -298,14 +302,18 @@ export class MqttIngress {
     }
     broker.on('clientReady', (client: Client) => {
       this.established.add(client);
-      const username = this.principals.get(client)?.username;
+      this.doneConnecting(client);
       try {
         if (client.clean) sessions.forgetOwner(client.id);
-        else sessions.rememberOwner(client.id, username);
-        this.commandHooks?.deviceReady(username === undefined || username === client.id ? [client.id] : [client.id, username]);
+        else sessions.rememberOwner(client.id, this.principals.get(client)?.username);
+        this.commandHooks?.deviceReady(this.deviceIdsOf(client));
       } catch (err) {
         this.warnings.warn('sessionWrite', { clientId: client.id, err: describeError(err) }, 'MQTT session owner not stored');
       }
+    });
+    // A persistent session that subscribes may now take its device's commands.
+    broker.on('subscribe', (_subs: unknown, client: Client) => {
+      if (client && !client.clean) this.commandHooks?.deviceReady(this.deviceIdsOf(client));
     });
     broker.on('unsubscribe', (filters: string[], client: Client) => {
       const granted = this.grantedFilters.get(client);
@@ -404,6 +412,7 @@ export class MqttIngress {
     // entry goes: a newer connection with the same id has written its own.
     socket.once('close', () => {
       this.sockets.delete(socket);
+      this.doneConnecting(client as Client);
       const id = (client as Client).id;
       const owner = id ? this.sessionOwners.get(id) : undefined;
       if (!id || owner?.connection !== connection) return;
@@ -643,6 +652,34 @@ export class MqttIngress {
     );
   }
 
+  /**
+   * A connection between its CONNECT and the end of aedes's connect steps. aedes subscribes it
+   * (restoreSubs) before it sends the session's queue (emptyQueue): a message published in
+   * between reaches it twice, live and from the queue. Commands are not handed to a device
+   * while one of its connections is here (it is told when the connection is ready).
+   */
+  private startConnecting(client: Client, clientId: string): void {
+    this.connectingClientIds.set(client, clientId);
+    this.connecting.set(clientId, (this.connecting.get(clientId) ?? 0) + 1);
+  }
+
+  private doneConnecting(client: Client): void {
+    const id = this.connectingClientIds.get(client);
+    if (id === undefined) return;
+    this.connectingClientIds.delete(client);
+    const left = (this.connecting.get(id) ?? 1) - 1;
+    if (left > 0) this.connecting.set(id, left);
+    else this.connecting.delete(id);
+  }
+
+  /** The device IDs a client may be: its client id (unless the broker made it up) and user name. */
+  private deviceIdsOf(client: Client): string[] {
+    const ids = this.connects.get(client)?.emptyClientId ? [] : [client.id];
+    const username = this.principals.get(client)?.username;
+    if (username !== undefined && username !== client.id) ids.push(username);
+    return ids;
+  }
+
   /** Whether a client (by id; live, or a persistent session kept for later) may receive `topic`. */
   private mayReceive(clientId: string, topic: string): boolean {
     const live = brokerClients(this.broker)[clientId];
@@ -666,6 +703,7 @@ export class MqttIngress {
         return subs.some(
           (sub) =>
             sub.qos > 0 &&
+            !this.connecting.has(sub.clientId) &&
             (sub.clientId === deviceId || this.sessionOwners.get(sub.clientId)?.username === deviceId) &&
             this.mayReceive(sub.clientId, topic),
         );

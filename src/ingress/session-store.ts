@@ -1,7 +1,7 @@
 import type { Aedes, Client } from 'aedes';
 import MemoryPersistence, { type StoredPacket as Packet, type StoredSubscription } from 'aedes-persistence/asyncPersistence.js';
 import { Readable } from 'node:stream';
-import { commandOf } from '../commands/packet.js';
+import { commandOf, commandOfKey } from '../commands/packet.js';
 import { EdgebridgeError } from '../errors.js';
 import type { SessionPacket, SessionTables, StoredSessions } from '../log/session-tables.js';
 
@@ -35,6 +35,8 @@ interface Subscriber {
   readonly bytes: Map<string, number>;
   readonly byId: Map<number, string>;
   readonly idOf: Map<string, number>;
+  /** The topic of each queued command (clearing one decides by it, before memory changes). */
+  readonly commandTopics: Map<string, string>;
 }
 
 /**
@@ -135,8 +137,13 @@ export class SessionStore extends MemoryPersistence {
         if (packet.messageId !== undefined && packet.messageId !== null) this.sentWithId(clientId, key, packet.messageId);
       }
       for (const { clientId, packet } of stored.inbound) {
-        await this.incomingStorePacket({ id: clientId } as Client, packet);
-        this.onDisk.inbound.add(clientId);
+        try {
+          await this.incomingStorePacket({ id: clientId } as Client, packet);
+          this.onDisk.inbound.add(clientId);
+        } catch {
+          // over a lowered mqtt.limits.maxInflightMessages: the client sends it again
+          this.tables!.deleteInbound(clientId, packet.messageId ?? 0);
+        }
       }
       for (const { clientId, packet } of stored.wills) {
         // The will keeps the id of the broker that took it: that broker is gone, so aedes
@@ -278,18 +285,17 @@ export class SessionStore extends MemoryPersistence {
     // which that message never got: the memory store would remove another queued message.
     // Such messages are never queued here.
     if (packet.messageId === undefined) return undefined;
-    const cleared = await super.outgoingClearMessageId(client, packet);
+    // The queued message sent with this packet id (its PUBLISH, or the PUBREL in its place):
+    // removed from disk first, so that a failed write leaves memory and disk as they were.
     const mine = this.queued.get(client.id);
-    if (!cleared || !mine) return cleared;
-    // The message the store removed (a packet id can be reused while an older message still
-    // holds it): a PUBLISH names itself by its broker counter, a PUBREL by the id it was sent with.
-    const key = cleared.brokerId !== undefined ? pendingKey(cleared) : mine.byId.get(packet.messageId);
-    if (key !== undefined && mine.bytes.has(key)) {
-      const command = commandOf(cleared);
-      if (command) this.clearCommand(client, key, command, cleared.topic);
+    const key = mine && this.sentWith(mine, packet.messageId);
+    if (mine && key !== undefined) {
+      const command = commandOfKey(key);
+      if (command) this.clearCommand(client, key, command, mine.commandTopics.get(key) ?? '');
       else this.write('queued message', (t) => t.deleteQueued(client.id, key));
-      this.unqueue(client.id, key);
     }
+    const cleared = await super.outgoingClearMessageId(client, packet);
+    if (key !== undefined) this.unqueue(client.id, key);
     return cleared;
   }
 
@@ -301,13 +307,12 @@ export class SessionStore extends MemoryPersistence {
    */
   private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, topic: string): void {
     const dropped = client.clean === true || !this.mayReceive(client.id, topic);
-    const byDevice = client.id === command.deviceId || this.owners.get(client.id) === command.deviceId;
     let delivered = false;
     this.write('command acknowledgement', (t) =>
       t.atomically(() => {
         t.deleteQueued(client.id, key);
         if (dropped) t.outbox.markWaiting(command.seq);
-        else if (byDevice) delivered = t.outbox.markDelivered(command.seq, Date.now());
+        else delivered = t.outbox.markDelivered(command.seq, Date.now());
       }),
     );
     if (delivered) this.onCommandDelivered();
@@ -344,12 +349,27 @@ export class SessionStore extends MemoryPersistence {
     }
   }
 
+  /**
+   * The queued message the memory store clears for a packet id: the first in queue order that
+   * was sent with it (an old one can still hold an id that came round again).
+   */
+  private sentWith(mine: Subscriber, messageId: number): string | undefined {
+    for (const key of mine.bytes.keys()) if (mine.idOf.get(key) === messageId) return key;
+    return undefined;
+  }
+
+  /** Whether a session (by client id) is the device's: its client id, or its owner's user name. */
+  private isDevice(clientId: string, deviceId: string): boolean {
+    return clientId === deviceId || this.owners.get(clientId) === deviceId;
+  }
+
   private unqueue(clientId: string, key: string): void {
     const mine = this.queued.get(clientId);
     const bytes = mine?.bytes.get(key);
     if (!mine || bytes === undefined) return;
     this.heldBytes -= bytes;
     mine.bytes.delete(key);
+    mine.commandTopics.delete(key);
     const id = mine.idOf.get(key);
     if (id !== undefined && mine.byId.get(id) === key) mine.byId.delete(id);
     mine.idOf.delete(key);
@@ -402,8 +422,9 @@ export class SessionStore extends MemoryPersistence {
   }
 
   override async putWill(client: Client, packet: Packet): Promise<void> {
+    // To disk first, as the memory store will have it (a failed write changes nothing).
+    this.write('will', (t) => t.putWill(client.id, { ...packet, brokerId: this.broker?.id, clientId: client.id } as SessionPacket));
     await super.putWill(client, packet);
-    this.write('will', (t) => t.putWill(client.id, packet as SessionPacket));
     if (!this.restoring) this.onDisk.wills.add(client.id);
   }
 
@@ -417,13 +438,17 @@ export class SessionStore extends MemoryPersistence {
 
   private admit(clientId: string, packet: Packet, key = pendingKey(packet)): boolean {
     if (!this.mayReceive(clientId, packet.topic)) return false;
-    const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>() };
+    const command = commandOf(packet);
+    // A command is kept for its device's own sessions only: another subscriber of its topic (a
+    // console on devices/+/commands/#) gets it live, as a copy, and nothing waits on its PUBACK.
+    if (command && !this.isDevice(clientId, command.deviceId)) return false;
+    const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>(), commandTopics: new Map<string, string>() };
     // Queued already (a command handed again after a restart): one copy.
     if (mine.bytes.has(key)) return false;
     const bytes = sizeOf(packet);
     // Commands are bounded by commands.maxPending instead: one the device's session refused
     // could still be sent to it online, unqueued, and its acknowledgement would then be lost.
-    const command = commandOf(packet) !== undefined;
+    if (command) mine.commandTopics.set(key, packet.topic);
     if (!command && (mine.bytes.size >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes)) {
       this.counters.queueDropped++;
       return false;

@@ -106,10 +106,12 @@ export const MIGRATIONS: readonly string[] = [
   // Commands from Kafka (outbox.ts): the commands for devices this gateway serves until their
   // device acknowledged them and the ack record is in this log, the command consumer's position
   // per partition (written with the commands it read), and the devices it serves. Records gain
-  // Kafka headers of their own (ack records carry the correlation id; telemetry has none).
+  // Kafka headers of their own (ack records carry the correlation id; telemetry has none). A
+  // command's seq is its broker counter in aedes, which drops a message whose counter is not
+  // above the last one the connection saw: AUTOINCREMENT, so a seq is never handed out again.
   `ALTER TABLE records ADD COLUMN headers TEXT;
    CREATE TABLE commands (
-     seq             INTEGER PRIMARY KEY,
+     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
      device_id       TEXT    NOT NULL,
      correlation_id  TEXT    NOT NULL,
      kafka_topic     TEXT    NOT NULL,
@@ -122,6 +124,7 @@ export const MIGRATIONS: readonly string[] = [
      delivered_at    INTEGER
    );
    CREATE INDEX commands_state ON commands (state, seq);
+   CREATE INDEX commands_device ON commands (device_id, state, seq);
    CREATE TABLE command_positions (
      kafka_topic     TEXT    NOT NULL,
      kafka_partition INTEGER NOT NULL,

@@ -25,6 +25,8 @@ export interface StoreResult {
   invalid: number;
   /** Records at offsets stored before (read again after a crash before the offset commit). */
   alreadyStored: number;
+  /** The devices of the commands stored (each once). */
+  devices: string[];
 }
 
 /** A stored command, as delivery reads it. */
@@ -88,7 +90,8 @@ export class CommandOutbox {
   constructor(private readonly db: Database.Database) {
     this.stmts = this.prepare();
     this.storeAll = db.transaction((topic: string, partition: number, commands: readonly ConsumedCommand[], ttlMs: number, now: number) => {
-      const result: StoreResult = { stored: 0, notServed: 0, expired: 0, invalid: 0, alreadyStored: 0 };
+      const result: StoreResult = { stored: 0, notServed: 0, expired: 0, invalid: 0, alreadyStored: 0, devices: [] };
+      const devices = new Set<string>();
       const next = (this.stmts.position.get(topic, partition) as number | undefined) ?? 0;
       let end = next;
       for (const c of commands) {
@@ -103,8 +106,10 @@ export class CommandOutbox {
         else {
           this.stmts.insert.run(c.deviceId, c.correlationId ?? `${partition}-${c.offset}`, topic, partition, c.offset, c.payload, c.timestamp, c.timestamp + ttlMs);
           result.stored++;
+          devices.add(c.deviceId);
         }
       }
+      result.devices = [...devices];
       if (end > next) this.stmts.setPosition.run(topic, partition, end);
       return result;
     });
@@ -124,7 +129,8 @@ export class CommandOutbox {
         `INSERT INTO commands (device_id, correlation_id, kafka_topic, kafka_partition, kafka_offset, payload, created_at, expires_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
-      waiting: db.prepare('SELECT * FROM commands WHERE state = 0 AND seq > ? ORDER BY seq LIMIT ?'),
+      waitingFor: db.prepare('SELECT * FROM commands WHERE device_id = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?'),
+      waitingDevices: db.prepare('SELECT DISTINCT device_id FROM commands WHERE state = 0').pluck(),
       get: db.prepare('SELECT * FROM commands WHERE seq = ?'),
       handed: db.prepare('UPDATE commands SET state = 1 WHERE seq = ? AND state = 0'),
       unhanded: db.prepare('UPDATE commands SET state = 0 WHERE seq = ? AND state = 1'),
@@ -149,9 +155,14 @@ export class CommandOutbox {
     })();
   }
 
-  /** Commands not yet handed to a session, in Kafka order (by the order they were stored). */
-  waiting(afterSeq: number, limit: number): OutboxCommand[] {
-    return (this.stmts.waiting.all(afterSeq, limit) as CommandRow[]).map(fromRow);
+  /** A device's commands not yet handed to a session, in Kafka order (the order they were stored). */
+  waitingFor(deviceId: string, afterSeq: number, limit: number): OutboxCommand[] {
+    return (this.stmts.waitingFor.all(deviceId, afterSeq, limit) as CommandRow[]).map(fromRow);
+  }
+
+  /** The devices with commands not yet handed to a session. */
+  waitingDevices(): string[] {
+    return this.stmts.waitingDevices.all() as string[];
   }
 
   get(seq: number): OutboxCommand | undefined {

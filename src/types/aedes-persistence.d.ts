@@ -21,6 +21,8 @@ declare module 'aedes-persistence/asyncPersistence.js' {
   export default class MemoryPersistence {
     constructor(opts?: object);
     setup(broker: import('aedes').Aedes): Promise<void>;
+    /** The broker given to setup (undefined before). */
+    readonly broker: import('aedes').Aedes | undefined;
     addSubscriptions(client: Client, subs: StoredSubscription[]): Promise<void>;
     removeSubscriptions(client: Client, topics: string[]): Promise<void>;
     cleanSubscriptions(client: Client): Promise<void>;

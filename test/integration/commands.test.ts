@@ -1,7 +1,10 @@
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import type { IHeaders } from 'kafkajs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/schema.js';
+import { DB_FILE } from '../../src/log/database.js';
 import type { GatewayStatus } from '../../src/status.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll, testKafka } from '../helpers/kafka.js';
@@ -64,11 +67,34 @@ async function device(url: string, id: string): Promise<{ client: MqttClient; go
   return { client, got };
 }
 
+/** Any MQTT client with a subscription (a console on every device's commands, say). */
+async function subscriber(url: string, id: string, filter: string): Promise<{ client: MqttClient; got: string[] }> {
+  const got: string[] = [];
+  const client = mqtt.connect(url, { clientId: id, clean: false, reconnectPeriod: 0 });
+  client.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
+  await client.subscribeAsync(filter, { qos: 1 });
+  return { client, got };
+}
+
 async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Rows in the gateway's session queues (read beside the running gateway). */
+function countQueued(dir: string): number {
+  const db = new Database(join(dir, DB_FILE), { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare('SELECT count(*) FROM session_queue').pluck().get() as number;
+  } finally {
+    db.close();
   }
 }
 
@@ -130,6 +156,52 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
       const c = (await status(port)).commands;
       return c?.delivered === 1 && c.acked === 1 && c.waiting + c.inSession + c.toAck === 0;
     });
+  });
+
+  it('an online device gets command after command (review: a reused outbox seq made aedes drop the second as a duplicate)', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands, 1);
+    gw = await spawnGateway(config(dir, n), dir);
+    const port = await adminPort(gw);
+    const d = await device(gw.url, 'valve-9');
+    clients.push(d.client);
+    for (const [i, id] of ['c-1', 'c-2', 'c-3'].entries()) {
+      await produce(n.commands, [{ device: 'valve-9', id }]);
+      await until(`command ${id} at the device`, () => d.got.length === i + 1);
+      await until(`command ${id} acknowledged and its ack record written`, async () => {
+        const c = (await status(port)).commands!;
+        return c.acked === i + 1 && c.waiting + c.inSession + c.toAck === 0;
+      });
+    }
+    expect(d.got).toEqual(['c-1', 'c-2', 'c-3'].map((id) => `devices/valve-9/commands/${id} do ${id}`));
+  });
+
+  it('a command that cannot be delivered (correlation id too long for a topic) is invalid; the device keeps its connection and gets the next one; a console on every device gets copies, and keeps none queued', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands, 1);
+    gw = await spawnGateway(config(dir, n), dir);
+    const port = await adminPort(gw);
+    const consoleOffline = await subscriber(gw.url, 'ops-console', 'devices/+/commands/#');
+    await consoleOffline.client.endAsync();
+    const consoleOnline = await subscriber(gw.url, 'ops-live', 'devices/+/commands/#');
+    clients.push(consoleOnline.client);
+    const d = await device(gw.url, 'pump-1');
+    clients.push(d.client);
+    let closes = 0;
+    d.client.on('close', () => closes++);
+    await produce(n.commands, [
+      { device: 'pump-1', id: 'a'.repeat(66_000), value: 'too long' },
+      { device: 'pump-1', id: 'ok-1' },
+    ]);
+    await until('the deliverable command at the device and acknowledged', async () => d.got.length === 1 && (await status(port)).commands?.acked === 1);
+    expect(d.got).toEqual(['devices/pump-1/commands/ok-1 do ok-1']);
+    expect(closes).toBe(0);
+    expect((await status(port)).commands).toMatchObject({ invalid: 1, stored: 1, delivered: 1 });
+    await until('the online console to get its copy', () => consoleOnline.got.length === 1);
+    // nothing is kept for the consoles' sessions: commands wait on their devices only
+    expect(countQueued(dir)).toBe(0);
   });
 
   it('commands for an offline device arrive once each, in Kafka order, when it reconnects — also after a SIGKILL while they were being consumed', async () => {

@@ -2,6 +2,11 @@ import type { Aedes, Client } from 'aedes';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SessionStore, type SessionStoreLimits } from '../../src/ingress/session-store.js';
 import { CommitLog } from '../../src/log/commit-log.js';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { commandPacket } from '../../src/commands/packet.js';
+import { DB_FILE } from '../../src/log/database.js';
+import { CommandState } from '../../src/log/outbox.js';
 import { SessionTables } from '../../src/log/session-tables.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
@@ -122,6 +127,87 @@ describe('session store with its tables: what a restart gives back', () => {
     expect(b.counters.queueDropped).toBe(2);
     const c = (await storeIn(dir, 'broker-3')).store;
     expect((await drain(c.outgoingStream(persistent('p1')))).map((p) => p.topic)).toEqual(['a/1', 'a/2', 'a/3']);
+  });
+
+  it('a lowered maxInflightMessages at the next start drops the inbound QoS 2 packets over it instead of failing the start', async () => {
+    const dir = tmp();
+    const a = (await storeIn(dir, 'broker-1', { ...LIMITS, maxInflightMessages: 20 })).store;
+    for (let i = 1; i <= 15; i++) await a.incomingStorePacket(persistent('p1'), { cmd: 'publish', topic: 't', payload: Buffer.from('x'), qos: 2, messageId: i });
+    const b = (await storeIn(dir, 'broker-2', { ...LIMITS, maxInflightMessages: 10 })).store;
+    await expect(b.incomingGetPacket(persistent('p1'), { topic: '', payload: Buffer.alloc(0), messageId: 10 })).resolves.toBeDefined();
+    await expect(b.incomingGetPacket(persistent('p1'), { topic: '', payload: Buffer.alloc(0), messageId: 11 })).rejects.toThrow();
+    const c = (await storeIn(dir, 'broker-3', { ...LIMITS, maxInflightMessages: 20 })).store;
+    await expect(c.incomingGetPacket(persistent('p1'), { topic: '', payload: Buffer.alloc(0), messageId: 11 })).rejects.toThrow();
+  });
+
+  describe('commands in sessions', () => {
+    /** A stored command for `dev`, handed to its session, as delivery does. */
+    async function handed(store: SessionStore, tables: SessionTables, dev = 'dev', offset = 0) {
+      tables.outbox.serve([dev]);
+      tables.outbox.store('cmd', 0, [{ offset, deviceId: dev, payload: Buffer.from('go'), correlationId: `c${offset}`, timestamp: Date.now() }], 3600e3);
+      const [c] = tables.outbox.waitingFor(dev, 0, 10);
+      tables.outbox.markHanded(c!.seq);
+      const packet = commandPacket(dev, c!.seq, `devices/${dev}/commands`, c!.payload, c!.expiresAt);
+      await store.outgoingEnqueueCombi([{ clientId: dev }], { ...packet });
+      return { seq: c!.seq, packet };
+    }
+
+    it("the device's PUBACK delivers it together with its queue entry; a failed write changes neither, and the retried PUBACK works", async () => {
+      const dir = tmp();
+      const { store, tables } = await storeIn(dir, 'broker-1');
+      const { seq, packet } = await handed(store, tables);
+      await store.outgoingUpdate(persistent('dev'), { ...packet, messageId: 42 });
+      const other = new Database(join(dir, DB_FILE), { timeout: 0 });
+      other.prepare('BEGIN IMMEDIATE').run();
+      await expect(store.outgoingClearMessageId(persistent('dev'), { topic: '', payload: Buffer.alloc(0), messageId: 42 })).rejects.toMatchObject({ code: 'EB_ERR_SESSION_WRITE' });
+      expect((await drain(store.outgoingStream(persistent('dev')))).map((p) => p.messageId)).toEqual([42]);
+      expect(tables.outbox.get(seq)?.state).toBe(CommandState.Handed);
+      other.prepare('ROLLBACK').run();
+      other.close();
+      let delivered = 0;
+      store.onCommandDelivered = () => delivered++;
+      await store.outgoingClearMessageId(persistent('dev'), { topic: '', payload: Buffer.alloc(0), messageId: 42 });
+      expect(delivered).toBe(1);
+      expect(tables.outbox.get(seq)?.state).toBe(CommandState.Delivered);
+      expect(await drain(store.outgoingStream(persistent('dev')))).toEqual([]);
+      expect(store.bytes).toBe(0);
+    });
+
+    it('a clean reconnect of the device puts its command back to waiting; another subscriber never queues one', async () => {
+      const dir = tmp();
+      const { store, tables } = await storeIn(dir, 'broker-1');
+      const { seq, packet } = await handed(store, tables);
+      await store.outgoingEnqueueCombi([{ clientId: 'console' }], { ...packet });
+      expect(await drain(store.outgoingStream(persistent('console')))).toEqual([]);
+      // aedes empties the queue of a client that connects clean: a fresh id, then cleared
+      await store.outgoingUpdate(cleanClient('dev'), { ...packet, messageId: 1 });
+      await store.outgoingClearMessageId(cleanClient('dev'), { topic: '', payload: Buffer.alloc(0), messageId: 1 });
+      expect(tables.outbox.get(seq)?.state).toBe(CommandState.Stored);
+    });
+
+    it('at start, a command marked handed whose queue entry never came waits again; one in its queue stays handed', async () => {
+      const dir = tmp();
+      const first = await storeIn(dir, 'broker-1');
+      const queued = await handed(first.store, first.tables, 'dev', 0);
+      first.tables.outbox.store('cmd', 0, [{ offset: 1, deviceId: 'dev', payload: Buffer.from('x'), correlationId: 'c1', timestamp: Date.now() }], 3600e3);
+      const [lost] = first.tables.outbox.waitingFor('dev', 0, 10);
+      first.tables.outbox.markHanded(lost!.seq); // the gateway died before the broker queued it
+      const second = await storeIn(dir, 'broker-2');
+      expect(second.tables.outbox.get(queued.seq)?.state).toBe(CommandState.Handed);
+      expect(second.tables.outbox.get(lost!.seq)?.state).toBe(CommandState.Stored);
+    });
+
+    it('an expired command is not sent again from the queue, and dropCommand takes it out of memory and disk', async () => {
+      const dir = tmp();
+      const { store, tables } = await storeIn(dir, 'broker-1');
+      const { packet } = await handed(store, tables);
+      const expired = { ...packet, brokerCounter: packet.brokerCounter + 1000, messageExpiry: Date.now() - 1 };
+      await store.outgoingEnqueueCombi([{ clientId: 'dev' }], { ...expired });
+      expect((await drain(store.outgoingStream(persistent('dev')))).map((p) => p.brokerCounter)).toEqual([packet.brokerCounter]);
+      await store.dropCommand({ ...expired });
+      const again = await storeIn(dir, 'broker-2');
+      expect((await drain(again.store.outgoingStream(persistent('dev')))).map((p) => p.brokerCounter)).toEqual([packet.brokerCounter]);
+    });
   });
 
   it('a write that fails is a typed error and leaves nothing half-done in memory', async () => {
