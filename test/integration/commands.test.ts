@@ -53,23 +53,10 @@ async function produce(topic: string, commands: readonly Command[]): Promise<voi
   }
 }
 
-/** A device with a persistent session subscribed to its commands; it records what it gets. */
-async function device(url: string, id: string): Promise<{ client: MqttClient; got: string[] }> {
-  const got: string[] = [];
-  // The handler first: queued commands follow the CONNACK at once.
-  const client = mqtt.connect(url, { clientId: id, clean: false, reconnectPeriod: 0 });
-  client.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
-  await new Promise<void>((resolve, reject) => {
-    client.once('connect', () => resolve());
-    client.once('error', reject);
-  });
-  await client.subscribeAsync(`devices/${id}/commands/#`, { qos: 1 });
-  return { client, got };
-}
-
-/** Any MQTT client with a subscription (a console on every device's commands, say). */
+/** A client with a persistent session and one subscription; it records what it gets. */
 async function subscriber(url: string, id: string, filter: string): Promise<{ client: MqttClient; got: string[] }> {
   const got: string[] = [];
+  // The handler first: queued messages follow the CONNACK at once.
   const client = mqtt.connect(url, { clientId: id, clean: false, reconnectPeriod: 0 });
   client.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
   await new Promise<void>((resolve, reject) => {
@@ -79,6 +66,9 @@ async function subscriber(url: string, id: string, filter: string): Promise<{ cl
   await client.subscribeAsync(filter, { qos: 1 });
   return { client, got };
 }
+
+/** A device subscribed to its own commands. */
+const device = (url: string, id: string) => subscriber(url, id, `devices/${id}/commands/#`);
 
 async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
