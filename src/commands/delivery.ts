@@ -172,7 +172,14 @@ export class CommandDelivery {
       this.lastRescan = this.now();
     }
     this.dirty = new Set();
-    for (const device of devices) await this.handTo(device);
+    let failure: unknown;
+    for (const device of devices) {
+      // One device's failure (its publish refused) does not hold the others back.
+      await this.handTo(device).catch((err: unknown) => {
+        failure ??= err;
+      });
+    }
+    if (failure !== undefined) throw failure;
   }
 
   private async handTo(deviceId: string): Promise<void> {

@@ -265,7 +265,6 @@ export class MqttIngress {
       persistence: sessions,
       preConnect: (client, packet, callback) => {
         this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false });
-        this.startConnecting(client, packet.clientId);
         // aedes stops reading a client while it authenticates it, and resumes after the CONNACK;
         // from here on, not only one event-loop turn later: a packet completed by a read in that
         // turn would reach authorizePublish before the client has an identity (and be denied).
@@ -313,7 +312,12 @@ export class MqttIngress {
     });
     // A persistent session that subscribes may now take its device's commands.
     broker.on('subscribe', (_subs: unknown, client: Client) => {
-      if (client && !client.clean) this.commandHooks?.deviceReady(this.deviceIdsOf(client));
+      if (!client || client.clean) return;
+      try {
+        this.commandHooks?.deviceReady(this.deviceIdsOf(client));
+      } catch (err) {
+        this.warnings.warn('sessionWrite', { clientId: client.id, err: describeError(err) }, 'served device not stored');
+      }
     });
     broker.on('unsubscribe', (filters: string[], client: Client) => {
       const granted = this.grantedFilters.get(client);
@@ -491,6 +495,9 @@ export class MqttIngress {
       throw refusal(5, `client id ${client.id} belongs to another identity`);
     }
     this.principals.set(client, { username: identity, clientId: client.id });
+    // Only a logged-in connection holds its device's commands back (an attacker's CONNECTs with
+    // the device's client id and a wrong password must not).
+    this.startConnecting(client, client.id);
     if ((client as ClientInternals).closed) throw refusal(5, 'closed while logging in');
     const previous = this.sessionOwners.get(client.id);
     this.sessionOwners.delete(client.id);

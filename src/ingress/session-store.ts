@@ -117,23 +117,18 @@ export class SessionStore extends MemoryPersistence {
         await this.storeRetained(packet);
         if (!this.retainedBytes.has(packet.topic)) this.tables!.deleteRetained(packet.topic);
       }
-      let placeholder = 0;
+      // Owners first: whether a queued command is its session's device's depends on them.
+      for (const [clientId, username] of stored.owners) this.owners.set(clientId, username ?? undefined);
       for (const { clientId, key, packet } of stored.queue) {
         const client = { id: clientId } as Client;
         if (!this.admit(clientId, packet, key)) {
           this.tables!.deleteQueued(clientId, key);
           continue;
         }
-        if (packet.cmd === 'pubrel') {
-          // The PUBLISH it replaced is gone: a stand-in is queued, sent with its id, and replaced.
-          const standIn = { cmd: 'publish', topic: '', payload: Buffer.alloc(0), qos: 2, brokerId: '$restored', brokerCounter: ++placeholder };
-          await super.outgoingEnqueue({ clientId }, standIn);
-          await super.outgoingUpdate(client, { ...standIn, messageId: packet.messageId });
-          await super.outgoingUpdate(client, packet);
-        } else {
-          await super.outgoingEnqueue({ clientId }, packet);
-          if (packet.messageId !== undefined && packet.messageId !== null) await super.outgoingUpdate(client, packet);
-        }
+        // A PUBREL is queued as itself (its identity: outgoingUpdate), then given its id.
+        const entry = packet.cmd === 'pubrel' ? { ...packet, brokerId: `$pubrel:${key}`, brokerCounter: 0 } : packet;
+        await super.outgoingEnqueue({ clientId }, entry);
+        if (packet.messageId !== undefined && packet.messageId !== null) await super.outgoingUpdate(client, entry);
         if (packet.messageId !== undefined && packet.messageId !== null) this.sentWithId(clientId, key, packet.messageId);
       }
       for (const { clientId, packet } of stored.inbound) {
@@ -262,11 +257,17 @@ export class SessionStore extends MemoryPersistence {
       if (!mine?.bytes.has(key)) return this.notQueued();
       this.write('queued message', (t) => t.updateQueued(client.id, key, packet as SessionPacket));
       this.sentWithId(client.id, key, packet.messageId);
-    } else if (packet.messageId === undefined || !mine?.byId.has(packet.messageId)) {
-      return this.notQueued();
     } else {
-      const key = mine.byId.get(packet.messageId)!;
-      this.write('queued message', (t) => t.updateQueued(client.id, key, packet as SessionPacket));
+      // A PUBREL in place of the PUBLISH sent with its id (the first in queue order, as the
+      // memory store picks it). It gets an identity of its own: the memory store matches
+      // entries by broker id and counter first, and two PUBRELs without them would match each
+      // other (two QoS 2 messages in flight: the second's PUBREL overwrote the first's).
+      const key = mine && packet.messageId !== undefined ? this.sentWith(mine, packet.messageId) : undefined;
+      if (key === undefined) return this.notQueued();
+      const pubrel = { ...packet, brokerId: `$pubrel:${key}`, brokerCounter: 0 };
+      this.write('queued message', (t) => t.updateQueued(client.id, key, pubrel as SessionPacket));
+      await super.outgoingUpdate(client, pubrel);
+      return;
     }
     await super.outgoingUpdate(client, packet);
   }
@@ -315,7 +316,13 @@ export class SessionStore extends MemoryPersistence {
         else delivered = t.outbox.markDelivered(command.seq, Date.now());
       }),
     );
-    if (delivered) this.onCommandDelivered();
+    if (delivered) {
+      this.onCommandDelivered();
+      // A device with several persistent sessions (one user name, new client ids) has a copy in
+      // each: delivered once, the others go.
+      const [brokerId, counter] = [key.slice(1, key.lastIndexOf(':')), Number(key.slice(key.lastIndexOf(':') + 1))];
+      this.dropCommand({ brokerId, brokerCounter: counter }, client.id).catch(() => undefined);
+    }
   }
 
   /** Expired messages (a command past its TTL) are not sent again, also not after a reconnect. */
@@ -326,25 +333,31 @@ export class SessionStore extends MemoryPersistence {
         const now = Date.now();
         for await (const packet of all) {
           const expiry = (packet as { messageExpiry?: unknown }).messageExpiry;
-          if (typeof expiry !== 'number' || expiry > now) yield packet;
+          if (typeof expiry === 'number' && expiry <= now) continue;
+          // A PUBREL's identity is this store's own (outgoingUpdate): it leaves without it.
+          if (typeof packet.brokerId === 'string' && packet.brokerId.startsWith('$pubrel:')) {
+            const { brokerId: _id, brokerCounter: _counter, ...pubrel } = packet;
+            yield pubrel as Packet;
+          } else {
+            yield packet;
+          }
         }
       })(),
     );
   }
 
   /** Takes a command whose TTL ended out of every queue (memory and database). */
-  async dropCommand(packet: Packet): Promise<void> {
-    const key = pendingKey(packet);
-    for (const clientId of this.tables?.queuedFor(key) ?? [...this.queued.keys()].filter((id) => this.queued.get(id)!.bytes.has(key))) {
-      const mine = this.queued.get(clientId);
-      if (!mine?.bytes.has(key)) continue;
+  async dropCommand(packet: Pick<Packet, 'brokerId' | 'brokerCounter'>, exceptClientId?: string): Promise<void> {
+    const key = pendingKey(packet as Packet);
+    const holders = [...this.queued.keys()].filter((id) => id !== exceptClientId && this.queued.get(id)!.bytes.has(key));
+    for (const clientId of holders) {
       const client = { id: clientId } as Client;
-      // The memory store removes by packet id: one that was never sent gets id 0 (never used on
-      // the wire) for that.
-      const messageId = mine.idOf.get(key) ?? 0;
-      if (messageId === 0) await super.outgoingUpdate(client, { ...packet, messageId: 0 });
-      await super.outgoingClearMessageId(client, { ...packet, messageId });
-      this.write('expired command', (t) => t.deleteQueued(clientId, key));
+      this.write('command', (t) => t.deleteQueued(clientId, key));
+      // The memory store removes by packet id: the entry gets id 0 first (never used on the
+      // wire, so no other entry holds it).
+      const stamp = { topic: '', payload: Buffer.alloc(0), brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: 0 };
+      await super.outgoingUpdate(client, stamp);
+      await super.outgoingClearMessageId(client, stamp);
       this.unqueue(clientId, key);
     }
   }

@@ -101,7 +101,6 @@ export class SessionTables {
       updateQueued: db.prepare('UPDATE session_queue SET message_id = ?, packet = ?, payload = ? WHERE client_id = ? AND packet_key = ?'),
       delQueued: db.prepare('DELETE FROM session_queue WHERE client_id = ? AND packet_key = ?'),
       allQueued: db.prepare('SELECT client_id, packet_key, packet, payload FROM session_queue ORDER BY seq'),
-      queuedFor: db.prepare('SELECT client_id FROM session_queue WHERE packet_key = ?').pluck(),
       reconcile: db.prepare(
         `UPDATE commands SET state = 0 WHERE state = 1 AND NOT EXISTS (
            SELECT 1 FROM session_queue WHERE packet_key = 'bedgebridge-commands/' || commands.device_id || ':' || commands.seq)`,
@@ -234,11 +233,6 @@ export class SessionTables {
   /** Runs `work` (calls of this class and of `outbox`) as one transaction. */
   atomically(work: () => void): void {
     this.inTransaction(work);
-  }
-
-  /** Clients whose queue holds the packet with this key. */
-  queuedFor(key: string): string[] {
-    return this.stmts.queuedFor.all(key) as string[];
   }
 
   private inTransaction(work: () => void): void {

@@ -117,6 +117,29 @@ describe('session store with its tables: what a restart gives back', () => {
     expect(c.bytes).toBe(0);
   });
 
+  it('two outbound QoS 2 messages in flight: each PUBREL takes its own PUBLISH\'s place, in memory and across a restart (review)', async () => {
+    const dir = tmp();
+    const a = (await storeIn(dir, 'broker-1')).store;
+    const q2 = (n: number) => ({ ...publish(n, `q/${n}`, `m${n}`), qos: 2 });
+    await a.outgoingEnqueue({ clientId: 'p1' }, q2(1));
+    await a.outgoingEnqueue({ clientId: 'p1' }, q2(2));
+    await a.outgoingUpdate(persistent('p1'), { ...q2(1), messageId: 5 });
+    await a.outgoingUpdate(persistent('p1'), { ...q2(2), messageId: 6 });
+    await a.outgoingUpdate(persistent('p1'), { cmd: 'pubrel', messageId: 5 } as never);
+    await a.outgoingUpdate(persistent('p1'), { cmd: 'pubrel', messageId: 6 } as never);
+    const shape = async (st: SessionStore) => (await drain(st.outgoingStream(persistent('p1')))).map((p) => `${p.cmd}:${p.messageId}`);
+    expect(await shape(a)).toEqual(['pubrel:5', 'pubrel:6']);
+    const b = (await storeIn(dir, 'broker-2')).store;
+    expect(await shape(b)).toEqual(['pubrel:5', 'pubrel:6']);
+    await b.outgoingClearMessageId(persistent('p1'), { topic: '', payload: Buffer.alloc(0), messageId: 5 });
+    expect(await shape(b)).toEqual(['pubrel:6']);
+    await b.outgoingClearMessageId(persistent('p1'), { topic: '', payload: Buffer.alloc(0), messageId: 6 });
+    expect(await shape(b)).toEqual([]);
+    expect(b.bytes).toBe(0);
+    const c = (await storeIn(dir, 'broker-3')).store;
+    expect(await shape(c)).toEqual([]);
+  });
+
   it('lower limits at the next start: what no longer fits is dropped, counted and removed from disk', async () => {
     const dir = tmp();
     const a = (await storeIn(dir, 'broker-1')).store;
