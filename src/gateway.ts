@@ -105,19 +105,12 @@ function startCommands(
     appendAck: (entry) => new Promise((resolve, reject) => sink.append(entry, (err, result) => (err ? reject(err) : resolve(result!)))),
     logger,
   });
-  const served = new Set<string>();
-  const serve = (ids: string[]): void => {
-    const added = ids.filter((id) => !served.has(id));
-    if (added.length === 0) return;
-    outbox.serve(added);
-    for (const id of added) served.add(id);
-  };
   const { passwordFile } = config.mqtt.auth;
-  if (passwordFile !== undefined) serve(PasswordFile.load(passwordFile).users());
+  if (passwordFile !== undefined) delivery.serve(PasswordFile.load(passwordFile).users());
   ingress.attachCommands({
     delivered: () => delivery.delivered(),
     deviceReady: (ids) => {
-      serve(ids);
+      delivery.serve(ids);
       delivery.kick(ids);
     },
   });
@@ -424,6 +417,9 @@ export class Gateway {
     try {
       const { authenticator, access } = mqttAuth(this.config, new RouteTable(this.config.routes));
       this.ingress.replaceAuth(authenticator, access);
+      // Users added to the password file are served devices from now on (commands).
+      const { passwordFile } = this.config.mqtt.auth;
+      if (this.commands && passwordFile !== undefined) this.commands.serve(PasswordFile.load(passwordFile).users());
       this.logger.info({ passwordFile: this.config.mqtt.auth.passwordFile, aclFile: this.config.mqtt.auth.aclFile }, 'MQTT password and ACL files reloaded');
       return undefined;
     } catch (err) {

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { Consumer, EachBatchPayload, IHeaders, Kafka } from 'kafkajs';
 import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
@@ -140,7 +141,8 @@ export class CommandConsumer {
     }
     if (!isRunning() || isStale()) return;
     const commands: ConsumedCommand[] = batch.messages.map((m) => {
-      const deviceId = m.key === null ? null : m.key.toString();
+      // A key that is not UTF-8 names no device (it would read as U+FFFD, a topic no one can subscribe to).
+      const deviceId = m.key === null || !isUtf8(m.key) ? null : m.key.toString();
       const cid = correlationId(m.headers);
       // What cannot be delivered is no command (counted invalid): a key or correlation id that
       // would break the topic, a topic or payload over the MQTT limits (aedes would fail to

@@ -78,6 +78,20 @@ export class CommandDelivery {
     this.timer.unref();
   }
 
+  /** Device IDs known to be served (the outbox has them): each is written once. */
+  private readonly served = new Set<string>();
+
+  /**
+   * These devices are served by this gateway from now on (they connected, or the password file
+   * lists them): the consumer keeps their commands.
+   */
+  serve(deviceIds: Iterable<string>): void {
+    const added = [...deviceIds].filter((id) => !this.served.has(id));
+    if (added.length === 0) return;
+    this.options.outbox.serve(added);
+    for (const id of added) this.served.add(id);
+  }
+
   /** The consumer stored a batch. */
   stored(result: StoreResult): void {
     this.counters.stored += result.stored;

@@ -4,6 +4,7 @@ import type { IHeaders } from 'kafkajs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/schema.js';
+import { addUserToFile } from '../../src/ingress/auth/password-file.js';
 import { DB_FILE } from '../../src/log/database.js';
 import type { GatewayStatus } from '../../src/status.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
@@ -28,7 +29,7 @@ function config(dir: string, n: Names, commands: Record<string, unknown> = {}): 
 }
 
 interface Command {
-  readonly device: string;
+  readonly device: string | Buffer;
   readonly id: string;
   readonly value?: string;
   readonly timestamp?: number;
@@ -167,7 +168,7 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
     expect(d.got).toEqual(['c-1', 'c-2', 'c-3'].map((id) => `devices/valve-9/commands/${id} do ${id}`));
   });
 
-  it('a command that cannot be delivered (correlation id too long for a topic) is invalid; the device keeps its connection and gets the next one; a console on every device gets copies, and keeps none queued', async () => {
+  it('a command that cannot be delivered (correlation id too long for a topic, a key that is not UTF-8) is invalid; the device keeps its connection and gets the next one; a console on every device gets copies, and keeps none queued', async () => {
     const n = names();
     const dir = tmp();
     await createTopic(n.commands, 1);
@@ -183,12 +184,13 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
     d.client.on('close', () => closes++);
     await produce(n.commands, [
       { device: 'pump-1', id: 'a'.repeat(66_000), value: 'too long' },
+      { device: Buffer.from([0x70, 0xff]), id: 'not-utf8' },
       { device: 'pump-1', id: 'ok-1' },
     ]);
     await until('the deliverable command at the device and acknowledged', async () => d.got.length === 1 && (await status(port)).commands?.acked === 1);
     expect(d.got).toEqual(['devices/pump-1/commands/ok-1 do ok-1']);
     expect(closes).toBe(0);
-    expect((await status(port)).commands).toMatchObject({ invalid: 1, stored: 1, delivered: 1 });
+    expect((await status(port)).commands).toMatchObject({ invalid: 2, stored: 1, delivered: 1 });
     await until('the online console to get its copy', () => consoleOnline.got.length === 1);
     // nothing is kept for the consoles' sessions: commands wait on their devices only
     expect(countQueued(dir)).toBe(0);
@@ -239,6 +241,30 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
     expect(acks.map((a) => a.headers['correlation-id'])).toEqual(ids);
     await until('all acknowledged', async () => (await status(port)).commands?.acked === 300);
     expect(again.got).toHaveLength(300);
+  });
+
+  it('a device its password file lists is served before it ever connected; its command waits for it, and it gets it once logged in', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands, 1);
+    const passwordFile = join(dir, 'passwd');
+    addUserToFile(passwordFile, 'meter-5', 'secret-5');
+    const cfg = config(dir, n);
+    gw = await spawnGateway({ ...cfg, mqtt: { ...(cfg.mqtt as object), auth: { passwordFile } } } as ConfigInput, dir);
+    const port = await adminPort(gw);
+    await produce(n.commands, [{ device: 'meter-5', id: 'read-now' }]);
+    await until('the command stored, waiting', async () => (await status(port)).commands?.waiting === 1);
+    const got: string[] = [];
+    const meter = mqtt.connect(gw.url, { clientId: 'meter-5-fw', username: 'meter-5', password: 'secret-5', clean: false, reconnectPeriod: 0 });
+    clients.push(meter);
+    meter.on('message', (topic, payload) => got.push(`${topic} ${payload.toString()}`));
+    await new Promise<void>((resolve, reject) => {
+      meter.once('connect', () => resolve());
+      meter.once('error', reject);
+    });
+    await meter.subscribeAsync('devices/meter-5/commands/#', { qos: 1 });
+    await until('the command at the device, acknowledged', async () => got.length === 1 && (await status(port)).commands?.acked === 1);
+    expect(got).toEqual(['devices/meter-5/commands/read-now do read-now']);
   });
 
   it('an expired command is never delivered; one for a device the gateway does not serve is neither stored nor delivered', async () => {
