@@ -362,10 +362,12 @@ export class Gateway {
     const counters = this.forwarder.counters;
     let forwardPosition = 0;
     let storageBytes = 0;
+    let oldestAt: number | undefined;
     let readError = '';
     try {
       forwardPosition = this.log.forwardPosition();
       storageBytes = this.log.usedBytes();
+      oldestAt = this.log.oldestReceivedAfter(forwardPosition);
     } catch (err) {
       // A log that cannot even be read is not writable either: health says so (503), not 500.
       readError = describeError(err);
@@ -384,6 +386,7 @@ export class Gateway {
       forwarderRestarts: this.forwarder.restartCount,
       forwarded: counters.forwarded,
       backlog: Math.max(0, this.log.lastOffset - forwardPosition),
+      backlogOldestAgeSeconds: oldestAt === undefined ? 0 : Math.max(0, (Date.now() - oldestAt) / 1000),
       lastOffset: this.log.lastOffset,
       forwardPosition,
       refused: this.ingress.counters.refused,

@@ -27,6 +27,8 @@ export interface GatewayStatus {
   readonly forwarded: number;
   /** Records in the log not yet committed to Kafka. */
   readonly backlog: number;
+  /** How long ago the oldest of them was received (0 without a backlog). */
+  readonly backlogOldestAgeSeconds: number;
   readonly lastOffset: number;
   readonly forwardPosition: number;
   /** Publishes refused (not acknowledged): the log could not store them, or too many waited. */
@@ -89,6 +91,19 @@ export interface MqttRefusals {
   readonly queueDropped: number;
   /** Retained messages not kept (mqtt.limits.maxRetainedMessages or maxSessionBytes). */
   readonly retainedRefused: number;
+}
+
+/**
+ * Whether the gateway does its whole job now: healthy, storing, and forwarding to Kafka (a load
+ * balancer or a rollout waits for it). Kafka being away makes a gateway not ready, not unhealthy.
+ */
+export function readinessOf(s: GatewayStatus): { ready: boolean; status: string; reason?: string } {
+  const health = healthOf(s);
+  if (!health.healthy) return { ready: false, status: health.status, ...(health.reason === undefined ? {} : { reason: health.reason }) };
+  if (s.forwarder !== 'forwarding') {
+    return { ready: false, status: s.forwarder, reason: s.forwarderError || `the forwarder is ${s.forwarder}: Kafka is not reachable yet` };
+  }
+  return { ready: true, status: 'ready' };
 }
 
 /**

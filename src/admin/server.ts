@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { FORWARDER_STATES } from '../forward/forwarder.js';
 import { listen } from '../listen.js';
-import { healthOf, type GatewayStatus } from '../status.js';
+import { healthOf, readinessOf, type GatewayStatus } from '../status.js';
 
 export interface AdminServerOptions {
   readonly host: string;
@@ -97,6 +97,7 @@ export class AdminServer {
         },
       });
     gauge('edgebridge_backlog_records', 'Records in the commit log not yet committed to Kafka', () => status().backlog);
+    gauge('edgebridge_backlog_oldest_age_seconds', 'How long ago the oldest record not yet committed to Kafka was received (0 without a backlog)', () => status().backlogOldestAgeSeconds);
     gauge('edgebridge_storage_bytes', 'Bytes the commit log database uses', () => status().storageBytes);
     gauge('edgebridge_mqtt_clients', 'Connected MQTT clients', () => status().mqttClients);
     gauge('edgebridge_acks_held', '1 while acknowledgements are held because storage.maxBytes is reached', () => (status().holding ? 1 : 0));
@@ -146,8 +147,16 @@ export class AdminServer {
             ? json(200, { status: 'ok', forwarder: s.forwarder, backlog: s.backlog })
             : json(503, { status: health.status, gatewayId: s.gatewayId, reason: health.reason });
         }
+        case '/readyz': {
+          const s = this.options.status();
+          // Ready when it does its whole job now: storing and forwarding (status.ts).
+          const readiness = readinessOf(s);
+          return readiness.ready
+            ? json(200, { status: 'ready', backlog: s.backlog, backlogOldestAgeSeconds: s.backlogOldestAgeSeconds })
+            : json(503, { status: readiness.status, gatewayId: s.gatewayId, reason: readiness.reason, backlog: s.backlog, backlogOldestAgeSeconds: s.backlogOldestAgeSeconds });
+        }
         default:
-          return json(404, { error: 'not found', endpoints: ['/healthz', '/status', '/metrics'] });
+          return json(404, { error: 'not found', endpoints: ['/healthz', '/readyz', '/status', '/metrics'] });
       }
     } catch (err) {
       return json(500, { error: (err as Error).message });

@@ -197,7 +197,8 @@ export class CommitLog {
         `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
-      getPosition: db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
+oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT 1').pluck(),
+            getPosition: db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck(),
       counts: db.prepare('SELECT count(*) AS n, min(log_offset) AS first FROM records'),
       // EXISTS stops at the first row: counting a large backlog on the ingest thread would stall it.
       anyAfter: db.prepare('SELECT EXISTS (SELECT 1 FROM records WHERE log_offset > ?)').pluck(),
@@ -305,6 +306,12 @@ export class CommitLog {
   readAfter(after: number, limit: number): LogRecord[] {
     this.assertOpen();
     return (this.stmts.read.all(after, limit) as RecordRow[]).map(toRecord);
+  }
+
+  /** When the oldest record after `position` was received (ms); undefined when there is none. */
+  oldestReceivedAfter(position: number): number | undefined {
+    this.assertOpen();
+    return this.stmts.oldestAfter.get(position) as number | undefined;
   }
 
   /** The forwarder's position: records at or before it are committed in Kafka. */
