@@ -20,8 +20,13 @@ export interface CommandPacket {
   readonly messageExpiry: number;
 }
 
+/** The broker id of a device's commands. */
+export function commandBrokerId(deviceId: string): string {
+  return `${PREFIX}${deviceId}`;
+}
+
 export function commandPacket(deviceId: string, seq: number, topic: string, payload: Buffer, expiresAt: number): CommandPacket {
-  return { cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false, brokerId: `${PREFIX}${deviceId}`, brokerCounter: seq, messageExpiry: expiresAt };
+  return { cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false, brokerId: commandBrokerId(deviceId), brokerCounter: seq, messageExpiry: expiresAt };
 }
 
 /** The device and outbox place of a command packet; undefined for any other message. */

@@ -1,7 +1,7 @@
 import type { Aedes, Client } from 'aedes';
 import MemoryPersistence, { type StoredPacket as Packet, type StoredSubscription } from 'aedes-persistence/asyncPersistence.js';
 import { Readable } from 'node:stream';
-import { commandOf, commandOfKey } from '../commands/packet.js';
+import { commandBrokerId, commandOf, commandOfKey } from '../commands/packet.js';
 import { EdgebridgeError } from '../errors.js';
 import type { SessionPacket, SessionTables, StoredSessions } from '../log/session-tables.js';
 
@@ -320,8 +320,7 @@ export class SessionStore extends MemoryPersistence {
       this.onCommandDelivered();
       // A device with several persistent sessions (one user name, new client ids) has a copy in
       // each: delivered once, the others go.
-      const [brokerId, counter] = [key.slice(1, key.lastIndexOf(':')), Number(key.slice(key.lastIndexOf(':') + 1))];
-      this.dropCommand({ brokerId, brokerCounter: counter }, client.id).catch(() => undefined);
+      this.dropCommand({ brokerId: commandBrokerId(command.deviceId), brokerCounter: command.seq }, client.id).catch(() => undefined);
     }
   }
 

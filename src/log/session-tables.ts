@@ -146,7 +146,7 @@ export class SessionTables {
   }
 
   putSubscriptions(clientId: string, subs: readonly StoredSubscription[]): void {
-    this.inTransaction(() => {
+    this.atomically(() => {
       for (const { topic, ...options } of subs) this.stmts.putSub.run(clientId, topic, JSON.stringify(options));
     });
   }
@@ -157,14 +157,14 @@ export class SessionTables {
       this.stmts.delSubs.run(clientId);
       return;
     }
-    this.inTransaction(() => {
+    this.atomically(() => {
       for (const topic of topics) this.stmts.delSub.run(clientId, topic);
     });
   }
 
   enqueue(clientIds: readonly string[], key: string, packet: SessionPacket): void {
     const text = packetText(packet);
-    this.inTransaction(() => {
+    this.atomically(() => {
       for (const id of clientIds) this.stmts.enqueue.run(id, key, packet.messageId ?? null, text, packet.payload);
     });
   }
@@ -230,12 +230,9 @@ export class SessionTables {
     return this.stmts.reconcile.run().changes;
   }
 
+
   /** Runs `work` (calls of this class and of `outbox`) as one transaction. */
   atomically(work: () => void): void {
-    this.inTransaction(work);
-  }
-
-  private inTransaction(work: () => void): void {
     // IMMEDIATE for the reason CommitLog.append gives: no snapshot held while waiting for the lock.
     this.transaction.immediate(work);
   }

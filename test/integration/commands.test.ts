@@ -10,6 +10,7 @@ import type { GatewayStatus } from '../../src/status.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll, testKafka } from '../helpers/kafka.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
+import { until as untilWithin } from '../helpers/raw-mqtt.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
 interface Names {
@@ -71,13 +72,8 @@ async function subscriber(url: string, id: string, filter: string): Promise<{ cl
 /** A device subscribed to its own commands. */
 const device = (url: string, id: string) => subscriber(url, id, `devices/${id}/commands/#`);
 
-async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Waits for a condition (raw-mqtt.ts's `until`), with this file's deadline. */
+const until = (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> => untilWithin(what, check, timeoutMs, 100);
 
 /** Rows in the gateway's session queues (read beside the running gateway). */
 function countQueued(dir: string): number {

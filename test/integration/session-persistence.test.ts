@@ -8,6 +8,7 @@ import { DB_FILE } from '../../src/log/database.js';
 import { testConfig, uniqueName } from '../helpers/gateway.js';
 import { mosquittoTool } from '../helpers/mosquitto.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
+import { until as untilWithin } from '../helpers/raw-mqtt.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
 /** Runs a program to its end; its output and exit code. */
@@ -38,13 +39,8 @@ function countRows(dir: string, sql: string, ...params: unknown[]): number {
   }
 }
 
-async function until(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Waits for a condition (raw-mqtt.ts's `until`), with this file's deadline. */
+const until = (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> => untilWithin(what, check, timeoutMs, 100);
 
 describe('MQTT sessions in the commit log database', () => {
   const tmp = useTmpDirs();
