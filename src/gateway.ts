@@ -1,10 +1,13 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { History } from './admin/history.js';
+import { RecentErrors } from './admin/recent-errors.js';
 import { AdminServer } from './admin/server.js';
 import { CommandDelivery } from './commands/delivery.js';
 import { authenticationConfigured, isLoopback, mqttListenHost, type Config } from './config/schema.js';
 import { readCertificates, readKeyPair } from './config/files.js';
 import { EdgebridgeError, describeError } from './errors.js';
+import { DrainProgress } from './forward/drain-progress.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
 import { readKafkaSecurity } from './forward/kafka-security.js';
 import type { ForwardSettings } from './forward/settings.js';
@@ -14,6 +17,7 @@ import { PasswordFile } from './ingress/auth/password-file.js';
 import { Authenticator } from './ingress/authenticator.js';
 import { MqttIngress, type IngressAddresses, type MqttIngressOptions } from './ingress/mqtt-ingress.js';
 import { RouteTable } from './ingress/routes.js';
+import { Traffic } from './ingress/traffic.js';
 import { CommitLog } from './log/commit-log.js';
 import { storageBudget } from './log/budget.js';
 import { lockStorageDir, type DirLock } from './log/dir-lock.js';
@@ -22,12 +26,16 @@ import { Retention } from './log/retention.js';
 import type { CommandOutbox } from './log/outbox.js';
 import { SessionTables } from './log/session-tables.js';
 import { createLogger } from './logger.js';
-import type { CommandStatus, GatewayStatus } from './status.js';
+import { statusLine, type CommandStatus, type GatewayStatus } from './status.js';
 import { YoungGenerationGovernor } from './young-generation.js';
 
 export type { GatewayStatus } from './status.js';
 
+/** How often the progress of a draining backlog is checked. */
+const DRAIN_CHECK_MS = 2_000;
+
 export interface GatewayOptions {
+  /** Default: JSON lines on stdout at log.level, its problems shown on the status page. */
   readonly logger?: Logger;
   /** Interval of the periodic status line; 0 disables it. */
   readonly statusIntervalMs?: number;
@@ -192,6 +200,10 @@ function mqttAuth(config: Config, routes: RouteTable): { authenticator: Authenti
 export class Gateway {
   private closing: Promise<void> | undefined;
   private readonly statusTimer: NodeJS.Timeout | undefined;
+  private readonly drainTimer: NodeJS.Timeout;
+  /** The last minutes of figures, for the status page's chart. */
+  readonly history: History;
+  private readonly startedAt = Date.now();
   /** Lets V8 grow its young generations only while records are stored or forwarded at a high rate. */
   private readonly youngGeneration: YoungGenerationGovernor;
 
@@ -212,12 +224,18 @@ export class Gateway {
     private readonly lock: DirLock,
     /** Where /healthz, /status and /metrics are served (undefined when admin.enabled is false). */
     readonly adminAddress: AddressInfo | undefined,
+    private readonly traffic: Traffic,
+    private readonly recentErrors: RecentErrors,
+    private readonly drainProgress: DrainProgress,
     statusIntervalMs: number,
   ) {
     if (statusIntervalMs > 0) {
-      this.statusTimer = setInterval(() => this.logger.info(this.status(), 'status'), statusIntervalMs);
+      this.statusTimer = setInterval(() => this.logger.info(statusLine(this.status()), 'status'), statusIntervalMs);
       this.statusTimer.unref();
     }
+    this.drainTimer = setInterval(() => this.followDrain(), DRAIN_CHECK_MS);
+    this.drainTimer.unref();
+    this.history = new History(() => this.figures());
     this.youngGeneration = new YoungGenerationGovernor(() => groupCommit.counters.appended + forwarder.counters.forwarded);
   }
 
@@ -227,8 +245,10 @@ export class Gateway {
   }
 
   static async start(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
-    const logger = options.logger ?? createLogger(config.log.level);
+    const recentErrors = new RecentErrors();
+    const logger = options.logger ?? createLogger(config.log.level, 'edgebridge', recentErrors);
     const routes = new RouteTable(config.routes);
+    const traffic = new Traffic({ silentAfterMs: config.admin.silentAfter });
     const lock = lockStorageDir(config.storage.dir);
     const budget = storageBudget(config.storage.maxBytes, config.mqtt.maxPayloadBytes);
     let log: CommitLog | undefined;
@@ -303,7 +323,11 @@ export class Gateway {
     let adminAddress: AddressInfo | undefined;
     let commands: CommandDelivery | undefined;
     try {
-      ingress = new MqttIngress(ingressOptions(config, routes, groupCommit, logger.child({ stage: 'ingress' }), sessionTables));
+      ingress = new MqttIngress({
+        ...ingressOptions(config, routes, groupCommit, logger.child({ stage: 'ingress' }), sessionTables),
+        onStored: (match, duplicate) => traffic.heard(match.route.pattern, match.route.kafkaTopic, match.deviceId, duplicate),
+      });
+      if (config.commands) traffic.know(sessionTables.outbox.servedDevices(traffic.maxDevices));
       if (config.commands) commands = startCommands(config, config.commands, ingress, sessionTables.outbox, groupCommit, logger.child({ stage: 'commands' }));
       addresses = await ingress.start();
       if (config.admin.enabled) {
@@ -312,6 +336,8 @@ export class Gateway {
           port: config.admin.port,
           // status() is defined on the instance created below; admin only calls it on requests
           status: () => gateway.status(),
+          history: () => gateway.history.list(),
+          storageDir: config.storage.dir,
           logger: logger.child({ stage: 'admin' }),
         });
         adminAddress = await admin.start();
@@ -333,6 +359,7 @@ export class Gateway {
       logger,
       onRemoved: () => groupCommit.release(),
       onCommands: (result) => commands?.stored(result),
+      onBatch: (batch) => admin?.observeBatch(batch),
     });
     logger.info(
       { gatewayId: config.gateway.id, routes: config.routes.length, brokers: config.kafka.brokers },
@@ -353,6 +380,9 @@ export class Gateway {
       admin,
       lock,
       adminAddress,
+      traffic,
+      recentErrors,
+      new DrainProgress({ logger: logger.child({ stage: 'forward' }) }),
       options.statusIntervalMs ?? 60_000,
     );
     return gateway;
@@ -399,7 +429,48 @@ export class Gateway {
       storageBytes,
       mqtt: this.ingress.refusals(),
       ...(this.commands === undefined ? {} : { commands: this.commandStatus(this.commands) }),
+      startedAt: this.startedAt,
+      transactions: counters.transactions,
+      transactionsFailed: counters.transactionsFailed,
+      drain: this.drainProgress.drain ?? null,
+      devices: this.traffic.activity(),
+      routes: this.traffic.routeTraffic(),
+      errors: this.recentErrors.list(),
     };
+  }
+
+  /** The few figures the chart and the drain follow: cheaper than the whole status. */
+  private figures(): { received: number; forwarded: number; backlog: number; backlogOldestAgeSeconds: number; mqttClients: number; forwarder: string } {
+    let backlog = 0;
+    let backlogOldestAgeSeconds = 0;
+    try {
+      const position = this.log.forwardPosition();
+      backlog = Math.max(0, this.log.lastOffset - position);
+      const oldestAt = backlog > 0 ? this.log.oldestReceivedAfter(position) : undefined;
+      backlogOldestAgeSeconds = oldestAt === undefined ? 0 : Math.max(0, (Date.now() - oldestAt) / 1000);
+    } catch {
+      // the log cannot be read: status() and health say so
+    }
+    return {
+      received: this.ingress.counters.routed,
+      forwarded: this.forwarder.counters.forwarded,
+      backlog,
+      backlogOldestAgeSeconds,
+      mqttClients: this.ingress.connectedClients,
+      forwarder: this.forwarder.state,
+    };
+  }
+
+  /** Logs the progress of a backlog being forwarded (start, done/total/rate/ETA, end). */
+  private followDrain(): void {
+    const s = this.figures();
+    this.drainProgress.update({
+      forwarding: s.forwarder === 'forwarding',
+      backlog: s.backlog,
+      backlogOldestAgeSeconds: s.backlogOldestAgeSeconds,
+      forwarded: s.forwarded,
+      received: s.received,
+    });
   }
 
   private commandStatus(commands: CommandDelivery): CommandStatus {
@@ -440,6 +511,8 @@ export class Gateway {
 
   private async shutdown(): Promise<void> {
     if (this.statusTimer) clearInterval(this.statusTimer);
+    clearInterval(this.drainTimer);
+    this.history.close();
     this.youngGeneration.close();
     this.logger.info('gateway stopping');
     await this.admin?.close();

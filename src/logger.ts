@@ -26,7 +26,33 @@ export const REDACT: redactOptions = {
   censor: '[redacted]',
 };
 
-/** JSON lines on stdout (pino); pipe through pino-pretty for reading by eye. */
-export function createLogger(level: string, name = 'edgebridge'): Logger {
-  return pino({ name, level, base: { pid: process.pid }, redact: REDACT });
+/** Sees every line a logger (and its children) writes at or above its level. */
+export interface LogTap {
+  note(level: number, fields: Record<string, unknown> | undefined, message: string): void;
+}
+
+/**
+ * JSON lines on stdout (pino); pipe through pino-pretty for reading by eye. `tap` sees each line
+ * logged (the status page's recent errors).
+ */
+export function createLogger(level: string, name = 'edgebridge', tap?: LogTap): Logger {
+  return pino({
+    name,
+    level,
+    base: { pid: process.pid },
+    redact: REDACT,
+    ...(tap === undefined
+      ? {}
+      : {
+          hooks: {
+            logMethod(args: unknown[], method: (...a: unknown[]) => void, level: number) {
+              const [first, second] = args;
+              if (typeof first === 'string') tap.note(level, undefined, first);
+              else if (first instanceof Error) tap.note(level, { err: first.message }, typeof second === 'string' ? second : first.message);
+              else tap.note(level, first as Record<string, unknown> | undefined, typeof second === 'string' ? second : '');
+              method.apply(this, args);
+            },
+          },
+        }),
+  });
 }

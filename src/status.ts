@@ -1,4 +1,7 @@
+import type { RecentError } from './admin/recent-errors.js';
+import type { DrainStatus } from './forward/drain-progress.js';
 import type { ForwarderState } from './forward/forwarder.js';
+import type { DeviceActivity, RouteTraffic } from './ingress/traffic.js';
 
 /** What the gateway reports: GET /status, the periodic status line, and what /healthz judges. */
 export interface GatewayStatus {
@@ -47,6 +50,25 @@ export interface GatewayStatus {
   readonly mqtt: MqttRefusals;
   /** Commands from Kafka (absent when `commands` is not configured). */
   readonly commands?: CommandStatus;
+  /** When the gateway started (ms). */
+  readonly startedAt: number;
+  /** Kafka transactions committed since start, and failed (aborted, or outcome unknown). */
+  readonly transactions: number;
+  readonly transactionsFailed: number;
+  /** A backlog being forwarded after an outage (null when there is none). */
+  readonly drain: DrainStatus | null;
+  /** Devices heard from, the busiest, and the silent ones. */
+  readonly devices: DeviceActivity;
+  /** Publishes per route since start. */
+  readonly routes: readonly RouteTraffic[];
+  /** The last problems logged, newest first. */
+  readonly errors: readonly RecentError[];
+}
+
+/** The periodic status line: the figures, without the per-device and per-route lists. */
+export function statusLine(s: GatewayStatus): Record<string, unknown> {
+  const { devices, routes: _routes, errors: _errors, mqtt: _mqtt, ...line } = s;
+  return { ...line, devicesActive: devices.active, devicesSilent: devices.silent };
 }
 
 /** Commands now in the gateway, and counts since start. */

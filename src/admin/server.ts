@@ -1,16 +1,48 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { FORWARDER_STATES } from '../forward/forwarder.js';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { FORWARDER_STATES, type ForwardedBatch } from '../forward/forwarder.js';
 import { listen } from '../listen.js';
+import type { BacklogSummary } from '../log/backlog.js';
 import { healthOf, readinessOf, type GatewayStatus } from '../status.js';
+import { BacklogInspector } from './backlog-inspector.js';
+import type { HistorySample } from './history.js';
+import { STATUS_PAGE } from './page.js';
 
 export interface AdminServerOptions {
   readonly host: string;
   readonly port: number;
   readonly status: () => GatewayStatus;
+  /** The last minutes of figures (the page's chart). */
+  readonly history?: () => readonly HistorySample[];
+  /** The commit log's directory: the backlog's devices and bytes are read from it. */
+  readonly storageDir?: string;
   readonly logger: Logger;
+}
+
+/** /status's backlog detail: what the log's backlog is made of, read in a worker. */
+export interface BacklogDetail {
+  readonly bytes: number;
+  /** The devices with the most records waiting. */
+  readonly topDevices: readonly { deviceId: string; records: number; bytes: number; oldestAgeSeconds: number }[];
+  readonly devices: number;
+  /** When the log was read (ms): the detail can be a few seconds older than the rest of /status. */
+  readonly readAt: number;
+}
+
+/** How old a backlog scan /status and /metrics accept (each scan reads the whole backlog). */
+const BACKLOG_DETAIL_MAX_AGE_MS = 5_000;
+/** How long /status waits for a scan before it answers with the previous one. */
+const BACKLOG_DETAIL_WAIT_MS = 2_000;
+
+function backlogDetail(s: BacklogSummary, now = Date.now()): BacklogDetail {
+  return {
+    bytes: s.bytes,
+    devices: s.devices,
+    readAt: s.readAt,
+    topDevices: s.top.map((d) => ({ deviceId: d.deviceId, records: d.records, bytes: d.bytes, oldestAgeSeconds: Math.max(0, Math.round((now - d.oldestReceivedAt) / 1000)) })),
+  };
 }
 
 /** A monotonic total read from the gateway's own counters at scrape time. */
@@ -33,11 +65,63 @@ function totalFrom(registry: Registry, name: string, help: string, read: () => n
 export class AdminServer {
   private server: Server | undefined;
   private readonly registry = new Registry();
+  private readonly inspector: BacklogInspector | undefined;
+  private readonly batchSeconds: Histogram;
+  private readonly batchRecords: Histogram;
 
   constructor(private readonly options: AdminServerOptions) {
     const { registry } = this;
     collectDefaultMetrics({ register: registry });
     const status = options.status;
+    this.inspector = options.storageDir === undefined ? undefined : new BacklogInspector(options.storageDir);
+    this.batchSeconds = new Histogram({
+      name: 'edgebridge_forward_batch_duration_seconds',
+      help: 'Forwarded batches: from reading the batch from the log to its Kafka transaction committed',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    });
+    this.batchRecords = new Histogram({
+      name: 'edgebridge_forward_batch_records',
+      help: 'Records per forwarded batch (Kafka transaction)',
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+      registers: [registry],
+    });
+    new Counter({
+      name: 'edgebridge_kafka_transactions_total',
+      help: 'Kafka transactions by result: committed, or aborted (failed: aborted, or its outcome unknown and resolved from the checkpoint)',
+      labelNames: ['result'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const s = status();
+        this.inc({ result: 'committed' }, s.transactions);
+        this.inc({ result: 'aborted' }, s.transactionsFailed);
+      },
+    });
+    new Counter({
+      name: 'edgebridge_route_received_total',
+      help: 'Publishes stored in the commit log per route (MQTT pattern) and Kafka topic',
+      labelNames: ['route', 'topic'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const r of status().routes) this.inc({ route: r.route, topic: r.topic }, r.stored);
+      },
+    });
+    const inspector = this.inspector;
+    new Gauge({
+      name: 'edgebridge_backlog_bytes',
+      help: 'Payload bytes of the records not yet committed to Kafka (read from the log at most every 5 s)',
+      registers: [registry],
+      async collect() {
+        if (!inspector) return;
+        try {
+          this.set((await inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS)).bytes);
+        } catch {
+          // the log cannot be read: edgebridge_log_writable and /healthz say so; no value this scrape
+        }
+      },
+    });
     totalFrom(registry, 'edgebridge_received_total', 'Publishes committed to the commit log', () => status().received);
     // Each costs an fsync and a few pages of WAL whatever its size: received / this is the mean group.
     totalFrom(registry, 'edgebridge_group_commits_total', 'Commit log transactions (group commits; an fsync each with storage.synchronous: full)', () => status().groupCommits);
@@ -99,7 +183,10 @@ export class AdminServer {
     gauge('edgebridge_backlog_records', 'Records in the commit log not yet committed to Kafka', () => status().backlog);
     gauge('edgebridge_backlog_oldest_age_seconds', 'How long ago the oldest record not yet committed to Kafka was received (0 without a backlog)', () => status().backlogOldestAgeSeconds);
     gauge('edgebridge_storage_bytes', 'Bytes the commit log database uses', () => status().storageBytes);
-    gauge('edgebridge_mqtt_clients', 'Connected MQTT clients', () => status().mqttClients);
+    gauge('edgebridge_mqtt_clients', 'Connected MQTT clients (devices and other clients)', () => status().mqttClients);
+    gauge('edgebridge_ready', '1 while the gateway is ready (/readyz): healthy, storing and forwarding to Kafka', () => (readinessOf(status()).ready ? 1 : 0));
+    gauge('edgebridge_devices_active', 'Devices heard from within admin.silentAfter', () => status().devices.active);
+    gauge('edgebridge_devices_silent', 'Known devices not heard from for longer than admin.silentAfter', () => status().devices.silent);
     gauge('edgebridge_acks_held', '1 while acknowledgements are held because storage.maxBytes is reached', () => (status().holding ? 1 : 0));
     gauge('edgebridge_publishes_waiting', 'Publishes waiting to be stored in the commit log', () => status().waiting);
     gauge('edgebridge_log_writable', '1 while the last write to the commit log succeeded', () => (status().logWritable ? 1 : 0));
@@ -113,6 +200,27 @@ export class AdminServer {
         for (const state of FORWARDER_STATES) this.set({ state }, state === current ? 1 : 0);
       },
     });
+  }
+
+  /** A committed transaction that carried records (from the forwarder thread). */
+  observeBatch(batch: ForwardedBatch): void {
+    this.batchSeconds.observe(batch.seconds);
+    this.batchRecords.observe(batch.records);
+  }
+
+  /** GET /status: the gateway's status and what its backlog is made of. */
+  private async statusWithBacklog(): Promise<GatewayStatus & { backlogDetail?: BacklogDetail }> {
+    const s = this.options.status();
+    const inspector = this.inspector;
+    if (!inspector) return s;
+    let summary = inspector.latest;
+    try {
+      const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS);
+      summary = await Promise.race([fresh, new Promise<undefined>((r) => setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS).unref())]) ?? inspector.latest;
+    } catch {
+      // the log cannot be read: health says so; the detail is left out
+    }
+    return summary === undefined ? s : { ...s, backlogDetail: backlogDetail(summary) };
   }
 
   async start(): Promise<AddressInfo> {
@@ -135,10 +243,14 @@ export class AdminServer {
     if (method !== 'GET') return json(405, { error: 'only GET' });
     try {
       switch (url.split('?')[0]) {
+        case '/':
+          return { code: 200, type: 'text/html; charset=utf-8', body: STATUS_PAGE };
         case '/metrics':
           return { code: 200, type: this.registry.contentType, body: await this.registry.metrics() };
         case '/status':
-          return json(200, this.options.status());
+          return json(200, await this.statusWithBacklog());
+        case '/history':
+          return json(200, { intervalSeconds: 5, samples: this.options.history?.() ?? [] });
         case '/healthz': {
           const s = this.options.status();
           // Unhealthy when this gateway cannot do its job without an operator (status.ts).
@@ -156,7 +268,7 @@ export class AdminServer {
             : json(503, { status: readiness.status, gatewayId: s.gatewayId, reason: readiness.reason, backlog: s.backlog, backlogOldestAgeSeconds: s.backlogOldestAgeSeconds });
         }
         default:
-          return json(404, { error: 'not found', endpoints: ['/healthz', '/readyz', '/status', '/metrics'] });
+          return json(404, { error: 'not found', endpoints: ['/', '/healthz', '/readyz', '/status', '/history', '/metrics'] });
       }
     } catch (err) {
       return json(500, { error: (err as Error).message });
@@ -166,6 +278,10 @@ export class AdminServer {
   async close(): Promise<void> {
     const server = this.server;
     this.server = undefined;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    await this.inspector?.close();
+    if (server) {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   }
 }

@@ -304,6 +304,8 @@ export const configSchema = z.strictObject({
       enabled: z.boolean().default(true),
       host: z.string().min(1).default('127.0.0.1'),
       port: port.default(9464),
+      /** A device not heard from for longer is listed as silent on /status and the status page. */
+      silentAfter: duration(1000).default(15 * 60e3),
     })
     .prefault({}),
   log: z

@@ -3,14 +3,14 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { StoreResult } from '../log/outbox.js';
-import { addCounters, zeroCounters, type ForwarderCounters, type ForwarderState } from './forwarder.js';
+import { addCounters, zeroCounters, type ForwardedBatch, type ForwarderCounters, type ForwarderState } from './forwarder.js';
 import type { ForwardSettings } from './settings.js';
 
 export type ToWorker = { type: 'appended'; lastOffset: number } | { type: 'close'; timeoutMs: number };
 
 export type FromWorker =
   | { type: 'state'; state: ForwarderState; lastError: string }
-  | { type: 'progress'; delta: ForwarderCounters }
+  | { type: 'progress'; delta: ForwarderCounters; batch?: ForwardedBatch }
   | { type: 'log'; line: string }
   | { type: 'removed' }
   | { type: 'closed' }
@@ -40,6 +40,8 @@ export interface ForwarderThreadOptions {
   readonly onRemoved: () => void;
   /** The command consumer stored a batch from Kafka in the outbox. */
   readonly onCommands?: (result: StoreResult) => void;
+  /** A transaction with records committed (batch size and latency metrics). */
+  readonly onBatch?: (batch: ForwardedBatch) => void;
 }
 
 /**
@@ -125,6 +127,7 @@ export class ForwarderThread {
         break;
       case 'progress':
         Object.assign(this.totals, addCounters(this.totals, message.delta));
+        if (message.batch) this.options.onBatch?.(message.batch);
         break;
       case 'log': {
         const { level, msg, time: _time, pid: _pid, hostname: _host, ...fields } = JSON.parse(message.line) as {

@@ -59,10 +59,21 @@ export interface ForwarderCounters {
   deadLettered: number;
   /** Records Kafka refused for good, dropped (no dead-letter topic, or it refused them too). */
   droppedRejected: number;
+  /** Transactions that failed (aborted, or their outcome unknown: resumed from the checkpoint). */
+  transactionsFailed: number;
 }
 
 export function zeroCounters(): ForwarderCounters {
-  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0, deadLettered: 0, droppedRejected: 0 };
+  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0, deadLettered: 0, droppedRejected: 0, transactionsFailed: 0 };
+}
+
+/** One committed transaction that carried records: what the batch histograms observe. */
+export interface ForwardedBatch {
+  readonly records: number;
+  /** Payload bytes of its records. */
+  readonly bytes: number;
+  /** From reading the batch from the log to Kafka's commit of its transaction. */
+  readonly seconds: number;
 }
 
 export function addCounters(a: ForwarderCounters, b: ForwarderCounters): ForwarderCounters {
@@ -90,8 +101,11 @@ export interface ForwarderOptions {
   readonly onRemoved?: () => void;
   /** Called after every state change (the worker reports it to the main thread). */
   readonly onStateChange?: (state: ForwarderState) => void;
-  /** Called after every committed transaction with what it added to the counters. */
-  readonly onProgress?: (delta: ForwarderCounters) => void;
+  /**
+   * Called after every committed transaction with what it added to the counters (and, when it
+   * carried records, the batch), and after every failed one.
+   */
+  readonly onProgress?: (delta: ForwarderCounters, batch?: ForwardedBatch) => void;
   /** How often a summary line is logged while not forwarding. */
   readonly summaryIntervalMs?: number;
   /** Idle poll, a safety net in case a wake-up is missed. */
@@ -333,6 +347,7 @@ export class Forwarder {
     if (this.storedPosition < this.positionValue) this.storePosition(); // a store that failed before
     this.wakePending = false;
     const from = this.positionValue;
+    const readAt = performance.now();
     const { records, end } = this.fromLog(() => this.source.readBatch(from, this.limit, this.options.batchMaxBytes));
     if (end > this.knownEnd) this.knownEnd = end;
     if (records.length === 0) {
@@ -368,7 +383,7 @@ export class Forwarder {
     // With storage.synchronous: normal, what Kafka is about to have must first be on disk here:
     // a power cut must never take records that were forwarded (or their dedup keys).
     this.fromLog(() => this.source.makeDurable());
-    await this.commit(batch, last, refusedRecord !== undefined && batch.deadLetters.length === 0);
+    await this.commit(batch, last, refusedRecord !== undefined && batch.deadLetters.length === 0, readAt);
     if (refusedRecord) {
       this.refused = undefined;
       this.reportRefused(refusedRecord, refused!.reason, batch.deadLetters.length > 0);
@@ -378,10 +393,17 @@ export class Forwarder {
   }
 
   /** Sends one transaction ending at `last`; once Kafka committed it, moves the position. */
-  private async commit(batch: ForwardBatch, last: number, dropsRefused = false): Promise<void> {
+  private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number): Promise<void> {
     this.lastCommitAt = this.clock();
     const checkpoint = this.checkpointAt(last);
-    const kafkaOffset = await this.sink.send(batch, checkpoint);
+    let kafkaOffset: number | undefined;
+    try {
+      kafkaOffset = await this.sink.send(batch, checkpoint);
+    } catch (err) {
+      this.counters.transactionsFailed++;
+      this.options.onProgress?.({ ...zeroCounters(), transactionsFailed: 1 });
+      throw err;
+    }
     // The transaction (records + checkpoint) is committed: only now may the position move.
     this.positionValue = last;
     if (checkpoint.history) this.history = [...checkpoint.history];
@@ -396,7 +418,12 @@ export class Forwarder {
     // Not out of log-error: the log's own steps below may fail again, and step() says when the
     // log works again (else the state and its log lines flap with every batch).
     if (this.stateValue !== 'forwarding' && this.stateValue !== 'log-error') this.setState('forwarding');
-    this.options.onProgress?.(delta);
+    let bytes = 0;
+    for (const r of batch.records) bytes += r.payload.length;
+    this.options.onProgress?.(
+      delta,
+      batch.records.length > 0 && readAt !== undefined ? { records: batch.records.length, bytes, seconds: (performance.now() - readAt) / 1000 } : undefined,
+    );
     this.storePosition();
     this.removeForwarded(false);
   }

@@ -49,7 +49,7 @@ function main(s: ForwardSettings): void {
     onRemoved: () => post({ type: 'removed' }),
     onStateChange: (state) => post({ type: 'state', state, lastError: forwarder.lastErrorMessage }),
     // Deltas, one message per transaction: a count is never lost when this thread ends.
-    onProgress: (delta) => post({ type: 'progress', delta }),
+    onProgress: (delta, batch) => post({ type: 'progress', delta, ...(batch === undefined ? {} : { batch }) }),
   });
 
   const commands = s.commands === undefined ? undefined : startCommandConsumer(s, s.commands, kafka);

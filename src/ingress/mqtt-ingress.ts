@@ -64,6 +64,8 @@ export interface MqttIngressOptions {
   readonly tls?: TlsListenerOptions | undefined;
   readonly routes: RouteTable;
   readonly sink: AppendSink;
+  /** A routed publish was stored, or acknowledged as a duplicate (per-route and per-device figures). */
+  readonly onStored?: (match: RouteMatch, duplicate: boolean) => void;
   readonly logger: Logger;
   /** Larger publishes are refused: the client is disconnected without an acknowledgement. */
   readonly maxPayloadBytes: number;
@@ -648,6 +650,7 @@ export class MqttIngress {
         }
         if (result === 'duplicate') this.counters.duplicates++;
         else this.counters.routed++;
+        this.options.onStored?.(match, result === 'duplicate');
         // A duplicate is acknowledged like the original, so the device stops resending it.
         callback(null);
       },

@@ -155,6 +155,11 @@ export class CommandOutbox {
     })();
   }
 
+  /** Devices this gateway serves (at most `limit`): known devices, silent until heard from. */
+  servedDevices(limit: number): string[] {
+    return this.db.prepare('SELECT device_id FROM served_devices LIMIT ?').pluck().all(limit) as string[];
+  }
+
   /** A device's commands not yet handed to a session, in Kafka order (the order they were stored). */
   waitingFor(deviceId: string, afterSeq: number, limit: number): OutboxCommand[] {
     return (this.stmts.waitingFor.all(deviceId, afterSeq, limit) as CommandRow[]).map(fromRow);
