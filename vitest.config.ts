@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Installs the Mosquitto tools if missing; starts a real Kafka broker unless KAFKA_BROKERS points at one.
+    // Installs the Mosquitto tools and Chromium if missing; starts a real Kafka broker unless KAFKA_BROKERS points at one.
     globalSetup: ['test/setup/tools.ts', 'test/setup/kafka.ts'],
     // The integration suites share one broker and a 2-core machine: run files one at a time.
     fileParallelism: false,

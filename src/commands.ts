@@ -44,7 +44,8 @@ program
     let gateway: Gateway;
     try {
       const config = loadConfig(opts.config);
-      gateway = await Gateway.start(config, { logger: createLogger(config.log.level) });
+      // the gateway's own logger: its problems are also listed on the status page
+      gateway = await Gateway.start(config);
     } catch (err) {
       fail(err);
     }

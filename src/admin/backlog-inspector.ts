@@ -40,9 +40,12 @@ export class BacklogInspector {
     return this.last;
   }
 
-  /** An answer at most `maxAgeMs` old (a scan is started when the last one is older). */
-  summary(maxAgeMs: number): Promise<BacklogSummary> {
-    if (this.last && Date.now() - this.last.readAt <= maxAgeMs) return Promise.resolve(this.last);
+  /**
+   * An answer at most `maxAgeMs` old that `stillTrue` accepts (a scan is started when the last
+   * one is older or no longer true).
+   */
+  summary(maxAgeMs: number, stillTrue: (last: BacklogSummary) => boolean = () => true): Promise<BacklogSummary> {
+    if (this.last && Date.now() - this.last.readAt <= maxAgeMs && stillTrue(this.last)) return Promise.resolve(this.last);
     this.pending ??= this.ask().finally(() => (this.pending = undefined));
     return this.pending;
   }

@@ -26,7 +26,9 @@ export const STATUS_PAGE = `<!doctype html>
   .tile .label { color: var(--muted); font-size: 12px; }
   .tile .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
   .tile.alert .value { color: var(--bad); }
-  section { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px; }
+  section { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px; overflow-x: auto; }
+  td { overflow-wrap: break-word; }
+  .axis { color: var(--muted); }
   section h2 { font-size: 14px; margin: 0 0 8px; }
   .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
   table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
@@ -68,8 +70,8 @@ export const STATUS_PAGE = `<!doctype html>
     <p id="drain-text"></p>
   </section>
   <section>
-    <h2>Last <span id="chart-minutes">–</span> minutes</h2>
-    <div class="legend"><span><i style="background:var(--ingest)"></i>ingest / s</span><span><i style="background:var(--forward)"></i>forward / s</span><span><i style="background:var(--backlog)"></i>backlog (right axis)</span></div>
+    <h2>Last <span id="chart-minutes">–</span></h2>
+    <div class="legend"><span><i style="background:var(--ingest)"></i>ingest / s</span><span><i style="background:var(--forward)"></i>forward / s</span><span><i style="background:var(--backlog)"></i>backlog</span><span id="chart-scale" class="axis"></span></div>
     <svg id="chart" viewBox="0 0 600 160" preserveAspectRatio="none" role="img" aria-label="ingest and forward rates and backlog over the last minutes"></svg>
   </section>
   <div class="cols">
@@ -158,7 +160,8 @@ function showHistory(h) {
   var last = samples[samples.length - 1];
   text("ingest-rate", last ? num(last.ingestPerSecond) : "–");
   text("forward-rate", last ? num(last.forwardPerSecond) : "–");
-  text("chart-minutes", Math.max(1, Math.round((samples.length * h.intervalSeconds) / 60)));
+  var minutes = Math.max(1, Math.round((samples.length * h.intervalSeconds) / 60));
+  text("chart-minutes", minutes === 1 ? "minute" : minutes + " minutes");
   var svg = $("chart"), W = 600, H = 160, pad = 4;
   svg.textContent = "";
   if (samples.length < 2) return;
@@ -183,6 +186,7 @@ function showHistory(h) {
   line("backlog", backlogMax, css.getPropertyValue("--backlog").trim(), true);
   line("ingestPerSecond", rateMax, css.getPropertyValue("--ingest").trim(), false);
   line("forwardPerSecond", rateMax, css.getPropertyValue("--forward").trim(), false);
+  text("chart-scale", "top of the chart: " + num(rateMax) + " / s, " + num(backlogMax) + " records");
 }
 
 function get(path) {

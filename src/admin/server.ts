@@ -116,7 +116,8 @@ export class AdminServer {
       async collect() {
         if (!inspector) return;
         try {
-          this.set((await inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS)).bytes);
+          const backlog = status().backlog;
+          this.set((await inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, (last) => (last.records === 0) === (backlog === 0))).bytes);
         } catch {
           // the log cannot be read: edgebridge_log_writable and /healthz say so; no value this scrape
         }
@@ -215,7 +216,8 @@ export class AdminServer {
     if (!inspector) return s;
     let summary = inspector.latest;
     try {
-      const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS);
+      // never bytes of a backlog that is gone, nor none of one that is there
+      const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, (last) => (last.records === 0) === (s.backlog === 0));
       summary = await Promise.race([fresh, new Promise<undefined>((r) => setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS).unref())]) ?? inspector.latest;
     } catch {
       // the log cannot be read: health says so; the detail is left out

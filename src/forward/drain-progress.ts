@@ -28,7 +28,7 @@ export interface DrainReading {
 
 export interface DrainProgressOptions {
   readonly logger: Logger;
-  /** A drain starts once the oldest unforwarded record is this old while forwarding… */
+  /** A backlog is followed once its oldest record is this old… */
   readonly startAgeSeconds?: number;
   /** …or this many records are waiting. */
   readonly startRecords?: number;
@@ -45,7 +45,8 @@ export interface DrainProgressOptions {
  * progress (done/total, rate, ETA) at an interval, and when it is done, as long operations should.
  */
 export class DrainProgress {
-  private current: { startedAt: number; forwardedAtStart: number; lastLogAt: number } | undefined;
+  /** A backlog worth following: noted (startedAt undefined) until forwarding it has begun. */
+  private current: { startedAt: number | undefined; forwardedAtStart: number; lastLogAt: number; lastUpdateAt: number } | undefined;
   private samples: { at: number; forwarded: number; received: number }[] = [];
   private status: DrainStatus | undefined;
   private readonly startAgeSeconds: number;
@@ -75,17 +76,30 @@ export class DrainProgress {
     const forwardRate = seconds > 0 ? (r.forwarded - first.forwarded) / seconds : 0;
     const ingestRate = seconds > 0 ? (r.received - first.received) / seconds : 0;
 
+    // A backlog old or large enough is noted even while Kafka is away (it is what will drain),
+    // so that one forwarded at once when Kafka returns still gets its 'drained' line.
     if (!this.current) {
-      if (!r.forwarding || (r.backlogOldestAgeSeconds < this.startAgeSeconds && r.backlog < this.startRecords)) return;
-      this.current = { startedAt: now, forwardedAtStart: r.forwarded, lastLogAt: now };
-      this.options.logger.info(
-        { remaining: r.backlog, oldestAgeSeconds: Math.round(r.backlogOldestAgeSeconds) },
-        'draining backlog: forwarding what was stored while Kafka was unreachable',
-      );
+      if (r.backlogOldestAgeSeconds < this.startAgeSeconds && r.backlog < this.startRecords) return;
+      this.current = { startedAt: undefined, forwardedAtStart: r.forwarded, lastLogAt: now, lastUpdateAt: now };
     }
     const c = this.current;
+    const previousUpdateAt = c.lastUpdateAt;
+    c.lastUpdateAt = now;
     const done = r.forwarded - c.forwardedAtStart;
-    if (r.backlog === 0 || (r.forwarding && r.backlogOldestAgeSeconds <= this.endAgeSeconds)) {
+    const drained = r.backlog === 0 || (r.forwarding && r.backlogOldestAgeSeconds <= this.endAgeSeconds);
+    if (c.startedAt === undefined) {
+      if (!drained && !r.forwarding && done === 0) return; // still waiting for Kafka
+      if (!drained) {
+        this.options.logger.info(
+          { remaining: r.backlog, oldestAgeSeconds: Math.round(r.backlogOldestAgeSeconds) },
+          'draining backlog: forwarding what was stored while Kafka was unreachable or behind',
+        );
+      }
+      // It began at the latest between the previous reading and this one.
+      c.startedAt = drained ? previousUpdateAt : now;
+      c.lastLogAt = now;
+    }
+    if (drained) {
       const took = (now - c.startedAt) / 1000;
       this.options.logger.info(
         { records: done, seconds: Math.round(took), ratePerSecond: took > 0 ? Math.round(done / took) : done, remaining: r.backlog },

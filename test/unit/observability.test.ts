@@ -97,14 +97,25 @@ describe('DrainProgress: a backlog forwarded after an outage', () => {
     p.update(reading({ forwarding: false, backlog: 5000, backlogOldestAgeSeconds: 120 }), 0); // Kafka still away
     expect(p.drain).toBeUndefined();
     p.update(reading({ backlog: 5000, backlogOldestAgeSeconds: 122, forwarded: 0, received: 0 }), 2_000);
+    expect(p.drain).toMatchObject({ done: 0, remaining: 5000, startedAt: 2_000 });
     p.update(reading({ backlog: 3000, backlogOldestAgeSeconds: 80, forwarded: 2_100, received: 100 }), 12_000);
     expect(p.drain).toMatchObject({ done: 2100, total: 5100, remaining: 3000, ratePerSecond: 210, etaSeconds: 15 });
     p.update(reading({ backlog: 0, backlogOldestAgeSeconds: 0, forwarded: 5_200, received: 200 }), 22_000);
     expect(p.drain).toBeUndefined();
     await new Promise((r) => setImmediate(r));
-    expect(lines.map((l) => l.msg)).toEqual(['draining backlog: forwarding what was stored while Kafka was unreachable', 'draining backlog', 'backlog drained']);
+    expect(lines.map((l) => l.msg)).toEqual(['draining backlog: forwarding what was stored while Kafka was unreachable or behind', 'draining backlog', 'backlog drained']);
     expect(lines[1]).toMatchObject({ done: 2100, total: 5100, percent: 41, ratePerSecond: 210, etaSeconds: 15 });
     expect(lines[2]).toMatchObject({ records: 5200, seconds: 20 });
+  });
+
+  it('a backlog forwarded at once when Kafka returns (between two readings) still gets its drained line', async () => {
+    const { lines, logger } = capture();
+    const p = new DrainProgress({ logger, startAgeSeconds: 10 });
+    p.update(reading({ forwarding: false, backlog: 30, backlogOldestAgeSeconds: 5, forwarded: 9 }), 0);
+    p.update(reading({ forwarding: false, backlog: 30, backlogOldestAgeSeconds: 15, forwarded: 9 }), 10_000);
+    p.update(reading({ forwarding: true, backlog: 0, forwarded: 39 }), 12_000);
+    await new Promise((r) => setImmediate(r));
+    expect(lines.map((l) => [l.msg, l.records])).toEqual([['backlog drained', 30]]);
   });
 
   it('no ETA while the backlog does not shrink; a small young backlog is no drain', () => {
