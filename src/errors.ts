@@ -8,6 +8,7 @@ export const ERROR_CODES = {
   EB_ERR_CONFIG_INVALID: { retryable: false, summary: 'the config does not match the schema (the message names the key path)' },
   EB_ERR_CONFIG_FILE: { retryable: false, summary: 'a file the config names (a certificate, key, CA bundle or password file) could not be read or is not what the key expects' },
   EB_ERR_LOG_OPEN: { retryable: false, summary: 'the commit log database could not be opened or created' },
+  EB_ERR_LOG_NOT_FOUND: { retryable: false, summary: 'a reader of the commit log (`edgebridge backlog`) found no log in storage.dir' },
   EB_ERR_LOG_LOCKED: { retryable: false, summary: 'another edgebridge process uses this storage.dir' },
   EB_ERR_LOG_CORRUPT: { retryable: false, summary: 'the commit log database is corrupt; it was moved aside' },
   EB_ERR_LOG_WRITE: { retryable: true, summary: 'a write to the commit log failed (disk full, I/O error); nothing was acknowledged' },
