@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
@@ -16,9 +16,9 @@ import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 const exec = promisify(execFile);
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function run(args: string[], as?: { uid: number; gid: number }): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await exec(process.execPath, [CLI, ...args], { timeout: 30_000 });
+    const { stdout, stderr } = await exec(process.execPath, [CLI, ...args], { timeout: 30_000, ...as });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -117,6 +117,27 @@ describe('edgebridge status and backlog (real gateway processes)', () => {
     expect(gw.child.exitCode).toBeNull();
     await publishAcked(gw.url, 'dev-c', [reading('dev-c', 'boot-1', 2)]);
     expect(JSON.parse((await run(['backlog', '-c', file, '--json'])).stdout)).toMatchObject({ records: 10 });
+  });
+
+  it('backlog as a user who may not write storage.dir: reads while the gateway runs; with it stopped, exits 1 saying why', async () => {
+    if (process.getuid?.() !== 0) throw new Error('this test runs the CLI as user nobody: run it as root (as CI does)');
+    const { gw, dir } = await bufferingGateway();
+    const data = join(dir, 'data');
+    chmodSync(dir, 0o755); // mkdtemp's 0700 would keep nobody out of the log altogether
+    const nobody = { uid: 65534, gid: 65534 };
+    const running = await run(['backlog', '--dir', data, '--json'], nobody);
+    expect(running.stderr).toBe('');
+    expect(JSON.parse(running.stdout)).toMatchObject({ records: 9, devices: 3 });
+
+    gw.child.kill('SIGTERM');
+    expect(await gw.exited).toBe(0);
+    expect(existsSync(join(data, 'edgebridge.db-shm'))).toBe(false); // a clean close removes it
+    const stopped = await run(['backlog', '--dir', data], nobody);
+    expect(stopped.code).toBe(1);
+    expect(stopped.stderr).toContain('EB_ERR_LOG_OPEN: cannot read commit log');
+    expect(stopped.stderr).toContain("SQLite must create edgebridge.db-shm beside it; run as the gateway's user");
+    // the log's owner reads it with the gateway stopped
+    expect(JSON.parse((await run(['backlog', '--dir', data, '--json'])).stdout)).toMatchObject({ records: 9, devices: 3 });
   });
 
   it('backlog: a storage.dir without a log, or a bad option, exits 1 with the reason', async () => {
