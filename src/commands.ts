@@ -1,9 +1,11 @@
-// The edgebridge command (start, check-config, consume, passwd); cli.ts loads it.
+// The edgebridge command (start, check-config, consume, passwd, status, backlog); cli.ts loads it.
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { stringify } from 'yaml';
 import { loadConfig, redactSecrets } from './config/load.js';
+import { registerBacklogCommand } from './cli-backlog.js';
 import { registerPasswdCommand } from './cli-passwd.js';
+import { registerStatusCommand } from './cli-status.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { readKafkaSecurity } from './forward/kafka-security.js';
 import { Gateway, checkConfigFiles } from './gateway.js';
@@ -138,5 +140,7 @@ program
   );
 
 registerPasswdCommand(program);
+registerStatusCommand(program, DEFAULT_CONFIG);
+registerBacklogCommand(program, DEFAULT_CONFIG);
 
 await program.parseAsync(process.argv);

@@ -28,6 +28,7 @@ export const ERROR_CODES = {
   EB_ERR_INGRESS_LIMIT: { retryable: true, summary: 'mqtt.limits.maxConnections was reached; a new connection was closed' },
   EB_ERR_SESSION_WRITE: { retryable: true, summary: 'MQTT session state (a subscription, a queued or retained message, a will) could not be written to the database (disk full, I/O error); the operation failed and its client was told so or disconnected' },
   EB_ERR_ADMIN_LISTEN: { retryable: false, summary: 'the admin HTTP endpoint could not bind its address' },
+  EB_ERR_ADMIN_UNREACHABLE: { retryable: true, summary: '`edgebridge status` could not reach the admin endpoint, or it did not answer as an edgebridge gateway' },
   EB_ERR_FORWARD_FENCED: { retryable: false, summary: 'another gateway with the same gateway.id took over the Kafka transactions; this one stopped forwarding' },
   EB_ERR_FORWARD_KAFKA: { retryable: true, summary: 'Kafka rejected or did not answer a forward batch; it is retried' },
   EB_ERR_FORWARD_UNAUTHORIZED: { retryable: true, summary: 'Kafka refuses this gateway for lack of ACLs; the log line lists the ACLs to grant; retried' },

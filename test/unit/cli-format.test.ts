@@ -1,0 +1,72 @@
+import { describe, expect, it } from 'vitest';
+import { formatAge, formatBytes, formatTable } from '../../src/cli-format.js';
+import { statusRows, type StatusBody } from '../../src/cli-status.js';
+
+describe('CLI formatting', () => {
+  it('ages in two units at most', () => {
+    expect([0, 45.9, 60, 192, 3599, 3600, 7500, 86_399, 86_400 + 4 * 3600 + 59].map(formatAge)).toEqual([
+      '0s', '45s', '1m00s', '3m12s', '59m59s', '1h00m', '2h05m', '23h59m', '1d04h',
+    ]);
+    expect(formatAge(-3)).toBe('0s'); // a clock that went back
+  });
+
+  it('bytes in binary units', () => {
+    expect([0, 1023, 1024, 1536, 10 * 1024 * 1024 + 300 * 1024, 3 * 1024 ** 3].map(formatBytes)).toEqual([
+      '0 B', '1023 B', '1.00 KiB', '1.50 KiB', '10.3 MiB', '3.00 GiB',
+    ]);
+  });
+
+  it('tables: columns aligned, numbers right, no trailing blanks, line breaks in cells flattened', () => {
+    expect(formatTable([['DEVICE', 'RECORDS'], ['a', '5'], ['long-name', '12,345'], ['x\ny', '1']], [1])).toBe(
+      'DEVICE     RECORDS\n' + 'a                5\n' + 'long-name   12,345\n' + 'x y              1\n',
+    );
+  });
+});
+
+describe('edgebridge status rows', () => {
+  // a partial mqtt object: an older or newer gateway's /status may not match this version's type
+  const status = {
+    gatewayId: 'gw-1',
+    forwarder: 'retrying',
+    forwarderError: 'Connection error: connect ECONNREFUSED 127.0.0.1:9092',
+    logWritable: true,
+    backlog: 1234,
+    backlogOldestAgeSeconds: 192,
+    storageBytes: 1536,
+    mqttClients: 2,
+    received: 1234,
+    droppedOverflow: 0,
+    droppedExpired: 3,
+    droppedRejected: 0,
+    mqtt: { loginsFailed: 2, oversized: 0 },
+    lastOffset: 1234,
+  } as StatusBody;
+  const notReady = { code: 503, body: { status: 'retrying', reason: 'Connection error' } };
+
+  it('known fields in rows of their own, the others by name', () => {
+    expect(Object.fromEntries(statusRows(status, notReady))).toEqual({
+      gateway: 'gw-1',
+      ready: 'no (retrying): Connection error',
+      forwarder: 'retrying: Connection error: connect ECONNREFUSED 127.0.0.1:9092',
+      log: 'writable',
+      backlog: '1,234 records, oldest 3m12s',
+      storage: '1.50 KiB',
+      'mqtt clients': '2',
+      received: '1,234',
+      dropped: '3 (expired 3)',
+      'mqtt refused': 'logins failed 2',
+      'last offset': '1,234',
+    });
+  });
+
+  it('fields added by a newer gateway show up: numbers, flags, text and flat objects', () => {
+    const newer = { ...status, devicesConnected: 7, draining: true, drain: { state: 'idle', remaining: 0, rate: 12.5 }, errors: [1] };
+    const rows = Object.fromEntries(statusRows(newer, { code: 200, body: { status: 'ready' } }));
+    expect(rows).toMatchObject({ ready: 'yes', 'devices connected': '7', draining: 'yes', drain: 'state idle, rate 12.5' });
+    expect(rows).not.toHaveProperty('errors'); // a list is left to --json
+  });
+
+  it('a /readyz that is neither 200 nor 503 is reported as such', () => {
+    expect(Object.fromEntries(statusRows({ gatewayId: 'gw-1' }, { code: 404, body: {} })).ready).toBe('unknown: GET /readyz answered HTTP 404');
+  });
+});
