@@ -2,7 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadConfig, redactSecrets } from './config/load.js';
+import { loadConfig } from './config/load.js';
+import { redactSecrets } from './config/secrets.js';
 import { registerPasswdCommand } from './cli-passwd.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { readKafkaSecurity } from './forward/kafka-security.js';
