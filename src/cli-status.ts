@@ -3,6 +3,7 @@
  * and SSH sessions. Exit code 0 when ready, 1 when not (the table still printed), 2 when the
  * admin endpoint cannot be reached or is not an edgebridge one.
  */
+import type { BacklogDetail } from './admin/server.js';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { formatAge, formatBytes, formatCount, formatTable, labelOf } from './cli-format.js';
 import { loadConfig } from './config/load.js';
@@ -12,7 +13,7 @@ import type { GatewayStatus } from './status.js';
 const TIMEOUT_MS = 5000;
 
 /** /status as it came: the fields of this version, maybe some missing (older) or more (newer). */
-export type StatusBody = Partial<GatewayStatus> & Record<string, unknown>;
+export type StatusBody = Partial<GatewayStatus & { backlogDetail: BacklogDetail }> & Record<string, unknown>;
 
 /** GET /readyz: its HTTP code and body ({status, reason, ...}). */
 export interface Readiness {
@@ -25,6 +26,7 @@ const SHOWN = new Set([
   'gatewayId', 'forwarder', 'forwarderError', 'logWritable', 'logError', 'backlog', 'backlogOldestAgeSeconds',
   'storageBytes', 'mqttClients', 'received', 'forwarded', 'duplicates', 'refused', 'droppedOverflow',
   'droppedExpired', 'droppedRejected', 'deadLettered', 'holding', 'waiting', 'commands', 'mqtt',
+  'startedAt', 'transactions', 'transactionsFailed', 'drain', 'devices', 'routes', 'errors', 'backlogDetail',
 ]);
 
 function baseUrl(value: string): string {
@@ -115,10 +117,30 @@ export function statusRows(s: StatusBody, readiness: Readiness): [string, string
   ]);
   if (s.forwarder !== undefined) rows.push(['forwarder', s.forwarderError ? `${s.forwarder}: ${s.forwarderError}` : s.forwarder]);
   if (s.logWritable !== undefined) rows.push(['log', s.logWritable ? 'writable' : `not writable: ${s.logError ?? ''}`]);
+  if (s.startedAt !== undefined) rows.push(['up', formatAge(Math.max(0, (Date.now() - s.startedAt) / 1000))]);
   if (s.backlog !== undefined) {
     const oldest = s.backlog > 0 && s.backlogOldestAgeSeconds !== undefined ? `, oldest ${formatAge(s.backlogOldestAgeSeconds)}` : '';
-    rows.push(['backlog', `${formatCount(s.backlog)} records${oldest}`]);
+    const bytes = s.backlogDetail && s.backlog > 0 ? `, ${formatBytes(s.backlogDetail.bytes)}` : '';
+    rows.push(['backlog', `${formatCount(s.backlog)} records${bytes}${oldest}`]);
+    const top = s.backlogDetail?.topDevices ?? [];
+    if (s.backlog > 0 && top.length > 0) {
+      const more = s.backlogDetail!.devices > top.length ? `, … (${formatCount(s.backlogDetail!.devices)} devices)` : '';
+      rows.push(['backlog by device', `${top.slice(0, 5).map((d) => `${d.deviceId} ${formatCount(d.records)}`).join(', ')}${more}`]);
+    }
   }
+  if (s.drain) {
+    const d = s.drain;
+    const pct = Math.floor((100 * d.done) / Math.max(1, d.total));
+    rows.push(['draining', `${formatCount(d.done)} of ${formatCount(d.total)} (${pct}%), ${formatCount(d.ratePerSecond)}/s, ${d.etaSeconds === null ? 'not shrinking' : `about ${formatAge(d.etaSeconds)} to go`}`]);
+  }
+  if (s.devices) {
+    const silent = s.devices.silentDevices.slice(0, 5).map((d) => d.deviceId);
+    rows.push([
+      'devices',
+      `${formatCount(s.devices.active)} active, ${formatCount(s.devices.silent)} silent for more than ${formatAge(s.devices.silentAfterSeconds)}${silent.length > 0 ? ` (${silent.join(', ')}${s.devices.silent > silent.length ? ', …' : ''})` : ''}`,
+    ]);
+  }
+  if (s.transactions !== undefined) rows.push(['kafka transactions', `${formatCount(s.transactions)} committed, ${formatCount(s.transactionsFailed ?? 0)} failed`]);
   if (s.storageBytes !== undefined) rows.push(['storage', formatBytes(s.storageBytes)]);
   if (s.holding) rows.push(['acks held', `yes: storage.maxBytes reached, ${formatCount(s.waiting ?? 0)} publishes waiting`]);
   for (const [key, label] of [
@@ -139,6 +161,8 @@ export function statusRows(s: StatusBody, readiness: Readiness): [string, string
   }
   if (s.mqtt !== undefined) rows.push(['mqtt refused', genericValue(s.mqtt) ?? 'none']);
   if (s.commands !== undefined) rows.push(['commands', genericValue(s.commands) ?? 'none']);
+  const last = s.errors?.[0];
+  if (last) rows.push(['last problem', `${formatAge(Math.max(0, (Date.now() - last.at) / 1000))} ago: ${last.code ? `${last.code} ` : ''}${last.message}${last.count > 1 ? ` (${last.count} times)` : ''}`]);
   for (const [key, value] of Object.entries(s)) {
     if (SHOWN.has(key)) continue;
     const text = genericValue(value);

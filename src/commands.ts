@@ -1,8 +1,8 @@
 // The edgebridge command (start, check-config, consume, passwd, status, backlog); cli.ts loads it.
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { stringify } from 'yaml';
-import { loadConfig, redactSecrets } from './config/load.js';
+import { loadConfig } from './config/load.js';
+import { configSummary, effectiveConfigYaml } from './config/show.js';
 import { registerBacklogCommand } from './cli-backlog.js';
 import { registerPasswdCommand } from './cli-passwd.js';
 import { registerStatusCommand } from './cli-status.js';
@@ -75,13 +75,14 @@ program
 
 program
   .command('check-config')
-  .description('validate a config file and the files it names, and print it with every default filled in')
+  .description('validate a config file and the files it names, and summarize it (--print: the whole effective config)')
   .option('-c, --config <file>', 'YAML config file (env EDGEBRIDGE_CONFIG)', DEFAULT_CONFIG)
-  .action((opts: { config: string }) => {
+  .option('--print', 'print the effective config as YAML: defaults filled in, environment overrides applied and marked, secrets masked', false)
+  .action((opts: { config: string; print: boolean }) => {
     try {
       const config = loadConfig(opts.config);
       checkConfigFiles(config);
-      process.stdout.write(stringify(redactSecrets(config)));
+      process.stdout.write(opts.print ? effectiveConfigYaml(config, process.env) : configSummary(opts.config, config, process.env));
     } catch (err) {
       fail(err);
     }

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
-import type { z } from 'zod';
 import { EdgebridgeError } from '../errors.js';
+import { describeIssues, NO_SCHEMA_MESSAGE } from './issues.js';
 import { configSchema, type Config } from './schema.js';
+import { YamlSource, type SourcePosition } from './yaml-source.js';
 
 /**
  * Environment variables that override single config keys (for containers and systemd units).
@@ -33,13 +33,6 @@ function parseList(v: string): string[] {
     .filter((s) => s.length > 0);
 }
 
-function formatPath(path: readonly PropertyKey[]): string {
-  return path.reduce<string>((acc, key) => {
-    if (typeof key === 'number') return `${acc}[${key}]`;
-    return acc === '' ? String(key) : `${acc}.${String(key)}`;
-  }, '');
-}
-
 function deepFreeze<T>(value: T): T {
   if (value !== null && typeof value === 'object') {
     Object.values(value).forEach(deepFreeze);
@@ -48,25 +41,24 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
-function formatIssues(issues: readonly z.core.$ZodIssue[], source: string, envUsed: Map<string, string>): string {
-  const lines = issues.map((issue) => {
-    const keyPath = formatPath(issue.path);
-    const viaEnv = envUsed.get(keyPath);
-    let message = issue.message;
-    if (issue.code === 'unrecognized_keys') {
-      const keys = issue.keys.map((k) => (keyPath ? `${keyPath}.${k}` : k));
-      return `  - unknown key ${keys.join(', ')}`;
-    }
-    return `  - ${keyPath || '(root)'}: ${message}${viaEnv ? ` (set by ${viaEnv})` : ''}`;
-  });
-  return `invalid config ${source}:\n${lines.join('\n')}`;
+/** The environment overrides that apply: variable name → key path, for those set and not empty. */
+export function envOverridesUsed(env: NodeJS.ProcessEnv): Map<string, string[]> {
+  return new Map(
+    Object.entries(ENV_OVERRIDES)
+      .filter(([name]) => env[name] !== undefined && env[name] !== '')
+      .map(([name, { path }]) => [name, path]),
+  );
 }
 
-/** Validates an already-parsed config object (plus env overrides), returning a frozen Config. */
+/**
+ * Validates an already-parsed config object (plus env overrides), returning a frozen Config.
+ * `positionOf` points problems at their line in the file the object was read from.
+ */
 export function parseConfig(
   raw: unknown,
   source = '(inline)',
   env: NodeJS.ProcessEnv = {},
+  positionOf?: (path: readonly PropertyKey[]) => SourcePosition | undefined,
 ): Config {
   const doc: Record<string, unknown> =
     raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? structuredClone(raw as Record<string, unknown>) : {};
@@ -74,9 +66,8 @@ export function parseConfig(
     throw new EdgebridgeError('EB_ERR_CONFIG_INVALID', `invalid config ${source}: the top level must be a mapping of sections`);
   }
   const envUsed = new Map<string, string>();
-  for (const [name, { path, parse, replaces = [] }] of Object.entries(ENV_OVERRIDES)) {
-    const value = env[name];
-    if (value === undefined || value === '') continue;
+  for (const [name, path] of envOverridesUsed(env)) {
+    const { parse, replaces = [] } = ENV_OVERRIDES[name]!;
     const parentOf = (keys: string[]): Record<string, unknown> => {
       let node = doc;
       for (const key of keys.slice(0, -1)) {
@@ -87,12 +78,13 @@ export function parseConfig(
       return node;
     };
     for (const keys of replaces) delete parentOf(keys)[keys[keys.length - 1]!];
-    parentOf(path)[path[path.length - 1]!] = parse(value);
+    parentOf(path)[path[path.length - 1]!] = parse(env[name]!);
     envUsed.set(path.join('.'), name);
   }
-  const result = configSchema.safeParse(doc);
+  const result = configSchema.safeParse(doc, { error: () => NO_SCHEMA_MESSAGE });
   if (!result.success) {
-    throw new EdgebridgeError('EB_ERR_CONFIG_INVALID', formatIssues(result.error.issues, source, envUsed));
+    const problems = describeIssues(result.error.issues, { value: doc, envUsed, positionOf });
+    throw new EdgebridgeError('EB_ERR_CONFIG_INVALID', `invalid config ${source}:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
   }
   return deepFreeze(result.data);
 }
@@ -105,24 +97,17 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   } catch (err) {
     throw new EdgebridgeError('EB_ERR_CONFIG_READ', `cannot read config ${file}: ${(err as Error).message}`, { cause: err });
   }
+  const source = new YamlSource(text);
+  const syntaxErrors = source.syntaxErrors();
+  if (syntaxErrors.length > 0) {
+    throw new EdgebridgeError('EB_ERR_CONFIG_READ', `config ${file} is not valid YAML:\n${syntaxErrors.map((e) => `  - ${e}`).join('\n')}`);
+  }
   let raw: unknown;
   try {
-    raw = parseYaml(text);
+    raw = source.toJS();
   } catch (err) {
-    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : '';
-    throw new EdgebridgeError('EB_ERR_CONFIG_READ', `config ${file} is not valid YAML${where}: ${(err as Error).message}`, {
-      cause: err,
-    });
+    // e.g. an alias to an anchor that is not defined, or an alias bomb
+    throw new EdgebridgeError('EB_ERR_CONFIG_READ', `config ${file} is not valid YAML: ${(err as Error).message}`, { cause: err });
   }
-  return parseConfig(raw, file, env);
-}
-
-/**
- * The config as shown to people (`check-config`): secrets replaced by "[redacted]". The file
- * names of passwordFile, keyFile etc. stay: they are not secrets.
- */
-export function redactSecrets(config: Config): unknown {
-  const copy = structuredClone(config) as Config & { kafka: { sasl?: { password?: string } } };
-  if (copy.kafka.sasl?.password !== undefined) copy.kafka.sasl.password = '[redacted]';
-  return copy;
+  return parseConfig(raw, file, env, (path) => source.positionOf(path));
 }

@@ -4,26 +4,30 @@ import { EMPTY_LOG_BYTES, storageBudget } from '../log/budget.js';
 import { parseBytes, parseDurationMs } from './units.js';
 
 /** A size: bytes as a number, or a string with a unit ("512MB", "1GiB"). */
-const bytes = (min = 0) =>
-  z.union([z.number(), z.string()]).transform((value, ctx) => {
+const bytes = (min = 0) => {
+  const message = `must be a size of at least ${min} bytes, e.g. 1048576, "512MB" or "1GiB"`;
+  return z.union([z.number(), z.string()], { error: message }).transform((value, ctx) => {
     const n = parseBytes(value);
     if (n === undefined || n < min) {
-      ctx.addIssue({ code: 'custom', message: `must be a size of at least ${min} bytes, e.g. 1048576, "512MB" or "1GiB"` });
+      ctx.addIssue({ code: 'custom', message });
       return z.NEVER;
     }
     return n;
   });
+};
 
 /** A duration: milliseconds as a number, or a string with a unit ("100ms", "30s", "24h", "7d"). */
-const duration = (min = 0) =>
-  z.union([z.number(), z.string()]).transform((value, ctx) => {
+const duration = (min = 0) => {
+  const message = `must be a duration of at least ${min} ms, e.g. 500, "30s", "24h" or "7d"`;
+  return z.union([z.number(), z.string()], { error: message }).transform((value, ctx) => {
     const n = parseDurationMs(value);
     if (n === undefined || n < min) {
-      ctx.addIssue({ code: 'custom', message: `must be a duration of at least ${min} ms, e.g. 500, "30s", "24h" or "7d"` });
+      ctx.addIssue({ code: 'custom', message });
       return z.NEVER;
     }
     return n;
   });
+};
 
 /**
  * The one config schema: unknown keys are rejected, every default lives here (with its unit in the

@@ -35,7 +35,7 @@ describe('edgebridge CLI', () => {
   });
 
   it('check-config prints the shipped config with defaults filled in', async () => {
-    const { code, stdout } = await run(['check-config', '--config', 'config/edgebridge.yaml']);
+    const { code, stdout } = await run(['check-config', '--print', '--config', 'config/edgebridge.yaml']);
     expect(code).toBe(0);
     expect(stdout).toContain('id: gw-site-1');
     expect(stdout).toContain('synchronous: full');

@@ -10,6 +10,9 @@ import { consumeAll } from '../helpers/kafka.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
 import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
+// What the page's scripts (run in Chromium by waitForFunction) use of the DOM; no DOM lib here.
+declare const document: { querySelector(selector: string): { textContent: string | null } | null; querySelectorAll(selector: string): { length: number } };
+
 /** Waits for `read()` to satisfy `ok`, polling; fails with the last value at the deadline. */
 async function until<T>(what: string, read: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -188,7 +191,7 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     expect(after.forwarded).toBe(39);
     const records = await consumeAll(kafka.brokers, topic, { expected: 39, timeoutMs: 90_000 });
     const seen = records.map((r) => {
-      const body = JSON.parse(r.value) as { seq: number };
+      const body = JSON.parse(r.value.toString()) as { seq: number };
       return `${r.key}:${body.seq}`;
     });
     expect(new Set(seen).size).toBe(39);

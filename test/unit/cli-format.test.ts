@@ -60,10 +60,40 @@ describe('edgebridge status rows', () => {
   });
 
   it('fields added by a newer gateway show up: numbers, flags, text and flat objects', () => {
-    const newer = { ...status, devicesConnected: 7, draining: true, drain: { state: 'idle', remaining: 0, rate: 12.5 }, errors: [1] };
+    const newer = { ...status, devicesConnected: 7, flushing: true, pump: { state: 'idle', rate: 12.5 }, hosts: ['a'] };
     const rows = Object.fromEntries(statusRows(newer, { code: 200, body: { status: 'ready' } }));
-    expect(rows).toMatchObject({ ready: 'yes', 'devices connected': '7', draining: 'yes', drain: 'state idle, rate 12.5' });
-    expect(rows).not.toHaveProperty('errors'); // a list is left to --json
+    expect(rows).toMatchObject({ ready: 'yes', 'devices connected': '7', flushing: 'yes', pump: 'state idle, rate 12.5' });
+    expect(rows).not.toHaveProperty('hosts'); // a list is left to --json
+  });
+
+  it('the drain, devices, transactions, backlog bytes and the last problem get rows of their own', () => {
+    const now = Date.now();
+    const rows = Object.fromEntries(
+      statusRows(
+        {
+          ...status,
+          backlog: 30,
+          startedAt: now - 125_000,
+          transactions: 12,
+          transactionsFailed: 1,
+          drain: { startedAt: now - 4000, done: 100, total: 400, remaining: 300, ratePerSecond: 25, etaSeconds: 12 },
+          devices: { active: 2, silent: 1, silentAfterSeconds: 900, topByRate: [], silentDevices: [{ deviceId: 'c', silentSeconds: 1000, seenSinceStart: true }], truncated: false },
+          errors: [{ at: now - 3000, level: 'warn', code: 'EB_ERR_FORWARD_KAFKA', message: 'kafka unreachable', detail: undefined, count: 4 }],
+          backlogDetail: { bytes: 2048, devices: 2, readAt: now, topDevices: [{ deviceId: 'a', records: 20, bytes: 1000, oldestAgeSeconds: 9 }, { deviceId: 'b', records: 10, bytes: 1048, oldestAgeSeconds: 8 }] },
+        },
+        { code: 200, body: { status: 'ready' } },
+      ),
+    );
+    expect(rows).toMatchObject({
+      up: '2m05s',
+      draining: '100 of 400 (25%), 25/s, about 12s to go',
+      devices: '2 active, 1 silent for more than 15m00s (c)',
+      'kafka transactions': '12 committed, 1 failed',
+      'backlog by device': 'a 20, b 10',
+      'last problem': '3s ago: EB_ERR_FORWARD_KAFKA kafka unreachable (4 times)',
+    });
+    expect(rows.backlog).toMatch(/^30 records, 2\.00 KiB/);
+    for (const key of ['drain', 'errors', 'routes', 'backlog detail', 'started at']) expect(rows).not.toHaveProperty(key);
   });
 
   it('a /readyz that is neither 200 nor 503 is reported as such', () => {

@@ -66,7 +66,7 @@ describe('config', () => {
     expect(config.routes[0]!.dedup).toEqual({ fields: ['msgId'], window: 90 * 60e3, retransmitWindow: 600e3 });
     expect(config.routes[1]).toMatchObject({ dedup: false, compact: true });
     const err = errorOf(() => loadConfig(write(MINIMAL.replace('dir: ./data', 'dir: ./data\n  maxBytes: lots')), {}));
-    expect(err.message).toMatch(/storage\.maxBytes: must be a size/);
+    expect(err.message).toMatch(/storage\.maxBytes: expected a size/);
   });
 
   it('refuses a payload limit above what one Kafka transaction may carry', () => {
@@ -104,7 +104,7 @@ describe('config', () => {
 
   it('rejects wrong types, naming the key path', () => {
     const err = errorOf(() => loadConfig(write(MINIMAL.replace('port: 1883', 'port: "eighteen"')), {}));
-    expect(err.message).toMatch(/mqtt\.port: must be a port number/);
+    expect(err.message).toMatch(/mqtt\.port: expected a port number/);
     const err2 = errorOf(() => loadConfig(write(MINIMAL.replace('kafka: iot.telemetry', 'kafka: [1]')), {}));
     expect(err2.message).toContain('routes[0].kafka');
   });
@@ -141,7 +141,7 @@ describe('config', () => {
     const withMqtt = (mqtt: string): string => write(MINIMAL.replace('mqtt:\n  port: 1883', `mqtt:\n  port: 1883\n${mqtt}`));
     const open = errorOf(() => loadConfig(withMqtt('  host: 0.0.0.0'), {}));
     expect(open.message).toContain('mqtt.host: "0.0.0.0" lets other machines connect, and no authentication is configured');
-    expect(errorOf(() => loadConfig(write(MINIMAL), { EDGEBRIDGE_MQTT_HOST: '192.168.1.5' })).message).toContain('(set by EDGEBRIDGE_MQTT_HOST)');
+    expect(errorOf(() => loadConfig(write(MINIMAL), { EDGEBRIDGE_MQTT_HOST: '192.168.1.5' })).message).toContain('set by EDGEBRIDGE_MQTT_HOST: mqtt.host');
     expect(loadConfig(withMqtt('  host: ::1'), {}).mqtt.host).toBe('::1');
     const anonymous = loadConfig(withMqtt('  host: 0.0.0.0\n  auth: { allowAnonymous: true }'), {});
     expect(mqttListenHost(anonymous.mqtt)).toBe('0.0.0.0');
@@ -159,7 +159,7 @@ describe('config', () => {
     expect(errorOf(() => loadConfig(join(tmp(), 'missing.yaml'))).code).toBe('EB_ERR_CONFIG_READ');
     const err = errorOf(() => loadConfig(write('gateway: [unclosed\n')));
     expect(err.code).toBe('EB_ERR_CONFIG_READ');
-    expect(err.message).toMatch(/not valid YAML at line \d+/);
+    expect(err.message).toMatch(/not valid YAML:\n  - line \d+, column \d+: /);
     expect(errorOf(() => loadConfig(write('- a list\n'))).message).toContain('top level must be a mapping');
   });
 });
