@@ -225,6 +225,11 @@ export class AdminServer {
     return summary === undefined ? s : { ...s, backlogDetail: backlogDetail(summary) };
   }
 
+  /** Name → type (counter, gauge, histogram...) of every metric /metrics serves: what dashboards may query. */
+  metricTypes(): Map<string, string> {
+    return new Map(this.registry.getMetricsAsArray().map((m) => [m.name, String(m.type)]));
+  }
+
   async start(): Promise<AddressInfo> {
     const server = createServer((req, res) => {
       void this.handle(req.url ?? '/', req.method ?? 'GET').then(({ code, type, body }) => {
