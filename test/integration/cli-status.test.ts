@@ -153,13 +153,17 @@ describe('edgebridge status and backlog (real gateway processes)', () => {
 
   it('status: a gateway without Kafka is not ready (exit 1), with the reason and its backlog in the table', async () => {
     const { file, url, gatewayId } = await bufferingGateway();
+    // settled: the table and the JSON below are two requests and must see the same state
+    await until('the forwarder to be retrying', async () => ((await (await fetch(`${url}/readyz`)).json()) as { status?: string }).status === 'retrying', 30_000, 100);
     // the admin endpoint from the config file (admin.host, admin.port)
     const table = await run(['status', '-c', file]);
     expect(table.stderr).toBe('');
     expect(table.code).toBe(1);
     expect(row(table.stdout, 'gateway')).toEqual(['gateway', gatewayId]);
-    expect(row(table.stdout, 'ready')?.[1]).toMatch(/^no \((connecting|retrying)\): \S/);
-    expect(row(table.stdout, 'backlog')?.[1]).toMatch(/^9 records, oldest \d+s$/);
+    expect(row(table.stdout, 'ready')?.[1]).toMatch(/^no \(retrying\): \S/);
+    expect(row(table.stdout, 'backlog')?.[1]).toMatch(/^9 records, \d+ B, oldest \d+s$/);
+    expect(row(table.stdout, 'backlog by device')?.[1]).toBe('dev-a 5, dev-b 3, dev-c 1');
+    expect(row(table.stdout, 'devices')?.[1]).toMatch(/^3 active, 0 silent for more than 15m00s$/);
     expect(row(table.stdout, 'received')).toEqual(['received', '9']);
     expect(row(table.stdout, 'forwarded')).toEqual(['forwarded', '0']);
     expect(row(table.stdout, 'storage')?.[1]).toMatch(/^\d+(\.\d+)? (B|KiB|MiB)$/);
