@@ -4,6 +4,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import type { ConfigInput } from '../../src/config/schema.js';
+import { addUserToFile } from '../../src/ingress/auth/password-file.js';
 import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll } from '../helpers/kafka.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
@@ -41,12 +42,26 @@ describe('SIGHUP reloads the config without dropping connections', () => {
   }
 
   /** A client that must stay connected: every close, offline, reconnect or disconnect is recorded. */
-  async function device(gw: GatewayProcess, clientId: string): Promise<{ client: MqttClient; events: string[] }> {
-    const client = await mqtt.connectAsync(gw.url, { clientId, reconnectPeriod: 0 });
+  async function device(gw: GatewayProcess, clientId: string, password?: string): Promise<{ client: MqttClient; events: string[] }> {
+    const login = password === undefined ? {} : { username: clientId, password };
+    const client = await mqtt.connectAsync(gw.url, { clientId, reconnectPeriod: 0, ...login });
     running.clients.push(client);
     const events: string[] = [];
     for (const event of ['close', 'offline', 'reconnect', 'disconnect'] as const) client.on(event, () => events.push(event));
     return { client, events };
+  }
+
+  /** Publishes with QoS 1 and waits for the PUBACK; fails if the connection closes first (MQTT.js would wait on). */
+  function acked(client: MqttClient, topic: string, payload: string | Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const closed = () => reject(new Error(`the connection closed before the PUBACK of a publish to ${topic}`));
+      client.once('close', closed);
+      client.publish(topic, payload, { qos: 1 }, (err) => {
+        client.off('close', closed);
+        if (err) reject(err);
+        else resolve();
+      });
+    });
   }
 
   /** Rewrites the config file, sends SIGHUP, and returns the lines logged up to the reload's verdict. */
@@ -69,7 +84,7 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     const config = baseConfig(dir, telemetry);
     const gw = await start(config, dir);
     const { client, events } = await device(gw, 'd1');
-    await client.publishAsync('devices/d1/telemetry', reading('d1', 'b1', 1), { qos: 1 });
+    await acked(client, 'devices/d1/telemetry', reading('d1', 'b1', 1));
     expect(gw.lines.filter((l) => l.level === 20)).toEqual([]);
 
     const lines = await reload(gw, {
@@ -82,7 +97,7 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     const reloadedAt = gw.lines.findIndex((l) => l.msg === 'config reloaded');
 
     // the same connection, never closed, publishes on the new route
-    await client.publishAsync('devices/d1/status', reading('d1', 'b1', 2, { online: true }), { qos: 1 });
+    await acked(client, 'devices/d1/status', reading('d1', 'b1', 2, { online: true }));
     expect(await valueOf(status, 1)).toEqual([{ key: 'd1', value: reading('d1', 'b1', 2, { online: true }) }]);
     expect(await valueOf(telemetry, 1)).toEqual([{ key: 'd1', value: reading('d1', 'b1', 1) }]);
     // The new topic's creation logs kafkajs lines at debug in the forwarder's thread, relayed by
@@ -92,6 +107,31 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     expect(client.connected).toBe(true);
   });
 
+  it('with logins, the access rule follows the new routes, and the password file is read again', async () => {
+    const dir = tmp();
+    const telemetry = uniqueName('iot.reload-auth');
+    const state = uniqueName('iot.reload-state');
+    const passwordFile = join(dir, 'passwd');
+    addUserToFile(passwordFile, 'meter-1', 'secret-1');
+    const base = baseConfig(dir, telemetry);
+    const config = { ...base, mqtt: { ...base.mqtt, auth: { passwordFile } } };
+    const gw = await start(config, dir);
+    const { client, events } = await device(gw, 'meter-1', 'secret-1');
+    await expect(mqtt.connectAsync(gw.url, { clientId: 'meter-2', username: 'meter-2', password: 'secret-2', reconnectPeriod: 0 })).rejects.toThrow();
+
+    addUserToFile(passwordFile, 'meter-2', 'secret-2');
+    const lines = await reload(gw, { ...config, routes: [...config.routes!, { mqtt: 'sites/+/{deviceId}/state', kafka: state }] });
+    expect(lines.find((l) => l.msg === 'config reloaded')).toMatchObject({ applied: ['routes'], passwordFile });
+    // Outside the device's subtree: allowed only as a topic the new route gives to this device
+    // (before the reload it was an unrouted topic of no one's, denied).
+    await acked(client, 'sites/north/meter-1/state', reading('meter-1', 'b1', 1));
+    expect(await valueOf(state, 1)).toEqual([{ key: 'meter-1', value: reading('meter-1', 'b1', 1) }]);
+    const second = await device(gw, 'meter-2', 'secret-2');
+    await acked(second.client, 'devices/meter-2/telemetry', reading('meter-2', 'b1', 1));
+    expect(await valueOf(telemetry, 1)).toEqual([{ key: 'meter-2', value: reading('meter-2', 'b1', 1) }]);
+    expect(events).toEqual([]);
+  });
+
   it('a lowered mqtt.maxPayloadBytes refuses a publish that was accepted before the reload', async () => {
     const dir = tmp();
     const topic = uniqueName('iot.reload-limits');
@@ -99,19 +139,19 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     const gw = await start(config, dir);
     const { client, events } = await device(gw, 'd2');
     const large = Buffer.alloc(2000, 'x');
-    await client.publishAsync('devices/d2/telemetry', large, { qos: 1 });
+    await acked(client, 'devices/d2/telemetry', large);
 
     const lines = await reload(gw, { ...config, mqtt: { ...config.mqtt, maxPayloadBytes: 1024 } });
     expect(lines.find((l) => l.msg === 'config reloaded')).toMatchObject({ applied: ['mqtt.maxPayloadBytes'] });
     // the reload closed nothing: a small publish on the same connection is acknowledged
-    await client.publishAsync('devices/d2/telemetry', Buffer.alloc(1000, 'y'), { qos: 1 });
+    await acked(client, 'devices/d2/telemetry', Buffer.alloc(1000, 'y'));
     expect(events).toEqual([]);
 
     // the large one now gets no PUBACK, and the client is disconnected (as for any oversized publish)
-    let acked = false;
-    client.publish('devices/d2/telemetry', large, { qos: 1 }, (err) => (acked = !err));
+    let pubacked = false;
+    client.publish('devices/d2/telemetry', large, { qos: 1 }, (err) => (pubacked = !err));
     await until('the client to be disconnected', () => events.includes('close'));
-    expect(acked).toBe(false);
+    expect(pubacked).toBe(false);
     expect(gw.lines.find((l) => String(l.msg).startsWith('publish larger than mqtt.maxPayloadBytes refused'))).toMatchObject({
       maxPayloadBytes: 1024,
       bytes: 2000,
@@ -133,7 +173,7 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     expect(error!.err).toContain(gw.configFile);
     expect(lines.filter((l) => l.msg === 'config reloaded' || l.level === 20)).toEqual([]);
 
-    await client.publishAsync('devices/d3/telemetry', reading('d3', 'b1', 1), { qos: 1 });
+    await acked(client, 'devices/d3/telemetry', reading('d3', 'b1', 1));
     expect(await valueOf(topic, 1)).toEqual([{ key: 'd3', value: reading('d3', 'b1', 1) }]);
     expect(events).toEqual([]);
 
@@ -157,7 +197,7 @@ describe('SIGHUP reloads the config without dropping connections', () => {
     expect(lines.find((l) => l.msg === 'config reloaded')).toMatchObject({ applied: [] });
 
     // still the old brokers and storage.dir
-    await client.publishAsync('devices/d4/telemetry', reading('d4', 'b1', 1), { qos: 1 });
+    await acked(client, 'devices/d4/telemetry', reading('d4', 'b1', 1));
     expect(await valueOf(topic, 1)).toEqual([{ key: 'd4', value: reading('d4', 'b1', 1) }]);
     expect(existsSync(otherDir)).toBe(false);
     expect(events).toEqual([]);
