@@ -68,9 +68,10 @@ program
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
-    // As Mosquitto: `kill -HUP` (systemctl reload) re-reads the password and ACL files.
+    // `kill -HUP` (systemctl reload): the config file is read again (with the same environment
+    // overrides) and routes, limits and log.level applied; the password and ACL files are re-read.
     process.off('SIGHUP', ignoreHup);
-    process.on('SIGHUP', () => gateway.reloadAuth());
+    process.on('SIGHUP', () => gateway.reload(() => loadConfig(opts.config)));
   });
 
 program

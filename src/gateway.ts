@@ -6,6 +6,7 @@ import { AdminServer } from './admin/server.js';
 import { CommandDelivery } from './commands/delivery.js';
 import { authenticationConfigured, isLoopback, mqttListenHost, type Config } from './config/schema.js';
 import { readCertificates, readKeyPair } from './config/files.js';
+import { planReload, type ReloadPlan } from './config/reload.js';
 import { EdgebridgeError, describeError } from './errors.js';
 import { DrainProgress } from './forward/drain-progress.js';
 import { ForwarderThread } from './forward/forwarder-thread.js';
@@ -206,9 +207,12 @@ export class Gateway {
   private readonly startedAt = Date.now();
   /** Lets V8 grow its young generations only while records are stored or forwarded at a high rate. */
   private readonly youngGeneration: YoungGenerationGovernor;
+  /** The storage budget was sized for publishes this large: a reload may lower the bound, not raise it. */
+  private readonly maxPayloadBytesAtStart: number;
 
   private constructor(
-    readonly config: Config,
+    /** The config in force: as started, with what reloads applied. */
+    private configInForce: Config,
     readonly logger: Logger,
     readonly log: CommitLog,
     private readonly sessionTables: SessionTables,
@@ -237,6 +241,11 @@ export class Gateway {
     this.drainTimer.unref();
     this.history = new History(() => this.figures());
     this.youngGeneration = new YoungGenerationGovernor(() => groupCommit.counters.appended + forwarder.counters.forwarded);
+    this.maxPayloadBytesAtStart = configInForce.mqtt.maxPayloadBytes;
+  }
+
+  get config(): Config {
+    return this.configInForce;
   }
 
   /** The plain TCP listener's address, else the TLS listener's, else the WebSocket one's. */
@@ -489,11 +498,7 @@ export class Gateway {
    */
   reloadAuth(): EdgebridgeError | undefined {
     try {
-      const { authenticator, access } = mqttAuth(this.config, new RouteTable(this.config.routes));
-      this.ingress.replaceAuth(authenticator, access);
-      // Users added to the password file are served devices from now on (commands).
-      const { passwordFile } = this.config.mqtt.auth;
-      if (this.commands && passwordFile !== undefined) this.commands.serve(PasswordFile.load(passwordFile).users());
+      this.applyAuth(this.config, new RouteTable(this.config.routes));
       this.logger.info({ passwordFile: this.config.mqtt.auth.passwordFile, aclFile: this.config.mqtt.auth.aclFile }, 'MQTT password and ACL files reloaded');
       return undefined;
     } catch (err) {
@@ -501,6 +506,49 @@ export class Gateway {
       this.logger.error({ code: error.code, err: error.message }, 'MQTT password or ACL file not reloaded: the previous ones stay in force');
       return error;
     }
+  }
+
+  /**
+   * Reloads the config (SIGHUP): `read` loads and validates it as at start. Routes, the live
+   * limits and log.level are applied in place, and the password and ACL files re-read; no MQTT
+   * connection is closed. Other changed keys are logged as needing a restart. A config or file
+   * that does not load changes nothing: the error is logged and returned.
+   */
+  reload(read: () => Config): ReloadPlan | EdgebridgeError {
+    let plan: ReloadPlan;
+    let routes: RouteTable;
+    try {
+      plan = planReload(this.config, read(), this.maxPayloadBytesAtStart);
+      routes = new RouteTable(plan.config.routes);
+      // Reads the password and ACL files first: a broken one stops the reload before anything changed.
+      this.applyAuth(plan.config, routes);
+    } catch (err) {
+      const error = err instanceof EdgebridgeError ? err : new EdgebridgeError('EB_ERR_CONFIG_INVALID', describeError(err), { cause: err });
+      this.logger.error({ code: error.code, err: error.message }, 'config not reloaded: the running config stays in force');
+      return error;
+    }
+    this.configInForce = plan.config;
+    // A record is stored with its Kafka topic; the forwarder creates a topic it does not know yet
+    // when it first sends to it (KafkaSink.send), so a new route needs nothing more.
+    this.ingress.replaceRoutes(routes);
+    this.ingress.replaceLimits(plan.config.mqtt.limits, plan.config.mqtt.maxPayloadBytes);
+    this.logger.level = plan.config.log.level;
+    this.forwarder.setLogLevel(plan.config.log.level);
+    this.traffic.silentAfterMs = plan.config.admin.silentAfter;
+    if (plan.needRestart.length > 0) this.logger.warn({ changed: plan.needRestart }, 'config changed: restart to apply');
+    const { passwordFile, aclFile } = plan.config.mqtt.auth;
+    this.logger.info({ applied: plan.applied, passwordFile, aclFile }, 'config reloaded');
+    return plan;
+  }
+
+  /** Reads the password and ACL files of `config` and puts them in force with `routes`. */
+  private applyAuth(config: Config, routes: RouteTable): void {
+    const { authenticator, access } = mqttAuth(config, routes);
+    // Users added to the password file are served devices from now on (commands).
+    const { passwordFile } = config.mqtt.auth;
+    const served = this.commands && passwordFile !== undefined ? PasswordFile.load(passwordFile).users() : [];
+    this.ingress.replaceAuth(authenticator, access);
+    this.commands?.serve(served);
   }
 
   /** Shuts down once; later calls return the same promise. */

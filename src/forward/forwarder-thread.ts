@@ -6,7 +6,10 @@ import type { StoreResult } from '../log/outbox.js';
 import { addCounters, zeroCounters, type ForwardedBatch, type ForwarderCounters, type ForwarderState } from './forwarder.js';
 import type { ForwardSettings } from './settings.js';
 
-export type ToWorker = { type: 'appended'; lastOffset: number } | { type: 'close'; timeoutMs: number };
+export type ToWorker =
+  | { type: 'appended'; lastOffset: number }
+  | { type: 'logLevel'; level: string }
+  | { type: 'close'; timeoutMs: number };
 
 export type FromWorker =
   | { type: 'state'; state: ForwarderState; lastError: string }
@@ -76,15 +79,18 @@ export class ForwarderThread {
   private workerFailedToStart = false;
   private spawnedAt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
+  /** What a worker is started with: the options' settings, with the log level of the last reload. */
+  private settings: ForwardSettings;
 
   constructor(private readonly options: ForwarderThreadOptions) {
+    this.settings = options.settings;
     this.spawn();
   }
 
   private spawn(): void {
     const logger = this.options.logger;
     const worker = new Worker(workerFile(), {
-      workerData: this.options.settings,
+      workerData: this.settings,
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
     this.worker = worker;
@@ -160,6 +166,12 @@ export class ForwarderThread {
   notify(lastOffset: number): void {
     this.lastOffset = Math.max(this.lastOffset, lastOffset);
     if (!this.exited) this.worker.postMessage({ type: 'appended', lastOffset } satisfies ToWorker);
+  }
+
+  /** The worker's log level (reload); a worker started later gets it too. */
+  setLogLevel(level: string): void {
+    this.settings = { ...this.settings, logLevel: level };
+    if (!this.exited) this.worker.postMessage({ type: 'logLevel', level } satisfies ToWorker);
   }
 
   get state(): ForwarderState {

@@ -57,6 +57,8 @@ function main(s: ForwardSettings): void {
   port.on('message', (message: ToWorker) => {
     if (message.type === 'appended') {
       forwarder.notify(message.lastOffset);
+    } else if (message.type === 'logLevel') {
+      logger.level = message.level;
     } else if (message.type === 'close') {
       void Promise.all([forwarder.close(message.timeoutMs), commands?.close()]).finally(() => {
         reader.close();

@@ -222,11 +222,14 @@ export class MqttIngress {
   private readonly sockets = new Set<Socket>();
   private readonly webSocketServers: WebSocketServer[] = [];
   private readonly warnings: RateLimitedWarn;
-  private readonly limits: IngressLimits;
+  /** Routes, limits and the payload bound can be replaced while running (reload): read them at use. */
+  private routes: RouteTable;
+  private limits: IngressLimits;
+  private maxPayloadBytes: number;
   private authenticator: Authenticator;
   private access: AccessPolicy;
   private readonly loginThrottle: LoginThrottle;
-  private readonly maxPacketBytes: number;
+  private maxPacketBytes: number;
   /** Who each connection is, once logged in (a closed client's entry goes with it). */
   private readonly principals = new WeakMap<Client, Principal>();
   /** CONNECT details aedes does not pass to `authenticate`. */
@@ -249,11 +252,13 @@ export class MqttIngress {
 
   constructor(private readonly options: MqttIngressOptions) {
     this.warnings = new RateLimitedWarn(options.logger);
+    this.routes = options.routes;
     this.limits = options.limits ?? DEFAULT_LIMITS;
+    this.maxPayloadBytes = options.maxPayloadBytes;
     this.authenticator = options.authenticator ?? new Authenticator({ authenticated: false, allowAnonymous: true });
     this.access = options.access ?? new AccessPolicy({ routes: options.routes, authenticated: false });
     this.loginThrottle = new LoginThrottle(options.failedLoginMaxDelayMs ?? 10_000);
-    this.maxPacketBytes = options.maxPayloadBytes + this.limits.maxTopicBytes + PACKET_HEADROOM_BYTES;
+    this.maxPacketBytes = packetBound(this.maxPayloadBytes, this.limits);
   }
 
   async start(): Promise<IngressAddresses> {
@@ -437,7 +442,7 @@ export class MqttIngress {
       const verdict = guard.feed(buf);
       if (verdict.ok) return parse(buf);
       if (verdict.reason === 'too-large') {
-        this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.options.maxPayloadBytes }, 'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)');
+        this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.maxPayloadBytes }, 'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)');
       } else {
         this.refuse('malformedPackets', 'EB_ERR_INGRESS_MALFORMED', { remoteAddress: socket.remoteAddress, clientId: client.id }, 'malformed MQTT packet header (client disconnected)');
       }
@@ -579,9 +584,9 @@ export class MqttIngress {
       return;
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
-    if (size > this.options.maxPayloadBytes) {
-      this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.options.maxPayloadBytes }, 'publish larger than mqtt.maxPayloadBytes refused (client disconnected)');
-      callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.options.maxPayloadBytes})`));
+    if (size > this.maxPayloadBytes) {
+      this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.maxPayloadBytes }, 'publish larger than mqtt.maxPayloadBytes refused (client disconnected)');
+      callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.maxPayloadBytes})`));
       return;
     }
     if (client !== null) {
@@ -601,7 +606,7 @@ export class MqttIngress {
   }
 
   private route(client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void): void {
-    const match = this.options.routes.match(packet.topic);
+    const match = this.routes.match(packet.topic);
     if (match === undefined) {
       this.counters.unrouted++;
       callback(null);
@@ -744,6 +749,30 @@ export class MqttIngress {
     this.access = access;
   }
 
+  /**
+   * Swaps the route table (reload). Publishes from here on are routed by it; records already in
+   * the log keep the Kafka topic they were stored for. Pair it with replaceAuth: the default
+   * access rule follows the routes.
+   */
+  replaceRoutes(routes: RouteTable): void {
+    this.routes = routes;
+  }
+
+  /**
+   * Swaps the limits (reload). Publish, topic and subscription checks and the session store use
+   * the new ones at once, and listeners take maxConnections for their next connection; the packet
+   * size guard and publishRatePerSecond are set per connection, so they apply to new connections.
+   * maxTopicLevels, maxInflightMessages and connectTimeoutMs are fixed when the broker and the
+   * listeners are created.
+   */
+  replaceLimits(limits: IngressLimits, maxPayloadBytes: number): void {
+    this.limits = limits;
+    this.maxPayloadBytes = maxPayloadBytes;
+    this.maxPacketBytes = packetBound(maxPayloadBytes, limits);
+    for (const server of this.servers) server.maxConnections = limits.maxConnections;
+    this.sessions?.replaceLimits(limits);
+  }
+
   /** Stops accepting connections and disconnects clients. */
   async close(): Promise<void> {
     this.closing = true;
@@ -779,6 +808,11 @@ export class MqttIngress {
       retainedRefused: sessions?.retainedRefused ?? 0,
     };
   }
+}
+
+/** The largest packet a connection may announce: the payload bound, the longest topic, headers. */
+function packetBound(maxPayloadBytes: number, limits: IngressLimits): number {
+  return maxPayloadBytes + limits.maxTopicBytes + PACKET_HEADROOM_BYTES;
 }
 
 /** aedes's live clients by id (not in its type declarations). */

@@ -81,11 +81,16 @@ export class SessionStore extends MemoryPersistence {
   onCommandDelivered: () => void = () => undefined;
 
   constructor(
-    private readonly limits: SessionStoreLimits,
+    private limits: SessionStoreLimits,
     private readonly mayReceive: MayReceive = () => true,
     private readonly tables?: SessionTables,
   ) {
     super();
+  }
+
+  /** New bounds (reload): they apply to the next message; what is held already stays. */
+  replaceLimits(limits: SessionStoreLimits): void {
+    this.limits = limits;
   }
 
   override async setup(broker: Aedes): Promise<void> {

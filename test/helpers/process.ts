@@ -11,6 +11,8 @@ export interface GatewayProcess {
   readonly child: ChildProcess;
   readonly url: string;
   readonly port: number;
+  /** The config file it was started with (rewrite it and send SIGHUP to reload). */
+  readonly configFile: string;
   /** Every JSON log line the process wrote so far. */
   readonly lines: Record<string, unknown>[];
   readonly exited: Promise<number | null>;
@@ -59,5 +61,5 @@ export async function spawnGateway(config: ConfigInput, dir: string): Promise<Ga
   };
   const listening = await waitForLine((l) => l.msg === 'mqtt listening');
   const port = listening.port as number;
-  return { child, url: `mqtt://127.0.0.1:${port}`, port, lines, exited, waitForLine };
+  return { child, url: `mqtt://127.0.0.1:${port}`, port, configFile: file, lines, exited, waitForLine };
 }
