@@ -30,6 +30,7 @@ export const STATUS_PAGE = `<!doctype html>
   td { overflow-wrap: break-word; }
   .axis { color: var(--muted); }
   section h2 { font-size: 14px; margin: 0 0 8px; }
+  .cols > .wide { grid-column: 1 / -1; }
   .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
   table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
   th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eaeef2; }
@@ -78,7 +79,7 @@ export const STATUS_PAGE = `<!doctype html>
     <section><h2>Devices with the largest backlog</h2><table id="top-backlog"><thead><tr><th>device</th><th class="n">records</th><th class="n">bytes</th><th class="n">oldest</th></tr></thead><tbody></tbody></table></section>
     <section><h2>Busiest devices</h2><table id="top-rate"><thead><tr><th>device</th><th class="n">per minute</th><th class="n">last seen</th></tr></thead><tbody></tbody></table></section>
     <section><h2>Silent devices (&gt; <span id="silent-after">–</span>)</h2><table id="silent"><thead><tr><th>device</th><th class="n">silent for</th></tr></thead><tbody></tbody></table></section>
-    <section><h2>Routes</h2><table id="routes"><thead><tr><th>MQTT</th><th>Kafka topic</th><th class="n">stored</th><th class="n">duplicates</th></tr></thead><tbody></tbody></table></section>
+    <section class="wide"><h2>Routes</h2><table id="routes"><thead><tr><th>MQTT</th><th>Kafka topic</th><th class="n">stored</th><th class="n">duplicates</th></tr></thead><tbody></tbody></table></section>
   </div>
   <section><h2>Recent problems</h2><table id="errors"><thead><tr><th>when</th><th>level</th><th>code</th><th>message</th><th class="n">times</th></tr></thead><tbody></tbody></table></section>
 </main>
@@ -151,8 +152,8 @@ function showStatus(s, r) {
   rows("top-rate", s.devices.topByRate, function (x) { return [x.deviceId, n(num(x.perMinute)), n(age(x.lastSeenSecondsAgo) + " ago")]; }, "no device heard from");
   rows("silent", s.devices.silentDevices, function (x) { return [x.deviceId, n(age(x.silentSeconds) + (x.seenSinceStart ? "" : " (not since start)"))]; }, "none");
   rows("routes", s.routes, function (x) { return [x.route, x.topic, n(num(x.stored)), n(num(x.duplicates))]; }, "nothing stored yet");
-  rows("errors", s.errors, function (x) { return [new Date(x.at).toLocaleTimeString(), x.level, x.code || "", x.message + (x.detail ? ": " + x.detail : ""), n(num(x.count))]; }, "none since start");
-  text("updated", "updated " + new Date(now).toLocaleTimeString());
+  rows("errors", s.errors, function (x) { return [new Date(x.at).toTimeString().slice(0, 8), x.level, x.code || "", x.message + (x.detail ? ": " + x.detail : ""), n(num(x.count))]; }, "none since start");
+  text("updated", "updated " + new Date(now).toTimeString().slice(0, 8));
 }
 
 function showHistory(h) {

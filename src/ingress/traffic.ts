@@ -70,13 +70,24 @@ export class Traffic {
   private readonly clock: () => number;
   readonly maxDevices: number;
   private forgotten = false;
-  silentAfterMs: number;
+  private cached: { at: number; top: number; value: DeviceActivity } | undefined;
+  private silentAfter: number;
 
   constructor(options: TrafficOptions) {
     this.clock = options.clock ?? Date.now;
     this.startedAt = this.clock();
-    this.silentAfterMs = options.silentAfterMs;
+    this.silentAfter = options.silentAfterMs;
     this.maxDevices = options.maxDevices ?? 100_000;
+  }
+
+  /** A device not heard from for longer is silent (reload may change it). */
+  get silentAfterMs(): number {
+    return this.silentAfter;
+  }
+
+  set silentAfterMs(ms: number) {
+    this.silentAfter = ms;
+    this.cached = undefined;
   }
 
   /** A publish of `deviceId` on `route` (MQTT pattern) to `topic` was stored, or was a duplicate. */
@@ -115,10 +126,23 @@ export class Traffic {
     return [...this.routes.values()].map((r) => ({ ...r }));
   }
 
+  /**
+   * Who is active, the busiest, the silent. O(devices): answered from a copy at most a second old
+   * (the page polls every 2 s, and 100,000 devices take tens of milliseconds of the ingest thread).
+   */
   activity(top = 10): DeviceActivity {
     const now = this.clock();
+    if (this.cached && this.cached.top === top && now - this.cached.at < 1_000) return this.cached.value;
+    const value = this.computeActivity(top, now);
+    this.cached = { at: now, top, value };
+    return value;
+  }
+
+  private computeActivity(top: number, now: number): DeviceActivity {
     const silentBefore = now - this.silentAfterMs;
+    /** The busiest so far, busiest first: at most `top` (a full sort of every device is not needed). */
     const rates: DeviceRate[] = [];
+    const before = (a: DeviceRate, b: DeviceRate) => b.perMinute - a.perMinute || a.deviceId.localeCompare(b.deviceId);
     const silent: SilentDevice[] = [];
     let active = 0;
     // Least recent first: the silent ones come first, in the order to show them.
@@ -131,22 +155,30 @@ export class Traffic {
       this.roll(d, now);
       // Sliding-window estimate: the part of the last full minute still inside the past 60 s, plus this one.
       const perMinute = Math.round(d.previous * (1 - (now - d.windowStart) / MINUTE_MS) + d.current);
-      rates.push({ deviceId, perMinute, lastSeenSecondsAgo: Math.round((now - d.lastSeen) / 1000) });
+      if (top === 0 || (rates.length === top && before(rates[top - 1]!, { deviceId, perMinute, lastSeenSecondsAgo: 0 }) <= 0)) continue;
+      const rate = { deviceId, perMinute, lastSeenSecondsAgo: Math.round((now - d.lastSeen) / 1000) };
+      let i = rates.length;
+      while (i > 0 && before(rates[i - 1]!, rate) > 0) i--;
+      rates.splice(i, 0, rate);
+      if (rates.length > top) rates.pop();
     }
     const silentKnown = now - this.startedAt > this.silentAfterMs ? this.known.size : 0;
     if (silentKnown > 0 && silent.length < top) {
       // Never heard since the start: longer silent than anyone heard since.
       const since = Math.round((now - this.startedAt) / 1000);
-      const unheard = [...this.known].slice(0, top).map((deviceId) => ({ deviceId, silentSeconds: since, seenSinceStart: false }));
+      const unheard: SilentDevice[] = [];
+      for (const deviceId of this.known) {
+        if (unheard.length >= top) break;
+        unheard.push({ deviceId, silentSeconds: since, seenSinceStart: false });
+      }
       silent.unshift(...unheard);
       silent.length = Math.min(silent.length, top);
     }
-    rates.sort((a, b) => b.perMinute - a.perMinute || a.deviceId.localeCompare(b.deviceId));
     return {
       active,
       silent: this.devices.size - active + silentKnown,
       silentAfterSeconds: this.silentAfterMs / 1000,
-      topByRate: rates.slice(0, top),
+      topByRate: rates,
       silentDevices: silent,
       truncated: this.forgotten,
     };
