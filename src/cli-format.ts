@@ -36,8 +36,19 @@ export function labelOf(key: string): string {
  * Rows as aligned columns two spaces apart; `right` lists the columns aligned right (numbers).
  * Cells are single-line: line breaks in them are shown as spaces.
  */
+/**
+ * A cell as a terminal shows it: line breaks flattened, and control characters (C0, DEL, C1)
+ * escaped as \xNN — device IDs and topics come from devices, and an escape sequence in one
+ * must not clear an operator's screen or forge rows.
+ */
+export function printable(cell: string): string {
+  return cell
+    .replace(/\s*[\r\n]+\s*/g, ' ')
+    .replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 export function formatTable(rows: readonly (readonly string[])[], right: readonly number[] = []): string {
-  const clean = rows.map((row) => row.map((cell) => cell.replace(/\s*[\r\n]+\s*/g, ' ')));
+  const clean = rows.map((row) => row.map(printable));
   const widths: number[] = [];
   for (const row of clean) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
   return clean

@@ -535,6 +535,7 @@ export class Gateway {
     this.logger.level = plan.config.log.level;
     this.forwarder.setLogLevel(plan.config.log.level);
     this.traffic.silentAfterMs = plan.config.admin.silentAfter;
+    this.traffic.keepRoutes(plan.config.routes);
     if (plan.needRestart.length > 0) this.logger.warn({ changed: plan.needRestart }, 'config changed: restart to apply');
     const { passwordFile, aclFile } = plan.config.mqtt.auth;
     this.logger.info({ applied: plan.applied, passwordFile, aclFile }, 'config reloaded');
@@ -547,8 +548,10 @@ export class Gateway {
     // Users added to the password file are served devices from now on (commands).
     const { passwordFile } = config.mqtt.auth;
     const served = this.commands && passwordFile !== undefined ? PasswordFile.load(passwordFile).users() : [];
-    this.ingress.replaceAuth(authenticator, access);
+    // The database write first: when it fails, nothing has changed (serving a user the old file
+    // does not list yet lets no one in).
     this.commands?.serve(served);
+    this.ingress.replaceAuth(authenticator, access);
   }
 
   /** Shuts down once; later calls return the same promise. */

@@ -14,13 +14,15 @@ export type BacklogReply = { ok: true; summary: BacklogSummary } | { ok: false; 
 
 /** An idle worker ends after this; the next question starts one again. */
 const IDLE_MS = 60_000;
+/** A scan is reused for at least this many times its own duration: scans take at most ~10 % of a core. */
+const REUSE_FACTOR = 10;
 
 /**
  * Answers "which devices is the backlog made of, and how many bytes is it" (/status, the page,
  * edgebridge_backlog_bytes) by reading the log in a worker thread on its own read-only connection:
  * the query scans the whole backlog, which during a long outage is millions of rows, and must not
  * hold up the thread that stores and acknowledges publishes. One scan at a time; an answer is
- * reused for `maxAgeMs`.
+ * reused for `maxAgeMs`, or ten times as long as it took to get when that is longer.
  */
 export class BacklogInspector {
   private worker: Worker | undefined;
@@ -28,6 +30,7 @@ export class BacklogInspector {
   private pending: Promise<BacklogSummary> | undefined;
   private waiting: ((reply: BacklogReply) => void) | undefined;
   private last: BacklogSummary | undefined;
+  private lastScanMs = 0;
   private closed = false;
 
   constructor(
@@ -45,7 +48,8 @@ export class BacklogInspector {
    * one is older or no longer true).
    */
   summary(maxAgeMs: number, stillTrue: (last: BacklogSummary) => boolean = () => true): Promise<BacklogSummary> {
-    if (this.last && Date.now() - this.last.readAt <= maxAgeMs && stillTrue(this.last)) return Promise.resolve(this.last);
+    const reuseMs = Math.max(maxAgeMs, REUSE_FACTOR * this.lastScanMs);
+    if (this.last && Date.now() - this.last.readAt <= reuseMs && stillTrue(this.last)) return Promise.resolve(this.last);
     this.pending ??= this.ask().finally(() => (this.pending = undefined));
     return this.pending;
   }
@@ -54,6 +58,7 @@ export class BacklogInspector {
     if (this.closed) return Promise.reject(new Error('the gateway is stopping'));
     clearTimeout(this.idleTimer);
     const worker = (this.worker ??= this.spawn());
+    const startedAt = Date.now();
     return new Promise<BacklogReply>((resolve) => {
       this.waiting = resolve;
       worker.postMessage({ top: this.top });
@@ -61,6 +66,7 @@ export class BacklogInspector {
       this.idleTimer = setTimeout(() => this.stopWorker(), IDLE_MS);
       this.idleTimer.unref();
       if (!reply.ok) throw new Error(reply.error);
+      this.lastScanMs = Date.now() - startedAt;
       this.last = reply.summary;
       return reply.summary;
     });
@@ -75,7 +81,10 @@ export class BacklogInspector {
       w?.(reply);
     });
     const gone = (reason: string) => {
-      if (this.worker === worker) this.worker = undefined;
+      // An idle worker ended by stopWorker() is no longer this.worker: a question asked of the
+      // next one is not its to answer.
+      if (this.worker !== worker) return;
+      this.worker = undefined;
       const w = this.waiting;
       this.waiting = undefined;
       w?.({ ok: false, error: reason });
@@ -91,11 +100,18 @@ export class BacklogInspector {
     void w?.terminate();
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the worker without waiting for it: a scan in progress ends at its next chunk, and a
+   * gateway shutting down must not wait for it.
+   */
+  close(): void {
     this.closed = true;
     clearTimeout(this.idleTimer);
     const w = this.worker;
     this.worker = undefined;
-    await w?.terminate();
+    const waiting = this.waiting;
+    this.waiting = undefined;
+    waiting?.({ ok: false, error: 'the gateway is stopping' });
+    void w?.terminate();
   }
 }

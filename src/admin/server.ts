@@ -33,8 +33,10 @@ export interface BacklogDetail {
 
 /** How old a backlog scan /status and /metrics accept (each scan reads the whole backlog). */
 const BACKLOG_DETAIL_MAX_AGE_MS = 5_000;
-/** How long /status waits for a scan before it answers with the previous one. */
-const BACKLOG_DETAIL_WAIT_MS = 2_000;
+/** How long /status and /metrics wait for a scan before they answer with the previous one. */
+const BACKLOG_DETAIL_WAIT_MS = 1_000;
+/** A status is reused this long: a scrape reads it once, not once per metric. */
+const STATUS_REUSE_MS = 250;
 
 function backlogDetail(s: BacklogSummary, now = Date.now()): BacklogDetail {
   return {
@@ -67,12 +69,21 @@ export class AdminServer {
   private readonly registry = new Registry();
   private readonly inspector: BacklogInspector | undefined;
   private readonly batchSeconds: Histogram;
+  private readonly status: () => GatewayStatus;
   private readonly batchRecords: Histogram;
 
   constructor(private readonly options: AdminServerOptions) {
     const { registry } = this;
     collectDefaultMetrics({ register: registry });
-    const status = options.status;
+    // One status for all the metrics of a scrape (and requests close together): each reads the
+    // log and walks the device table, on the thread that acknowledges publishes.
+    let memo: { at: number; value: GatewayStatus } | undefined;
+    const status = (): GatewayStatus => {
+      const now = Date.now();
+      if (!memo || now - memo.at > STATUS_REUSE_MS) memo = { at: now, value: options.status() };
+      return memo.value;
+    };
+    this.status = status;
     this.inspector = options.storageDir === undefined ? undefined : new BacklogInspector(options.storageDir);
     this.batchSeconds = new Histogram({
       name: 'edgebridge_forward_batch_duration_seconds',
@@ -108,19 +119,15 @@ export class AdminServer {
         for (const r of status().routes) this.inc({ route: r.route, topic: r.topic }, r.stored);
       },
     });
-    const inspector = this.inspector;
+    const backlogDetailOf = (s: GatewayStatus) => this.backlogDetailOf(s);
     new Gauge({
       name: 'edgebridge_backlog_bytes',
-      help: 'Payload bytes of the records not yet committed to Kafka (read from the log at most every 5 s)',
+      help: 'Payload bytes of the records not yet committed to Kafka (read from the log at most every 5 s, longer for a long backlog)',
       registers: [registry],
       async collect() {
-        if (!inspector) return;
-        try {
-          const backlog = status().backlog;
-          this.set((await inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, (last) => (last.records === 0) === (backlog === 0))).bytes);
-        } catch {
-          // the log cannot be read: edgebridge_log_writable and /healthz say so; no value this scrape
-        }
+        const detail = await backlogDetailOf(status());
+        // none yet, or the log cannot be read (edgebridge_log_writable and /healthz say so): no value
+        if (detail) this.set(detail.bytes);
       },
     });
     totalFrom(registry, 'edgebridge_received_total', 'Publishes committed to the commit log', () => status().received);
@@ -211,18 +218,30 @@ export class AdminServer {
 
   /** GET /status: the gateway's status and what its backlog is made of. */
   private async statusWithBacklog(): Promise<GatewayStatus & { backlogDetail?: BacklogDetail }> {
-    const s = this.options.status();
+    const s = this.status();
+    const detail = await this.backlogDetailOf(s);
+    return detail === undefined ? s : { ...s, backlogDetail: detail };
+  }
+
+  /**
+   * What the backlog of `s` is made of: a scan at most a few seconds old, waited for at most a
+   * second (a scan of a long backlog takes longer: then the previous one). Never the bytes of a
+   * backlog that is gone, nor none of one that is there.
+   */
+  private async backlogDetailOf(s: GatewayStatus): Promise<BacklogDetail | undefined> {
     const inspector = this.inspector;
-    if (!inspector) return s;
-    let summary = inspector.latest;
+    if (!inspector) return undefined;
+    const agrees = (last: BacklogSummary) => (last.records === 0) === (s.backlog === 0);
+    let summary: BacklogSummary | undefined;
     try {
-      // never bytes of a backlog that is gone, nor none of one that is there
-      const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, (last) => (last.records === 0) === (s.backlog === 0));
-      summary = await Promise.race([fresh, new Promise<undefined>((r) => setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS).unref())]) ?? inspector.latest;
+      const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, agrees);
+      fresh.catch(() => undefined); // answered later, or failed, after the wait below gave up
+      summary = await Promise.race([fresh, new Promise<undefined>((r) => setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS).unref())]);
     } catch {
-      // the log cannot be read: health says so; the detail is left out
+      // the log cannot be read: health says so
     }
-    return summary === undefined ? s : { ...s, backlogDetail: backlogDetail(summary) };
+    summary ??= inspector.latest !== undefined && agrees(inspector.latest) ? inspector.latest : undefined;
+    return summary === undefined ? undefined : backlogDetail(summary);
   }
 
   /** Name → type (counter, gauge, histogram...) of every metric /metrics serves: what dashboards may query. */
@@ -259,7 +278,7 @@ export class AdminServer {
         case '/history':
           return json(200, { intervalSeconds: 5, samples: this.options.history?.() ?? [] });
         case '/healthz': {
-          const s = this.options.status();
+          const s = this.status();
           // Unhealthy when this gateway cannot do its job without an operator (status.ts).
           const health = healthOf(s);
           return health.healthy
@@ -267,7 +286,7 @@ export class AdminServer {
             : json(503, { status: health.status, gatewayId: s.gatewayId, reason: health.reason });
         }
         case '/readyz': {
-          const s = this.options.status();
+          const s = this.status();
           // Ready when it does its whole job now: storing and forwarding (status.ts).
           const readiness = readinessOf(s);
           return readiness.ready
@@ -285,7 +304,7 @@ export class AdminServer {
   async close(): Promise<void> {
     const server = this.server;
     this.server = undefined;
-    await this.inspector?.close();
+    this.inspector?.close();
     if (server) {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

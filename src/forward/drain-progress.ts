@@ -30,7 +30,7 @@ export interface DrainProgressOptions {
   readonly logger: Logger;
   /** A backlog is followed once its oldest record is this old… */
   readonly startAgeSeconds?: number;
-  /** …or this many records are waiting. */
+  /** …or this many records are waiting while Kafka is away. */
   readonly startRecords?: number;
   /** and ends when the oldest waiting record is at most this old. */
   readonly endAgeSeconds?: number;
@@ -79,7 +79,9 @@ export class DrainProgress {
     // A backlog old or large enough is noted even while Kafka is away (it is what will drain),
     // so that one forwarded at once when Kafka returns still gets its 'drained' line.
     if (!this.current) {
-      if (r.backlogOldestAgeSeconds < this.startAgeSeconds && r.backlog < this.startRecords) return;
+      // By records only while not forwarding: a gateway forwarding a high rate with a second of
+      // lag has that many records in flight all the time, and is not draining anything.
+      if (r.backlogOldestAgeSeconds < this.startAgeSeconds && (r.forwarding || r.backlog < this.startRecords)) return;
       this.current = { startedAt: undefined, forwardedAtStart: r.forwarded, lastLogAt: now, lastUpdateAt: now };
     }
     const c = this.current;

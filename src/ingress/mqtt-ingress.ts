@@ -225,6 +225,8 @@ export class MqttIngress {
   /** Routes, limits and the payload bound can be replaced while running (reload): read them at use. */
   private routes: RouteTable;
   private limits: IngressLimits;
+  /** A failure to count a stored publish is logged once (it is a bug, and must not flood the log). */
+  private countingFailed = false;
   private maxPayloadBytes: number;
   private authenticator: Authenticator;
   private access: AccessPolicy;
@@ -655,9 +657,16 @@ export class MqttIngress {
         }
         if (result === 'duplicate') this.counters.duplicates++;
         else this.counters.routed++;
-        this.options.onStored?.(match, result === 'duplicate');
         // A duplicate is acknowledged like the original, so the device stops resending it.
         callback(null);
+        // Figures only, after the acknowledgement: nothing here may stand between a stored
+        // record and its PUBACK.
+        try {
+          this.options.onStored?.(match, result === 'duplicate');
+        } catch (err) {
+          if (!this.countingFailed) this.options.logger.error({ err: describeError(err) }, 'counting a stored publish failed (a bug: please report; logged once)');
+          this.countingFailed = true;
+        }
       },
       // The connection owns the order of its publishes: once one is refused, none of its later
       // ones may be stored ahead of it (see GroupCommit). Not so the Last Will, which aedes

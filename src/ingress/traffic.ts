@@ -57,6 +57,8 @@ export interface TrafficOptions {
   readonly silentAfterMs: number;
   /** Devices tracked at most (least recently heard forgotten first): bounds memory. */
   readonly maxDevices?: number;
+  /** Characters of device IDs kept at most, all together (IDs can be 1 KiB topic levels). */
+  readonly maxIdChars?: number;
   readonly clock?: () => number;
 }
 
@@ -69,6 +71,8 @@ export class Traffic {
   private readonly startedAt: number;
   private readonly clock: () => number;
   readonly maxDevices: number;
+  private readonly maxIdChars: number;
+  private idChars = 0;
   private forgotten = false;
   private cached: { at: number; top: number; value: DeviceActivity } | undefined;
   private silentAfter: number;
@@ -78,6 +82,7 @@ export class Traffic {
     this.startedAt = this.clock();
     this.silentAfter = options.silentAfterMs;
     this.maxDevices = options.maxDevices ?? 100_000;
+    this.maxIdChars = options.maxIdChars ?? 4_000_000;
   }
 
   /** A device not heard from for longer is silent (reload may change it). */
@@ -105,9 +110,11 @@ export class Traffic {
     } else {
       this.known.delete(deviceId);
       d = { lastSeen: now, windowStart: now, current: 0, previous: 0 };
-      if (this.devices.size >= this.maxDevices) {
+      this.idChars += deviceId.length;
+      while (this.devices.size > 0 && (this.devices.size >= this.maxDevices || this.idChars > this.maxIdChars)) {
         const oldest = this.devices.keys().next().value as string;
         this.devices.delete(oldest);
+        this.idChars -= oldest.length;
         this.forgotten = true;
       }
     }
@@ -120,6 +127,12 @@ export class Traffic {
   /** Devices known from before the start (they count as silent until heard from). */
   know(deviceIds: Iterable<string>): void {
     for (const id of deviceIds) if (!this.devices.has(id)) this.known.add(id);
+  }
+
+  /** Forgets the counts of routes no longer configured (after a reload). */
+  keepRoutes(routes: readonly { mqtt: string; kafka: string }[]): void {
+    const keep = new Set(routes.map((r) => `${r.mqtt}\0${r.kafka}`));
+    for (const key of this.routes.keys()) if (!keep.has(key)) this.routes.delete(key);
   }
 
   routeTraffic(): RouteTraffic[] {

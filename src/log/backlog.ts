@@ -42,6 +42,8 @@ export interface BacklogOptions {
 }
 
 export const DEFAULT_BACKLOG_LIMIT = 20;
+/** Offsets read per statement (each its own read snapshot): about 50 ms of scanning here. */
+const SCAN_CHUNK_OFFSETS = 50_000;
 
 /**
  * A read-only connection to the commit log in `dir`. While the gateway runs it shares the WAL's
@@ -90,25 +92,50 @@ interface DeviceRow {
 const byRecordsThenId = (a: DeviceRow, b: DeviceRow): number =>
   b.records - a.records || (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0);
 
-/** The backlog after the forwarder's position, per device; one read transaction, so both agree. */
+/**
+ * The backlog after the forwarder's position, per device. Read in chunks: when the backlog moves
+ * during a long scan (records forwarded, new ones stored), the figures are those of each chunk
+ * when it was read, and records forwarded before their chunk was reached are not counted.
+ */
 export function readBacklog(db: Database.Database, options: BacklogOptions = {}): BacklogSummary {
   const limit = options.limit ?? DEFAULT_BACKLOG_LIMIT;
   if (!Number.isInteger(limit) || limit < 0) throw new RangeError(`limit must be a non-negative integer, got ${limit}`);
-  let position: number;
-  let rows: DeviceRow[];
+  let position = 0;
+  const byDevice = new Map<string, DeviceRow>();
   try {
-    ({ position, rows } = db.transaction(() => {
-      const at = (db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck().get(POSITION_FORWARD) as number | undefined) ?? 0;
-      const devices = db.prepare(
-        `SELECT device_id AS deviceId, count(*) AS records, sum(length(payload)) AS bytes, min(received_at) AS oldestReceivedAt
-           FROM records WHERE log_offset > ? GROUP BY device_id`,
-      );
-      return { position: at, rows: devices.all(at) as DeviceRow[] };
-    })());
+    const positionOf = db.prepare('SELECT log_offset FROM positions WHERE name = ?').pluck();
+    const lastOffset = db.prepare('SELECT max(log_offset) FROM records').pluck();
+    const chunk = db.prepare(
+      `SELECT device_id AS deviceId, count(*) AS records, sum(length(payload)) AS bytes, min(received_at) AS oldestReceivedAt
+         FROM records WHERE log_offset > ? AND log_offset <= ? GROUP BY device_id`,
+    );
+    // In chunks of offsets, each statement its own short read snapshot: one snapshot held over a
+    // scan of millions of records would keep the gateway's WAL from being reset meanwhile (it
+    // grows by what arrives during the scan), and a worker running it could not be stopped.
+    const end = (lastOffset.get() as number | null) ?? 0;
+    let from = (positionOf.get(POSITION_FORWARD) as number | undefined) ?? 0;
+    position = from;
+    while (from < end) {
+      // what was forwarded since the last chunk is no longer backlog: skip it
+      position = Math.max(position, (positionOf.get(POSITION_FORWARD) as number | undefined) ?? 0);
+      from = Math.max(from, position);
+      const to = Math.min(end, from + SCAN_CHUNK_OFFSETS);
+      for (const row of chunk.all(from, to) as DeviceRow[]) {
+        const seen = byDevice.get(row.deviceId);
+        if (!seen) byDevice.set(row.deviceId, row);
+        else {
+          seen.records += row.records;
+          seen.bytes += row.bytes;
+          seen.oldestReceivedAt = Math.min(seen.oldestReceivedAt, row.oldestReceivedAt);
+        }
+      }
+      from = to;
+    }
   } catch (err) {
     if (isCorruption(err)) throw new EdgebridgeError('EB_ERR_LOG_CORRUPT', `commit log ${db.name} is corrupt (${sqliteCode(err)})`, { cause: err });
     throw new EdgebridgeError('EB_ERR_LOG_READ', `reading the backlog of ${db.name} failed: ${(err as Error).message}`, { cause: err });
   }
+  const rows = [...byDevice.values()];
   let records = 0;
   let bytes = 0;
   let oldest: number | undefined;

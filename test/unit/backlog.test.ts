@@ -81,6 +81,21 @@ describe('backlog per device (readBacklog)', () => {
     expect(readBacklog(db)).not.toHaveProperty('oldestReceivedAt');
   });
 
+  it('a backlog longer than one scan chunk (50,000 offsets) is counted whole, across chunks, from the forward position', () => {
+    const { log, db, forwardTo } = setup();
+    const devices = ['a', 'b', 'c'];
+    for (let i = 0; i < 120_001; i += 5_000) {
+      const batch = [];
+      for (let j = i; j < Math.min(i + 5_000, 120_001); j++) batch.push({ ...entry(devices[j % 3]!, j), receivedAt: T0 + j });
+      log.append(batch, T0);
+    }
+    forwardTo(10_000);
+    const s = readBacklog(db);
+    expect(s).toMatchObject({ position: 10_000, records: 110_001, devices: 3, oldestReceivedAt: T0 + 10_000 });
+    expect(s.top.map((d) => [d.deviceId, d.records])).toEqual([['a', 36_667], ['b', 36_667], ['c', 36_667]]);
+    expect(s.top.find((d) => d.deviceId === 'c')!.oldestReceivedAt).toBe(T0 + 10_001);
+  });
+
   it('with a device: only that device in top, the totals still the whole backlog', () => {
     const { log, db } = setup();
     log.append([entry('a', 1), entry('b', 2), entry('a', 3)]);

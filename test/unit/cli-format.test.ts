@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatAge, formatBytes, formatTable } from '../../src/cli-format.js';
+import { formatAge, formatBytes, formatTable, printable } from '../../src/cli-format.js';
 import { statusRows, type StatusBody } from '../../src/cli-status.js';
 
 describe('CLI formatting', () => {
@@ -98,5 +98,15 @@ describe('edgebridge status rows', () => {
 
   it('a /readyz that is neither 200 nor 503 is reported as such', () => {
     expect(Object.fromEntries(statusRows({ gatewayId: 'gw-1' }, { code: 404, body: {} })).ready).toBe('unknown: GET /readyz answered HTTP 404');
+  });
+});
+
+describe('printable: what devices named reaches a terminal only as text', () => {
+  it('escapes C0, DEL and C1 control characters (an escape sequence in a device ID cannot clear the screen or forge rows)', () => {
+    expect(printable('x\u001b[2J\u001b]0;owned\u0007\u001b[1A\u009bdev')).toBe('x\\x1b[2J\\x1b]0;owned\\x07\\x1b[1A\\x9bdev');
+    expect(printable('tab\there\u007f')).toBe('tab\\x09here\\x7f');
+    expect(printable('line one\r\n  line two')).toBe('line one line two');
+    expect(printable('sensor-ü-7')).toBe('sensor-ü-7');
+    expect(formatTable([['dev\u001b[2K', '1']])).toBe('dev\\x1b[2K  1\n');
   });
 });

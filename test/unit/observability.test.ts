@@ -150,3 +150,34 @@ describe('RecentErrors and the logger tap', () => {
     expect(recent.list().at(-1)!.code).toBe('EB_ERR_A');
   });
 });
+
+describe('review fixes', () => {
+  it('a gateway forwarding a high rate with a second of lag is not draining: no lines at all', async () => {
+    const lines: unknown[] = [];
+    const logger = pino({ level: 'info' }, new Writable({ write: (c, _e, done) => (lines.push(String(c)), done()) }));
+    const p = new DrainProgress({ logger });
+    for (let t = 0; t < 60_000; t += 2_000) {
+      p.update({ forwarding: true, backlog: 12_000, backlogOldestAgeSeconds: 1.2, forwarded: t * 9, received: t * 9 }, t);
+    }
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toEqual([]);
+    expect(p.drain).toBeUndefined();
+  });
+
+  it('device IDs are kept within a character budget, the least recently heard forgotten first', () => {
+    const t = new Traffic({ silentAfterMs: 60_000, maxIdChars: 3000, clock: () => 0 });
+    for (let i = 0; i < 10; i++) t.heard('r', 't', `${String(i)}${'x'.repeat(999)}`, false);
+    const a = t.activity(20);
+    expect(a.active).toBe(3);
+    expect(a.topByRate.map((d) => d.deviceId[0]).sort()).toEqual(['7', '8', '9']);
+    expect(a.truncated).toBe(true);
+  });
+
+  it('routes removed by a reload stop being reported', () => {
+    const t = new Traffic({ silentAfterMs: 60_000, clock: () => 0 });
+    t.heard('a/{deviceId}', 'ta', 'd', false);
+    t.heard('b/{deviceId}', 'tb', 'd', false);
+    t.keepRoutes([{ mqtt: 'b/{deviceId}', kafka: 'tb' }]);
+    expect(t.routeTraffic().map((r) => r.route)).toEqual(['b/{deviceId}']);
+  });
+});
