@@ -126,8 +126,9 @@ export class AdminServer {
       registers: [registry],
       async collect() {
         const detail = await backlogDetailOf(status());
-        // none yet, or the log cannot be read (edgebridge_log_writable and /healthz say so): no value
-        if (detail) this.set(detail.bytes);
+        // NaN, not 0, when not known yet (the first scan of a long backlog takes longer than a
+        // scrape waits) or the log cannot be read (edgebridge_log_writable and /healthz say so)
+        this.set(detail ? detail.bytes : Number.NaN);
       },
     });
     totalFrom(registry, 'edgebridge_received_total', 'Publishes committed to the commit log', () => status().received);

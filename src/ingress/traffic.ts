@@ -110,6 +110,7 @@ export class Traffic {
     } else {
       this.known.delete(deviceId);
       d = { lastSeen: now, windowStart: now, current: 0, previous: 0 };
+      this.cached = undefined; // a new device shows at once; rates may lag a second
       this.idChars += deviceId.length;
       while (this.devices.size > 0 && (this.devices.size >= this.maxDevices || this.idChars > this.maxIdChars)) {
         const oldest = this.devices.keys().next().value as string;

@@ -108,7 +108,8 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     await publish('c', 1);
     await until('9 forwarded', status, (s) => s.forwarded === 9 && s.backlog === 0);
     expect(await get('/healthz')).toMatchObject({ code: 200, body: { status: 'ok' } });
-    const up = await status();
+    // device figures are computed at most once a second: wait for the rates of the last publishes
+    const up = await until('the device rates', status, (s) => s.devices.topByRate.reduce((n, d) => n + d.perMinute, 0) === 9);
     expect(up).toMatchObject({ received: 9, forwarded: 9, backlog: 0, backlogOldestAgeSeconds: 0, mqttClients: 1 });
     expect(up.transactions).toBeGreaterThanOrEqual(1);
     expect(up.devices).toMatchObject({ active: 3, silent: 0 });
