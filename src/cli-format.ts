@@ -37,14 +37,17 @@ export function labelOf(key: string): string {
  * Cells are single-line: line breaks in them are shown as spaces.
  */
 /**
- * A cell as a terminal shows it: line breaks flattened, and control characters (C0, DEL, C1)
- * escaped as \xNN — device IDs and topics come from devices, and an escape sequence in one
- * must not clear an operator's screen or forge rows.
+ * A cell as a terminal shows it: line breaks flattened, control characters (C0, DEL, C1)
+ * escaped as \xNN, bidirectional overrides as \uNNNN and backslashes doubled — device IDs and
+ * topics come from devices, and an escape sequence in one must not clear an operator's screen,
+ * forge rows or reorder a cell.
  */
 export function printable(cell: string): string {
   return cell
     .replace(/\s*[\r\n]+\s*/g, ' ')
-    .replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+    .replace(/[\\\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, (c) =>
+      c === '\\' ? '\\\\' : c.charCodeAt(0) > 0xff ? `\\u${c.charCodeAt(0).toString(16)}` : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+    );
 }
 
 export function formatTable(rows: readonly (readonly string[])[], right: readonly number[] = []): string {

@@ -49,7 +49,8 @@ export class BacklogInspector {
    */
   summary(maxAgeMs: number, stillTrue: (last: BacklogSummary) => boolean = () => true): Promise<BacklogSummary> {
     const reuseMs = Math.max(maxAgeMs, REUSE_FACTOR * this.lastScanMs);
-    if (this.last && Date.now() - this.last.readAt <= reuseMs && stillTrue(this.last)) return Promise.resolve(this.last);
+    const age = this.last === undefined ? -1 : Date.now() - this.last.readAt; // < 0: the clock was set back
+    if (this.last && age >= 0 && age <= reuseMs && stillTrue(this.last)) return Promise.resolve(this.last);
     this.pending ??= this.ask().finally(() => (this.pending = undefined));
     return this.pending;
   }
@@ -63,8 +64,10 @@ export class BacklogInspector {
       this.waiting = resolve;
       worker.postMessage({ top: this.top });
     }).then((reply) => {
-      this.idleTimer = setTimeout(() => this.stopWorker(), IDLE_MS);
-      this.idleTimer.unref();
+      if (!this.closed) {
+        this.idleTimer = setTimeout(() => this.stopWorker(), IDLE_MS);
+        this.idleTimer.unref();
+      }
       if (!reply.ok) throw new Error(reply.error);
       this.lastScanMs = Date.now() - startedAt;
       this.last = reply.summary;

@@ -35,6 +35,8 @@ export interface BacklogDetail {
 const BACKLOG_DETAIL_MAX_AGE_MS = 5_000;
 /** How long /status and /metrics wait for a scan before they answer with the previous one. */
 const BACKLOG_DETAIL_WAIT_MS = 1_000;
+/** The previous scan stands in for a slow one at most this old. */
+const BACKLOG_DETAIL_FALLBACK_MS = 60_000;
 /** A status is reused this long: a scrape reads it once, not once per metric. */
 const STATUS_REUSE_MS = 250;
 
@@ -77,9 +79,10 @@ export class AdminServer {
     collectDefaultMetrics({ register: registry });
     // One status for all the metrics of a scrape (and requests close together): each reads the
     // log and walks the device table, on the thread that acknowledges publishes.
+    // A monotonic clock: a wall clock set back (NTP) must not freeze /healthz on an old answer.
     let memo: { at: number; value: GatewayStatus } | undefined;
     const status = (): GatewayStatus => {
-      const now = Date.now();
+      const now = performance.now();
       if (!memo || now - memo.at > STATUS_REUSE_MS) memo = { at: now, value: options.status() };
       return memo.value;
     };
@@ -232,16 +235,28 @@ export class AdminServer {
   private async backlogDetailOf(s: GatewayStatus): Promise<BacklogDetail | undefined> {
     const inspector = this.inspector;
     if (!inspector) return undefined;
-    const agrees = (last: BacklogSummary) => (last.records === 0) === (s.backlog === 0);
+    // Of a backlog of about this size: empty when it is empty, and within a factor of 2 (a slow
+    // scan of a long backlog is reused for a while, but not once the drain has halved it).
+    const agrees = (last: BacklogSummary) =>
+      (last.records === 0) === (s.backlog === 0) && (s.backlog === 0 || (s.backlog <= 2 * last.records && last.records <= 2 * s.backlog));
     let summary: BacklogSummary | undefined;
     try {
       const fresh = inspector.summary(BACKLOG_DETAIL_MAX_AGE_MS, agrees);
       fresh.catch(() => undefined); // answered later, or failed, after the wait below gave up
-      summary = await Promise.race([fresh, new Promise<undefined>((r) => setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS).unref())]);
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<undefined>((r) => {
+        timer = setTimeout(() => r(undefined), BACKLOG_DETAIL_WAIT_MS);
+        timer.unref();
+      });
+      summary = await Promise.race([fresh, waited]).finally(() => clearTimeout(timer));
     } catch {
       // the log cannot be read: health says so
     }
-    summary ??= inspector.latest !== undefined && agrees(inspector.latest) ? inspector.latest : undefined;
+    // The previous scan while a new one takes longer than the wait, if it is of this backlog and
+    // not too old (a worker failing for good must not freeze the figure).
+    const latest = inspector.latest;
+    const latestAge = latest === undefined ? -1 : Date.now() - latest.readAt;
+    summary ??= latest !== undefined && agrees(latest) && latestAge >= 0 && latestAge <= BACKLOG_DETAIL_FALLBACK_MS ? latest : undefined;
     return summary === undefined ? undefined : backlogDetail(summary);
   }
 

@@ -51,6 +51,10 @@ interface DeviceState {
 }
 
 const MINUTE_MS = 60_000;
+/** The device figures are computed at most this often… */
+const ACTIVITY_REUSE_MS = 1_000;
+/** …or this often while new devices appear (so a new device shows at once, but churn is bounded). */
+const NEW_DEVICE_MS = 250;
 
 export interface TrafficOptions {
   /** A device heard from less recently than this is silent. */
@@ -74,7 +78,7 @@ export class Traffic {
   private readonly maxIdChars: number;
   private idChars = 0;
   private forgotten = false;
-  private cached: { at: number; top: number; value: DeviceActivity } | undefined;
+  private cached: { at: number; top: number; value: DeviceActivity; newDevices: boolean } | undefined;
   private silentAfter: number;
 
   constructor(options: TrafficOptions) {
@@ -110,7 +114,7 @@ export class Traffic {
     } else {
       this.known.delete(deviceId);
       d = { lastSeen: now, windowStart: now, current: 0, previous: 0 };
-      this.cached = undefined; // a new device shows at once; rates may lag a second
+      if (this.cached) this.cached.newDevices = true; // shown within NEW_DEVICE_MS; rates may lag a second
       this.idChars += deviceId.length;
       while (this.devices.size > 0 && (this.devices.size >= this.maxDevices || this.idChars > this.maxIdChars)) {
         const oldest = this.devices.keys().next().value as string;
@@ -146,9 +150,12 @@ export class Traffic {
    */
   activity(top = 10): DeviceActivity {
     const now = this.clock();
-    if (this.cached && this.cached.top === top && now - this.cached.at < 1_000) return this.cached.value;
+    const c = this.cached;
+    // age < 0: the wall clock was set back (NTP step) — the copy is of no known age
+    const age = c === undefined ? -1 : now - c.at;
+    if (c && c.top === top && age >= 0 && age < (c.newDevices ? NEW_DEVICE_MS : ACTIVITY_REUSE_MS)) return c.value;
     const value = this.computeActivity(top, now);
-    this.cached = { at: now, top, value };
+    this.cached = { at: now, top, value, newDevices: false };
     return value;
   }
 

@@ -95,7 +95,8 @@ const byRecordsThenId = (a: DeviceRow, b: DeviceRow): number =>
 /**
  * The backlog after the forwarder's position, per device. Read in chunks: when the backlog moves
  * during a long scan (records forwarded, new ones stored), the figures are those of each chunk
- * when it was read, and records forwarded before their chunk was reached are not counted.
+ * when it was read, and records forwarded before their chunk was reached are not counted;
+ * `position` is the last one read, so `records` may include some forwarded during the scan.
  */
 export function readBacklog(db: Database.Database, options: BacklogOptions = {}): BacklogSummary {
   const limit = options.limit ?? DEFAULT_BACKLOG_LIMIT;

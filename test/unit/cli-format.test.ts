@@ -108,5 +108,9 @@ describe('printable: what devices named reaches a terminal only as text', () => 
     expect(printable('line one\r\n  line two')).toBe('line one line two');
     expect(printable('sensor-ü-7')).toBe('sensor-ü-7');
     expect(formatTable([['dev\u001b[2K', '1']])).toBe('dev\\x1b[2K  1\n');
+    // a literal backslash-x in an ID does not look like an escaped control character
+    expect(printable('a\\x1b')).toBe('a\\\\x1b');
+    // bidirectional overrides cannot reorder a cell
+    expect(printable('abc\u202edef')).toBe('abc\\u202edef');
   });
 });

@@ -161,3 +161,18 @@ describe('the Grafana dashboard (deploy/grafana/edgebridge-dashboard.json)', () 
     }
   });
 });
+
+describe('the admin endpoint reads the status once per scrape', () => {
+  it('every metric of one /metrics comes from one status() (each reads the log and walks the devices on the ingest thread)', async () => {
+    let calls = 0;
+    const server = new AdminServer({ host: '127.0.0.1', port: 0, status: () => (calls++, status), logger: pino({ level: 'silent' }) });
+    const { port } = await server.start();
+    try {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(text).toContain('edgebridge_backlog_records 20');
+      expect(calls).toBe(1);
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -181,3 +181,33 @@ describe('review fixes', () => {
     expect(t.routeTraffic().map((r) => r.route)).toEqual(['b/{deviceId}']);
   });
 });
+
+describe('caches and a wall clock set back', () => {
+  it('the device figures are not frozen when the clock steps back (NTP): a copy of unknown age is computed again', () => {
+    let now = 100_000;
+    const t = new Traffic({ silentAfterMs: 600_000, clock: () => now });
+    t.heard('r', 't', 'a', false);
+    expect(t.activity().topByRate[0]!.perMinute).toBe(1);
+    now = 40_000; // an hour-long step would freeze it for an hour
+    t.heard('r', 't', 'a', false);
+    t.heard('r', 't', 'a', false);
+    expect(t.activity().topByRate[0]!.perMinute).toBe(3);
+  });
+
+  it('a new device shows within a quarter of a second, the rates of known ones within a second', () => {
+    let now = 0;
+    const t = new Traffic({ silentAfterMs: 600_000, clock: () => now });
+    t.heard('r', 't', 'a', false);
+    expect(t.activity().active).toBe(1);
+    t.heard('r', 't', 'b', false);
+    now = 100;
+    expect(t.activity().active).toBe(1); // at most 4 walks of every device a second
+    now = 300;
+    expect(t.activity().active).toBe(2);
+    t.heard('r', 't', 'a', false);
+    now = 800;
+    expect(t.activity().topByRate.find((d) => d.deviceId === 'a')!.perMinute).toBe(1);
+    now = 1_400;
+    expect(t.activity().topByRate.find((d) => d.deviceId === 'a')!.perMinute).toBe(2);
+  });
+});
