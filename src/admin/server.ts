@@ -37,8 +37,6 @@ const BACKLOG_DETAIL_MAX_AGE_MS = 5_000;
 const BACKLOG_DETAIL_WAIT_MS = 1_000;
 /** The previous scan stands in for a slow one at most this old. */
 const BACKLOG_DETAIL_FALLBACK_MS = 60_000;
-/** A status is reused this long: a scrape reads it once, not once per metric. */
-const STATUS_REUSE_MS = 250;
 
 function backlogDetail(s: BacklogSummary, now = Date.now()): BacklogDetail {
   return {
@@ -72,21 +70,18 @@ export class AdminServer {
   private readonly inspector: BacklogInspector | undefined;
   private readonly batchSeconds: Histogram;
   private readonly status: () => GatewayStatus;
+  /** The status of the scrapes under way (undefined between scrapes). */
+  private scrapeStatus: GatewayStatus | undefined;
+  private scrapes = 0;
   private readonly batchRecords: Histogram;
 
   constructor(private readonly options: AdminServerOptions) {
     const { registry } = this;
     collectDefaultMetrics({ register: registry });
-    // One status for all the metrics of a scrape (and requests close together): each reads the
-    // log and walks the device table, on the thread that acknowledges publishes.
-    // A monotonic clock: a wall clock set back (NTP) must not freeze /healthz on an old answer.
-    let memo: { at: number; value: GatewayStatus } | undefined;
-    const status = (): GatewayStatus => {
-      const now = performance.now();
-      if (!memo || now - memo.at > STATUS_REUSE_MS) memo = { at: now, value: options.status() };
-      return memo.value;
-    };
-    this.status = status;
+    // One status for all the metrics of a scrape: each reads the log and walks the device table,
+    // on the thread that acknowledges publishes. Requests (/healthz, /readyz, /status) read their own.
+    const status = (): GatewayStatus => this.scrapeStatus ?? options.status();
+    this.status = options.status;
     this.inspector = options.storageDir === undefined ? undefined : new BacklogInspector(options.storageDir);
     this.batchSeconds = new Histogram({
       name: 'edgebridge_forward_batch_duration_seconds',
@@ -287,8 +282,14 @@ export class AdminServer {
       switch (url.split('?')[0]) {
         case '/':
           return { code: 200, type: 'text/html; charset=utf-8', body: STATUS_PAGE };
-        case '/metrics':
-          return { code: 200, type: this.registry.contentType, body: await this.registry.metrics() };
+        case '/metrics': {
+          if (this.scrapes++ === 0) this.scrapeStatus = this.options.status();
+          try {
+            return { code: 200, type: this.registry.contentType, body: await this.registry.metrics() };
+          } finally {
+            if (--this.scrapes === 0) this.scrapeStatus = undefined;
+          }
+        }
         case '/status':
           return json(200, await this.statusWithBacklog());
         case '/history':

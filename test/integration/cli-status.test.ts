@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, existsSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { describe, expect, it } from 'vitest';
@@ -124,6 +124,15 @@ describe('edgebridge status and backlog (real gateway processes)', () => {
     const { gw, dir } = await bufferingGateway();
     const data = join(dir, 'data');
     chmodSync(dir, 0o755); // mkdtemp's 0700 would keep nobody out of the log altogether
+    // nobody must reach the CLI too: a clone inside a 0700 folder (mktemp -d) keeps it out. The
+    // folders above the checkout get o+x (traverse, not list) for this test, and back after.
+    for (let d = dirname(CLI); d !== dirname(d); d = dirname(d)) {
+      const mode = statSync(d).mode & 0o7777;
+      if ((mode & 0o001) === 0) {
+        chmodSync(d, mode | 0o001);
+        cleanup(() => chmodSync(d, mode));
+      }
+    }
     const nobody = { uid: 65534, gid: 65534 };
     const running = await run(['backlog', '--dir', data, '--json'], nobody);
     expect(running.stderr).toBe('');
