@@ -120,7 +120,7 @@ export function statusRows(s: StatusBody, readiness: Readiness): [string, string
   if (s.startedAt !== undefined) rows.push(['up', formatAge(Math.max(0, (Date.now() - s.startedAt) / 1000))]);
   if (s.backlog !== undefined) {
     const oldest = s.backlog > 0 && s.backlogOldestAgeSeconds !== undefined ? `, oldest ${formatAge(s.backlogOldestAgeSeconds)}` : '';
-    const bytes = s.backlogDetail && s.backlog > 0 ? `, ${formatBytes(s.backlogDetail.bytes)}` : '';
+    const bytes = s.backlogDetail && s.backlog > 0 ? `, ${s.backlogDetail.estimated ? '~' : ''}${formatBytes(s.backlogDetail.bytes)}` : '';
     rows.push(['backlog', `${formatCount(s.backlog)} records${bytes}${oldest}`]);
     const top = s.backlogDetail?.topDevices ?? [];
     if (s.backlog > 0 && top.length > 0) {

@@ -16,6 +16,8 @@ export type BacklogReply = { ok: true; summary: BacklogSummary } | { ok: false; 
 const IDLE_MS = 60_000;
 /** A scan is reused for at least this many times its own duration: scans take at most ~10 % of a core. */
 const REUSE_FACTOR = 10;
+/** And never more often than this, whatever the callers' doubts about the last one. */
+const MIN_SCAN_INTERVAL_MS = 2_000;
 
 /**
  * Answers "which devices is the backlog made of, and how many bytes is it" (/status, the page,
@@ -45,12 +47,16 @@ export class BacklogInspector {
 
   /**
    * An answer at most `maxAgeMs` old that `stillTrue` accepts (a scan is started when the last
-   * one is older or no longer true).
+   * one is older or no longer true, but not within MIN_SCAN_INTERVAL_MS of the last one: then the
+   * last one, which the caller checks again).
    */
   summary(maxAgeMs: number, stillTrue: (last: BacklogSummary) => boolean = () => true): Promise<BacklogSummary> {
     const reuseMs = Math.max(maxAgeMs, REUSE_FACTOR * this.lastScanMs);
     const age = this.last === undefined ? -1 : Date.now() - this.last.readAt; // < 0: the clock was set back
     if (this.last && age >= 0 && age <= reuseMs && stillTrue(this.last)) return Promise.resolve(this.last);
+    // However often it is asked (a script polling /status every 100 ms while the backlog swings),
+    // at most one scan per MIN_SCAN_INTERVAL_MS: the caller judges whether the last one will do.
+    if (this.last && age >= 0 && age < MIN_SCAN_INTERVAL_MS) return Promise.resolve(this.last);
     this.pending ??= this.ask().finally(() => (this.pending = undefined));
     return this.pending;
   }

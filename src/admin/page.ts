@@ -120,6 +120,7 @@ function rows(tableId, items, cells, emptyText) {
 }
 function n(v) { return { v: v }; }
 
+var lastDetail = null;
 function showStatus(s, r) {
   text("gateway-id", s.gatewayId);
   var ready = $("ready");
@@ -131,7 +132,10 @@ function showStatus(s, r) {
   text("backlog", num(s.backlog));
   text("backlog-age", age(s.backlogOldestAgeSeconds));
   $("tile-age").className = "tile" + (s.backlogOldestAgeSeconds > 60 ? " alert" : "");
-  text("backlog-bytes", s.backlogDetail ? bytes(s.backlogDetail.bytes) : "–");
+  // the detail is left out while a scan of this backlog is under way: keep showing the last one
+  if (s.backlogDetail) lastDetail = s.backlogDetail;
+  var detail = s.backlog === 0 ? null : lastDetail;
+  text("backlog-bytes", s.backlog === 0 ? bytes(0) : detail ? (detail.estimated ? "≈ " : "") + bytes(detail.bytes) : "–");
   text("clients", num(s.mqttClients));
   text("devices-active", num(s.devices.active));
   text("devices-silent", num(s.devices.silent));
@@ -148,7 +152,7 @@ function showStatus(s, r) {
       (d.etaSeconds == null ? "not shrinking" : "about " + age(d.etaSeconds) + " to go"));
   }
   var now = Date.now();
-  rows("top-backlog", s.backlogDetail ? s.backlogDetail.topDevices : [], function (x) { return [x.deviceId, n(num(x.records)), n(bytes(x.bytes)), n(age(x.oldestAgeSeconds))]; }, "no backlog");
+  rows("top-backlog", detail ? detail.topDevices : [], function (x) { return [x.deviceId, n(num(x.records)), n(bytes(x.bytes)), n(age(x.oldestAgeSeconds))]; }, s.backlog === 0 ? "no backlog" : detail && detail.estimated ? "only records in flight: no device is behind" : "reading the log…");
   rows("top-rate", s.devices.topByRate, function (x) { return [x.deviceId, n(num(x.perMinute)), n(age(x.lastSeenSecondsAgo) + " ago")]; }, "no device heard from");
   rows("silent", s.devices.silentDevices, function (x) { return [x.deviceId, n(age(x.silentSeconds) + (x.seenSinceStart ? "" : " (not since start)"))]; }, "none");
   rows("routes", s.routes, function (x) { return [x.route, x.topic, n(num(x.stored)), n(num(x.duplicates))]; }, "nothing stored yet");

@@ -79,7 +79,7 @@ describe('edgebridge status rows', () => {
           drain: { startedAt: now - 4000, done: 100, total: 400, remaining: 300, ratePerSecond: 25, etaSeconds: 12 },
           devices: { active: 2, silent: 1, silentAfterSeconds: 900, topByRate: [], silentDevices: [{ deviceId: 'c', silentSeconds: 1000, seenSinceStart: true }], truncated: false },
           errors: [{ at: now - 3000, level: 'warn', code: 'EB_ERR_FORWARD_KAFKA', message: 'kafka unreachable', detail: undefined, count: 4 }],
-          backlogDetail: { bytes: 2048, devices: 2, readAt: now, topDevices: [{ deviceId: 'a', records: 20, bytes: 1000, oldestAgeSeconds: 9 }, { deviceId: 'b', records: 10, bytes: 1048, oldestAgeSeconds: 8 }] },
+          backlogDetail: { bytes: 2048, estimated: false, devices: 2, readAt: now, topDevices: [{ deviceId: 'a', records: 20, bytes: 1000, oldestAgeSeconds: 9 }, { deviceId: 'b', records: 10, bytes: 1048, oldestAgeSeconds: 8 }] },
         },
         { code: 200, body: { status: 'ready' } },
       ),
