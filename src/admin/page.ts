@@ -133,7 +133,9 @@ function showStatus(s, r) {
   text("backlog-age", age(s.backlogOldestAgeSeconds));
   $("tile-age").className = "tile" + (s.backlogOldestAgeSeconds > 60 ? " alert" : "");
   // the detail is left out while a scan of this backlog is under way: keep showing the last one
-  if (s.backlogDetail) lastDetail = s.backlogDetail;
+  var inFlight = s.forwarder === "forwarding" && s.backlogOldestAgeSeconds < 10;
+  // an estimate (the log being read) does not replace the devices of the last reading
+  if (s.backlogDetail && (!s.backlogDetail.estimated || inFlight || !lastDetail || lastDetail.estimated)) lastDetail = s.backlogDetail;
   var detail = s.backlog === 0 ? null : lastDetail;
   text("backlog-bytes", s.backlog === 0 ? bytes(0) : detail ? (detail.estimated ? "≈ " : "") + bytes(detail.bytes) : "–");
   text("clients", num(s.mqttClients));
@@ -152,7 +154,7 @@ function showStatus(s, r) {
       (d.etaSeconds == null ? "not shrinking" : "about " + age(d.etaSeconds) + " to go"));
   }
   var now = Date.now();
-  rows("top-backlog", detail ? detail.topDevices : [], function (x) { return [x.deviceId, n(num(x.records)), n(bytes(x.bytes)), n(age(x.oldestAgeSeconds))]; }, s.backlog === 0 ? "no backlog" : detail && detail.estimated ? "only records in flight: no device is behind" : "reading the log…");
+  rows("top-backlog", detail ? detail.topDevices : [], function (x) { return [x.deviceId, n(num(x.records)), n(bytes(x.bytes)), n(age(x.oldestAgeSeconds))]; }, s.backlog === 0 ? "no backlog" : inFlight ? "only records in flight: no device is behind" : "reading the log…");
   rows("top-rate", s.devices.topByRate, function (x) { return [x.deviceId, n(num(x.perMinute)), n(age(x.lastSeenSecondsAgo) + " ago")]; }, "no device heard from");
   rows("silent", s.devices.silentDevices, function (x) { return [x.deviceId, n(age(x.silentSeconds) + (x.seenSinceStart ? "" : " (not since start)"))]; }, "none");
   rows("routes", s.routes, function (x) { return [x.route, x.topic, n(num(x.stored)), n(num(x.duplicates))]; }, "nothing stored yet");

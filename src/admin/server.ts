@@ -25,8 +25,9 @@ export interface AdminServerOptions {
 export interface BacklogDetail {
   readonly bytes: number;
   /**
-   * True for a backlog that is only in flight (forwarding, oldest record under 10 s): its bytes are
-   * estimated from the records recently forwarded, and no devices are listed (none is behind).
+   * True when the bytes are estimated from the records forwarded lately, and no devices listed: a
+   * backlog only in flight (forwarding, oldest record under 10 s: none is behind), or one not read
+   * yet (it grew fast, or the first scan of a long one is under way).
    */
   readonly estimated: boolean;
   /** The devices with the most records waiting. */
@@ -249,9 +250,10 @@ export class AdminServer {
     if (!inspector) return undefined;
     // No backlog: nothing to read (a gateway keeping up is at 0 most of the time).
     if (s.backlog === 0) return { bytes: 0, estimated: false, devices: 0, topDevices: [], readAt: Date.now() };
-    if (s.forwarder === 'forwarding' && s.backlogOldestAgeSeconds < IN_FLIGHT_SECONDS && this.recordBytes !== undefined) {
-      return { bytes: Math.round(s.backlog * this.recordBytes), estimated: true, devices: 0, topDevices: [], readAt: Date.now() };
-    }
+    const recordBytes = this.recordBytes;
+    const estimate = (): BacklogDetail | undefined =>
+      recordBytes === undefined ? undefined : { bytes: Math.round(s.backlog * recordBytes), estimated: true, devices: 0, topDevices: [], readAt: Date.now() };
+    if (s.forwarder === 'forwarding' && s.backlogOldestAgeSeconds < IN_FLIGHT_SECONDS && recordBytes !== undefined) return estimate();
     // Of a backlog of about this size: within a factor of 2 (a slow scan of a long backlog is
     // reused for a while, but not once the drain has halved it).
     const agrees = (last: BacklogSummary) => last.records > 0 && s.backlog <= 2 * last.records && last.records <= 2 * s.backlog;
@@ -274,7 +276,10 @@ export class AdminServer {
     const latest = inspector.latest;
     const latestAge = latest === undefined ? -1 : Date.now() - latest.readAt;
     summary ??= latest !== undefined && agrees(latest) && latestAge >= 0 && latestAge <= BACKLOG_DETAIL_FALLBACK_MS ? latest : undefined;
-    return summary === undefined ? undefined : backlogDetail(summary);
+    if (summary !== undefined) return backlogDetail(summary);
+    // None of this backlog yet (it grew fast, or the first scan of a long one is under way): its
+    // bytes estimated as for a backlog in flight, the devices to follow.
+    return estimate();
   }
 
   /** Name → type (counter, gauge, histogram...) of every metric /metrics serves: what dashboards may query. */
