@@ -1,4 +1,4 @@
-import { pino, type Logger, type redactOptions } from 'pino';
+import { pino, type DestinationStream, type Logger, type redactOptions } from 'pino';
 
 export type { Logger };
 
@@ -35,8 +35,8 @@ export interface LogTap {
  * JSON lines on stdout (pino); pipe through pino-pretty for reading by eye. `tap` sees each line
  * logged (the status page's recent errors).
  */
-export function createLogger(level: string, name = 'edgebridge', tap?: LogTap): Logger {
-  return pino({
+export function createLogger(level: string, name = 'edgebridge', tap?: LogTap, destination?: DestinationStream): Logger {
+  const options = {
     name,
     level,
     base: { pid: process.pid },
@@ -54,5 +54,6 @@ export function createLogger(level: string, name = 'edgebridge', tap?: LogTap): 
             },
           },
         }),
-  });
+  };
+  return destination === undefined ? pino(options) : pino(options, destination);
 }

@@ -132,7 +132,7 @@ describe('DrainProgress: a backlog forwarded after an outage', () => {
 describe('RecentErrors and the logger tap', () => {
   it('keeps errors and coded warnings, newest first, repeats folded with a count; children of the logger are seen', () => {
     const recent = new RecentErrors(3);
-    const logger = createLogger('info', 'test', recent);
+    const logger = createLogger('info', 'test', recent, new Writable({ write: (_c, _e, done) => done() }));
     const child = logger.child({ stage: 'forward' });
     child.error({ code: 'EB_ERR_A', err: 'boom' }, 'first');
     logger.warn('a warning without a code is not a problem to list');
