@@ -223,3 +223,17 @@ export async function until(what: string, check: () => boolean | Promise<boolean
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * Reads until `ok` accepts the value, and returns it; fails naming `what` and the last value read
+ * after the deadline.
+ */
+export async function untilValue<T>(what: string, read: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 60_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await read();
+    if (ok(value)) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

@@ -8,21 +8,11 @@ import { FaultKafka } from '../helpers/fault-kafka.js';
 import { testConfig, uniqueName } from '../helpers/gateway.js';
 import { consumeAll } from '../helpers/kafka.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
+import { untilValue } from '../helpers/raw-mqtt.js';
 import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 // What the page's scripts (run in Chromium by waitForFunction) use of the DOM; no DOM lib here.
 declare const document: { querySelector(selector: string): { textContent: string | null } | null; querySelectorAll(selector: string): { length: number } };
-
-/** Waits for `read()` to satisfy `ok`, polling; fails with the last value at the deadline. */
-async function until<T>(what: string, read: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 interface Status {
   gatewayId: string;
@@ -102,21 +92,21 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     };
 
     // --- Kafka up: ready, everything forwarded, the figures add up ---
-    await until('ready', () => get('/readyz'), (p) => p.code === 200);
+    await untilValue('ready', () => get('/readyz'), (p) => p.code === 200);
     await publish('a', 5);
     await publish('b', 3);
     await publish('c', 1);
-    await until('9 forwarded', status, (s) => s.forwarded === 9 && s.backlog === 0);
+    await untilValue('9 forwarded', status, (s) => s.forwarded === 9 && s.backlog === 0);
     expect(await get('/healthz')).toMatchObject({ code: 200, body: { status: 'ok' } });
     // device figures are computed at most once a second: wait for the rates of the last publishes
-    const up = await until('the device rates', status, (s) => s.devices.topByRate.reduce((n, d) => n + d.perMinute, 0) === 9);
+    const up = await untilValue('the device rates', status, (s) => s.devices.topByRate.reduce((n, d) => n + d.perMinute, 0) === 9);
     expect(up).toMatchObject({ received: 9, forwarded: 9, backlog: 0, backlogOldestAgeSeconds: 0, mqttClients: 1 });
     expect(up.transactions).toBeGreaterThanOrEqual(1);
     expect(up.devices).toMatchObject({ active: 3, silent: 0 });
     expect(up.devices.topByRate.map((d) => [d.deviceId, d.perMinute])).toEqual([['a', 5], ['b', 3], ['c', 1]]);
     expect(up.routes).toEqual([{ route: ROUTE, topic, stored: 9, duplicates: 0 }]);
     expect(up.backlogDetail).toMatchObject({ bytes: 0, devices: 0, topDevices: [] });
-    const history = await until('a history sample', () => get<{ intervalSeconds: number; samples: { backlog: number }[] }>('/history'), (h) => h.body.samples.length > 0);
+    const history = await untilValue('a history sample', () => get<{ intervalSeconds: number; samples: { backlog: number }[] }>('/history'), (h) => h.body.samples.length > 0);
     expect(history.body.intervalSeconds).toBe(5);
     let text = await metrics();
     expect(metric(text, 'edgebridge_ready')).toBe(1);
@@ -147,20 +137,20 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     payloadBytes = 0;
     await publish('a', 20);
     await publish('b', 10);
-    const outage = await until('a backlog of 30 a second old', status, (s) => s.backlog === 30 && s.backlogOldestAgeSeconds >= 1);
-    const older = await until('the backlog to age', status, (s) => s.backlogOldestAgeSeconds >= outage.backlogOldestAgeSeconds + 2);
+    const outage = await untilValue('a backlog of 30 a second old', status, (s) => s.backlog === 30 && s.backlogOldestAgeSeconds >= 1);
+    const older = await untilValue('the backlog to age', status, (s) => s.backlogOldestAgeSeconds >= outage.backlogOldestAgeSeconds + 2);
     expect(older.backlog).toBe(30);
     expect(older.forwarded).toBe(9);
-    const notReady = await until('not ready', () => get<{ status: string; reason: string; backlog: number }>('/readyz'), (p) => p.code === 503);
+    const notReady = await untilValue('not ready', () => get<{ status: string; reason: string; backlog: number }>('/readyz'), (p) => p.code === 503);
     expect(notReady.body).toMatchObject({ status: 'retrying', backlog: 30 });
     expect(notReady.body.reason).toBeTruthy();
     expect((await get('/healthz')).code).toBe(200); // buffering through an outage is what the log is for
-    const detail = (await until('the backlog detail of all 30', status, (s) => s.backlogDetail?.topDevices.reduce((n, d) => n + d.records, 0) === 30)).backlogDetail!;
+    const detail = (await untilValue('the backlog detail of all 30', status, (s) => s.backlogDetail?.topDevices.reduce((n, d) => n + d.records, 0) === 30)).backlogDetail!;
     expect(detail.devices).toBe(2);
     expect(detail.bytes).toBe(payloadBytes);
     expect(detail.topDevices.map((d) => [d.deviceId, d.records])).toEqual([['a', 20], ['b', 10]]);
     expect(detail.topDevices[0]!.oldestAgeSeconds).toBeGreaterThanOrEqual(1);
-    const silent = await until('c to be silent', status, (s) => s.devices.silentDevices.some((d) => d.deviceId === 'c'));
+    const silent = await untilValue('c to be silent', status, (s) => s.devices.silentDevices.some((d) => d.deviceId === 'c'));
     expect(silent.devices.silent).toBeGreaterThanOrEqual(1);
     text = await metrics();
     expect(metric(text, 'edgebridge_ready')).toBe(0);
@@ -178,7 +168,7 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     expect((await status()).errors.some((e) => e.code === 'EB_ERR_FORWARD_KAFKA')).toBe(true);
     await shows('#errors tbody', /EB_ERR_FORWARD_KAFKA\s*kafka unreachable/);
     // old enough that its forwarding counts as a drain (logged)
-    await until('the backlog 12 s old', status, (s) => s.backlogOldestAgeSeconds >= 12);
+    await untilValue('the backlog 12 s old', status, (s) => s.backlogOldestAgeSeconds >= 12);
     await shows('#backlog-age', /^(1[2-9]|[2-9]\d) s$/);
     if (process.env.EDGEBRIDGE_SCREENSHOT) {
       mkdirSync(join(import.meta.dirname, '..', '..', 'docs'), { recursive: true });
@@ -188,8 +178,8 @@ describe('operations: admin endpoints and the status page through a Kafka outage
 
     // --- Kafka back: everything forwarded once, ready again, the backlog back to 0 ---
     await kafka.start();
-    await until('ready again', () => get('/readyz'), (p) => p.code === 200, 120_000);
-    const after = await until('the backlog drained', status, (s) => s.backlog === 0 && s.backlogOldestAgeSeconds === 0, 60_000);
+    await untilValue('ready again', () => get('/readyz'), (p) => p.code === 200, 120_000);
+    const after = await untilValue('the backlog drained', status, (s) => s.backlog === 0 && s.backlogOldestAgeSeconds === 0, 60_000);
     expect(after.forwarded).toBe(39);
     const records = await consumeAll(kafka.brokers, topic, { expected: 39, timeoutMs: 90_000 });
     const seen = records.map((r) => {
@@ -204,7 +194,7 @@ describe('operations: admin endpoints and the status page through a Kafka outage
     expect(metric(text, 'edgebridge_ready')).toBe(1);
     expect(metric(text, 'edgebridge_backlog_records')).toBe(0);
     expect(metric(text, 'edgebridge_backlog_oldest_age_seconds')).toBe(0);
-    await until('backlog bytes 0', metrics, (t) => metric(t, 'edgebridge_backlog_bytes') === 0);
+    await untilValue('backlog bytes 0', metrics, (t) => metric(t, 'edgebridge_backlog_bytes') === 0);
     expect(metric(text, 'edgebridge_forward_batch_records_sum')).toBe(39);
     await shows('#ready', 'ready');
     await shows('#backlog', '0');

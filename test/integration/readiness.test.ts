@@ -1,21 +1,12 @@
 import mqtt from 'mqtt';
 import { describe, expect, it } from 'vitest';
 import { startTestGateway, uniqueName } from '../helpers/gateway.js';
+import { untilValue } from '../helpers/raw-mqtt.js';
 import { useCleanups, useTmpDirs } from '../helpers/tmp.js';
 
 interface Probe {
   readonly code: number;
   readonly body: { status: string; reason?: string; backlog: number; backlogOldestAgeSeconds: number };
-}
-
-async function until<T>(what: string, read: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe('readiness and backlog age (issue 10, first step)', () => {
@@ -48,16 +39,16 @@ describe('readiness and backlog age (issue 10, first step)', () => {
     expect(notReady.body.reason).toBeTruthy();
     expect((await get('/healthz')).code).toBe(200);
     await publish(1);
-    const aged = await until('the backlog to be a second old', () => get('/readyz'), (p) => p.body.backlogOldestAgeSeconds >= 1);
+    const aged = await untilValue('the backlog to be a second old', () => get('/readyz'), (p) => p.body.backlogOldestAgeSeconds >= 1);
     expect(aged).toMatchObject({ code: 503, body: { backlog: 1 } });
     expect(await metric('edgebridge_backlog_oldest_age_seconds')).toBeGreaterThanOrEqual(1);
   });
 
   it('with Kafka: ready once forwarding, and the backlog age back to 0 after a reading is forwarded', async () => {
     const { get, metric, publish } = await gateway();
-    await until('ready', () => get('/readyz'), (p) => p.code === 200);
+    await untilValue('ready', () => get('/readyz'), (p) => p.code === 200);
     await publish(1);
-    const drained = await until('the reading forwarded', () => get('/readyz'), (p) => p.body.backlog === 0);
+    const drained = await untilValue('the reading forwarded', () => get('/readyz'), (p) => p.body.backlog === 0);
     expect(drained).toMatchObject({ code: 200, body: { status: 'ready', backlogOldestAgeSeconds: 0 } });
     expect(await metric('edgebridge_backlog_oldest_age_seconds')).toBe(0);
   });
