@@ -185,8 +185,18 @@ export const configSchema = z.strictObject({
            * a faster client is slowed (its socket is not read), not disconnected. 0: unlimited.
            */
           publishRatePerSecond: z.number().int().min(0).default(1000),
-          /** Inbound QoS 2 publishes awaiting PUBREL (per connection, and per session across reconnects); more close the connection. */
+          /**
+           * Inbound QoS 2 publishes awaiting PUBREL (per connection, and per session across
+           * reconnects); more close the connection. MQTT 5 clients are told it as Receive Maximum
+           * (QoS 1 and 2 publishes not yet acknowledged); one that sends more is disconnected
+           * with reason code 0x93.
+           */
           maxInflightMessages: z.number().int().min(1).max(65535).default(1000),
+          /**
+           * MQTT 5 topic aliases a client may set up per connection (Topic Alias Maximum in
+           * CONNACK): a publish may name its topic by a number, saving bytes on metered links. 0: none.
+           */
+          maxTopicAliases: z.number().int().min(0).max(65535).default(10),
           /** Messages queued for one subscriber (offline persistent sessions included); older ones are dropped. */
           maxQueuedMessages: z.number().int().min(1).default(1000),
           /** Retained messages kept (local broker traffic); more are refused. */

@@ -16,13 +16,16 @@ const OK: FrameVerdict = { ok: true };
 /**
  * What a client may send in MQTT 3.1.1: CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP,
  * SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT. The others (CONNACK, SUBACK, UNSUBACK, PINGRESP, the
- * reserved 0 and 15) are protocol violations [MQTT-4.8.0-1].
+ * reserved 0) are protocol violations [MQTT-4.8.0-1]; so is AUTH (15) before MQTT 5.
  */
 const CLIENT_PACKET_TYPES = new Set([1, 3, 4, 5, 6, 7, 8, 10, 12, 14]);
+const CLIENT_PACKET_TYPES_V5 = new Set([...CLIENT_PACKET_TYPES, 15]);
 
 /**
- * Remaining lengths the protocol fixes: the acknowledgements carry just a packet id, PINGREQ and
- * DISCONNECT nothing. (The parser behind reads a short one across the next packet's bytes.)
+ * Remaining lengths the protocol fixes in 3.1.1: the acknowledgements carry just a packet id,
+ * PINGREQ and DISCONNECT nothing. (The parser behind reads a short one across the next packet's
+ * bytes.) MQTT 5 acknowledgements may add a reason code and properties, and DISCONNECT may carry
+ * them too: at least a packet id, PINGREQ still nothing.
  */
 const FIXED_LENGTHS = new Map([
   [4, 2],
@@ -32,6 +35,16 @@ const FIXED_LENGTHS = new Map([
   [12, 0],
   [14, 0],
 ]);
+const MIN_LENGTHS_V5 = new Map([
+  [4, 2],
+  [5, 2],
+  [6, 2],
+  [7, 2],
+]);
+const FIXED_LENGTHS_V5 = new Map([[12, 0]]);
+
+/** Where CONNECT's body holds the protocol level: after the protocol name "MQTT" (2 + 4 bytes). */
+const CONNECT_LEVEL_OFFSET = 6;
 const MALFORMED: FrameVerdict = { ok: false, reason: 'malformed' };
 
 /**
@@ -50,6 +63,10 @@ export class PacketSizeGuard {
   private lengthByte = 0;
   private length = 0;
   private multiplier = 1;
+  /** Bytes of the current packet's body seen so far (to read CONNECT's protocol level). */
+  private bodySeen = 0;
+  /** The protocol level the CONNECT asked for (4: 3.1.1, 5: MQTT 5); undefined before it is read. */
+  protocolLevel: number | undefined;
 
   /**
    * @param maxFirstPacketBytes the CONNECT comes before any login: a smaller bound keeps what
@@ -67,6 +84,10 @@ export class PacketSizeGuard {
     while (i < n) {
       if (this.remaining > 0) {
         const skip = Math.min(this.remaining, n - i);
+        if (this.packetsStarted === 1 && this.type === 1 && this.protocolLevel === undefined && this.bodySeen + skip > CONNECT_LEVEL_OFFSET) {
+          this.protocolLevel = chunk[i + CONNECT_LEVEL_OFFSET - this.bodySeen];
+        }
+        this.bodySeen += skip;
         this.remaining -= skip;
         i += skip;
         continue;
@@ -74,7 +95,7 @@ export class PacketSizeGuard {
       const byte = chunk[i++]!;
       if (this.lengthByte === 0) {
         this.type = byte >> 4;
-        if (!CLIENT_PACKET_TYPES.has(this.type)) return MALFORMED;
+        if (!(this.protocolLevel === 5 ? CLIENT_PACKET_TYPES_V5 : CLIENT_PACKET_TYPES).has(this.type)) return MALFORMED;
         this.lengthByte = 1;
         this.length = 0;
         this.multiplier = 1;
@@ -91,8 +112,15 @@ export class PacketSizeGuard {
       this.lengthByte = 0;
       const max = this.packetsStarted++ === 0 ? this.maxFirstPacketBytes : this.maxPacketBytes;
       if (this.length > max) return { ok: false, reason: 'too-large', packetBytes };
-      const fixed = FIXED_LENGTHS.get(this.type);
-      if (fixed !== undefined && this.length !== fixed) return MALFORMED;
+      if (this.protocolLevel === 5) {
+        const fixed = FIXED_LENGTHS_V5.get(this.type);
+        if (fixed !== undefined && this.length !== fixed) return MALFORMED;
+        if (this.length < (MIN_LENGTHS_V5.get(this.type) ?? 0)) return MALFORMED;
+      } else {
+        const fixed = FIXED_LENGTHS.get(this.type);
+        if (fixed !== undefined && this.length !== fixed) return MALFORMED;
+      }
+      this.bodySeen = 0;
       this.remaining = this.length;
     }
     return OK;

@@ -8,7 +8,7 @@ import type { WebSocketServer } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
 import { describeError, type ErrorCode } from '../errors.js';
 import { listen } from '../listen.js';
-import type { AppendSink } from '../log/group-commit.js';
+import type { AppendOwner, AppendSink } from '../log/group-commit.js';
 import type { MqttRefusals } from '../status.js';
 import { AccessPolicy, type Principal } from './access.js';
 import { Authenticator, LoginThrottle, type Credentials } from './authenticator.js';
@@ -36,6 +36,8 @@ export interface IngressLimits {
   /** 0: unlimited. */
   readonly publishRatePerSecond: number;
   readonly maxInflightMessages: number;
+  /** MQTT 5 topic aliases per connection (Topic Alias Maximum); 0: none. */
+  readonly maxTopicAliases: number;
   readonly maxQueuedMessages: number;
   readonly maxRetainedMessages: number;
   readonly maxSessionBytes: number;
@@ -49,6 +51,7 @@ export const DEFAULT_LIMITS: IngressLimits = {
   maxTopicLevels: 32,
   publishRatePerSecond: 0,
   maxInflightMessages: 1000,
+  maxTopicAliases: 10,
   maxQueuedMessages: 1000,
   maxRetainedMessages: 10_000,
   maxSessionBytes: 64 * 1024 * 1024,
@@ -125,6 +128,9 @@ export interface IngressAddresses {
 
 const SYS_PREFIX = '$SYS/';
 
+/** An MQTT 5 DISCONNECT with reason code 0x95 (Packet too large) and no properties. */
+const DISCONNECT_PACKET_TOO_LARGE = Buffer.from([0xe0, 0x02, 0x95, 0x00]);
+
 /**
  * mqtt-packet (aedes's packet writer) builds, on its first packet, a cache of a 2-byte Buffer for
  * every packet id 0-65535: 65,536 Buffer objects, about 7 MB of heap for good, to save allocating
@@ -160,6 +166,8 @@ function isWill(client: Client | null, packet: PublishPacket): boolean {
 type ClientInternals = Client & {
   conn: Socket;
   connected: boolean;
+  /** Set once a successful CONNACK is being written (patches/aedes+2.0.0-beta.1.patch). */
+  _connackWritten?: boolean;
   closed: boolean;
   pause(): void;
   _parser: { parse(buf: Buffer): number };
@@ -181,6 +189,49 @@ class RateLimitedWarn {
 
 function refusal(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode });
+}
+
+/** The MQTT 5 reason codes the gateway answers a publish with (PUBACK, PUBREC or DISCONNECT). */
+export const REASON = {
+  /** DISCONNECT: the message was not stored, for a reason that may pass (a log write failed); send it again. */
+  unspecifiedError: 0x80,
+  /** PUBACK/PUBREC: the access policy does not let this client publish to the topic. Final. */
+  notAuthorized: 0x87,
+  /** DISCONNECT: the gateway is stopping; the message was not stored. */
+  serverShuttingDown: 0x8b,
+  /** PUBACK/PUBREC: the topic is too long, holds U+0000 or invalid UTF-8, or is under $SYS/. Final. */
+  topicNameInvalid: 0x90,
+  /** DISCONNECT: the packet is larger than the Maximum Packet Size the CONNACK gave. */
+  packetTooLarge: 0x95,
+  /** PUBACK/PUBREC: not stored for lack of room (log full, too many waiting, payload over the bound). Final for this message. */
+  quotaExceeded: 0x97,
+} as const;
+
+/**
+ * Why a publish was refused, for aedes to answer with (see patches/aedes+2.0.0-beta.1.patch).
+ * MQTT 3.1.1 has no reason codes: any refusal closes the connection without an acknowledgement,
+ * and the device sends the message again. MQTT 5: a final refusal (`disconnect` false) is a
+ * PUBACK/PUBREC with `reasonCode` on an open connection, so the device knows at once the message
+ * was not stored and why; one that may pass is a DISCONNECT with `reasonCode` and no
+ * acknowledgement, and the device sends the message again as in 3.1.1.
+ */
+function publishRefusal(message: string, reasonCode: number, disconnect: boolean): Error & { reasonCode: number; disconnect: boolean } {
+  return Object.assign(new Error(message), { reasonCode, disconnect });
+}
+
+/** The MQTT 5 answer to a publish the log did not store (its error code says why). */
+function logRefusal(err: Error): Error {
+  const code = (err as { code?: string }).code;
+  if (code === 'EB_ERR_LOG_FULL' || code === 'EB_ERR_INGRESS_OVERLOADED' || code === 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE') {
+    return publishRefusal(err.message, REASON.quotaExceeded, false);
+  }
+  if (code === 'EB_ERR_LOG_CLOSED') return publishRefusal(err.message, REASON.serverShuttingDown, true);
+  return publishRefusal(err.message, REASON.unspecifiedError, true);
+}
+
+/** Whether a client speaks MQTT 5 (aedes sets `version` from its CONNECT). */
+function isV5(client: Client | null): boolean {
+  return (client as { version?: number } | null)?.version === 5;
 }
 
 /**
@@ -237,6 +288,7 @@ export class MqttIngress {
   /** CONNECT details aedes does not pass to `authenticate`. */
   private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean }>();
   private readonly throttles = new WeakMap<Client, PublishThrottle>();
+  private readonly appendOwners = new WeakMap<Client, AppendOwner>();
   /** Filters granted on each connection (mqtt.limits.maxSubscriptions). */
   private readonly grantedFilters = new WeakMap<Client, Set<string>>();
   /** Each connection's remote address (a WebSocket client's stream has none of its own). */
@@ -298,6 +350,10 @@ export class MqttIngress {
       maxTopicLevels: limits.maxTopicLevels,
       maxInflightInbound: limits.maxInflightMessages,
       connectTimeout: limits.connectTimeoutMs,
+      // MQTT 5, told in CONNACK and enforced (the packet bound also by PacketSizeGuard, earlier).
+      receiveMaximum: limits.maxInflightMessages,
+      maximumPacketSize: this.maxPacketBytes,
+      topicAliasMaximum: limits.maxTopicAliases,
     });
     this.broker = broker;
     broker.on('clientError', (client: Client, err: Error) => {
@@ -440,11 +496,21 @@ export class MqttIngress {
     const guard = new PacketSizeGuard(this.maxPacketBytes, Math.min(this.maxPacketBytes, MAX_CONNECT_BYTES));
     const parser = client._parser;
     const parse = parser.parse.bind(parser);
+    let cut = false;
     parser.parse = (buf: Buffer): number => {
+      if (cut) return 0;
       const verdict = guard.feed(buf);
       if (verdict.ok) return parse(buf);
+      cut = true;
       if (verdict.reason === 'too-large') {
-        this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.maxPayloadBytes }, 'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected)');
+        this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { remoteAddress: socket.remoteAddress, clientId: client.id, packetBytes: verdict.packetBytes, maxPayloadBytes: this.maxPayloadBytes }, 'packet larger than mqtt.maxPayloadBytes (plus topic and headers) cut off at its header (client disconnected; MQTT 5: DISCONNECT 0x95)');
+        // [MQTT-3.2.2-15]: an MQTT 5 client that was told the Maximum Packet Size learns why; the
+        // rest of the packet is not read, and the connection goes once the DISCONNECT is out.
+        if (guard.protocolLevel === 5 && (client.connected || client._connackWritten)) {
+          conn.end(DISCONNECT_PACKET_TOO_LARGE);
+          setTimeout(() => conn.destroy(), 1000).unref();
+          return 0;
+        }
       } else {
         this.refuse('malformedPackets', 'EB_ERR_INGRESS_MALFORMED', { remoteAddress: socket.remoteAddress, clientId: client.id }, 'malformed MQTT packet header (client disconnected)');
       }
@@ -569,7 +635,7 @@ export class MqttIngress {
     callback: (error?: Error | null) => void,
   ): void {
     if (packet.topic.startsWith(SYS_PREFIX)) {
-      callback(new Error(`${SYS_PREFIX} topics are reserved`));
+      callback(publishRefusal(`${SYS_PREFIX} topics are reserved`, REASON.notAuthorized, false));
       return;
     }
     const will = isWill(client, packet);
@@ -581,21 +647,21 @@ export class MqttIngress {
     }
     const topicProblem = this.topicProblem(packet.topic);
     if (topicProblem) {
-      this.refuse('topicsRefused', 'EB_ERR_INGRESS_DENIED', { clientId: client?.id, problem: topicProblem }, `publish refused: ${topicProblem} (client disconnected)`);
-      callback(new Error(topicProblem));
+      this.refuse('topicsRefused', 'EB_ERR_INGRESS_DENIED', { clientId: client?.id, problem: topicProblem }, `publish refused: ${topicProblem} (MQTT 3.1.1: client disconnected; MQTT 5: reason code 0x90)`);
+      callback(publishRefusal(topicProblem, REASON.topicNameInvalid, false));
       return;
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
     if (size > this.maxPayloadBytes) {
-      this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.maxPayloadBytes }, 'publish larger than mqtt.maxPayloadBytes refused (client disconnected)');
-      callback(new Error(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.maxPayloadBytes})`));
+      this.refuse('oversized', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client?.id, topic: packet.topic, bytes: size, maxPayloadBytes: this.maxPayloadBytes }, 'publish larger than mqtt.maxPayloadBytes refused (MQTT 3.1.1: client disconnected; MQTT 5: reason code 0x97)');
+      callback(publishRefusal(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.maxPayloadBytes})`, REASON.quotaExceeded, false));
       return;
     }
     if (client !== null) {
       const who = this.principals.get(client);
       if (!who || !this.access.mayPublish(who, packet.topic)) {
-        this.refuse('publishesDenied', 'EB_ERR_INGRESS_DENIED', { clientId: client.id, username: who?.username, topic: packet.topic }, 'MQTT publish denied by the access policy (not stored, not acknowledged, client disconnected)');
-        callback(new Error(`not authorized to publish to ${packet.topic}`));
+        this.refuse('publishesDenied', 'EB_ERR_INGRESS_DENIED', { clientId: client.id, username: who?.username, topic: packet.topic }, 'MQTT publish denied by the access policy (not stored; MQTT 3.1.1: not acknowledged, client disconnected; MQTT 5: reason code 0x87)');
+        callback(publishRefusal(`not authorized to publish to ${packet.topic}`, REASON.notAuthorized, false));
         return;
       }
     }
@@ -649,10 +715,12 @@ export class MqttIngress {
       entry,
       (err, result) => {
         if (err) {
-          // No PUBACK: aedes closes the connection and the device sends the message again. The
-          // log's failures are reported (once per state change) where the log is wired up.
+          // 3.1.1: no PUBACK; aedes closes the connection and the device sends the message again.
+          // MQTT 5: a refusal for lack of room is final (reason code 0x97, the connection stays);
+          // others close the connection with a DISCONNECT that says why, as in 3.1.1. The log's
+          // failures are reported (once per state change) where the log is wired up.
           this.counters.refused++;
-          callback(err);
+          callback(isV5(client) ? logRefusal(err) : err);
           return;
         }
         if (result === 'duplicate') this.counters.duplicates++;
@@ -672,8 +740,28 @@ export class MqttIngress {
       // ones may be stored ahead of it (see GroupCommit). Not so the Last Will, which aedes
       // authorizes after the connection closed: it is no one's to acknowledge and must not be
       // dropped as an abandoned publish of a closed connection [MQTT-3.1.2-8].
-      isWill(client, packet) ? undefined : (client ?? undefined),
+      isWill(client, packet) || client === null ? undefined : this.appendOwner(client),
     );
+  }
+
+  /**
+   * Who owns a connection's appends in the log (see AppendOwner): the connection itself, closed
+   * when it is. An MQTT 5 connection's refusals for lack of room are final for their message only
+   * (it was told so with 0x97); a 3.1.1 connection is closed by any refusal.
+   */
+  private appendOwner(client: Client): AppendOwner {
+    let owner = this.appendOwners.get(client);
+    if (!owner) {
+      const internals = client as ClientInternals;
+      owner = {
+        get closed() {
+          return internals.closed;
+        },
+        finalRefusals: isV5(client),
+      };
+      this.appendOwners.set(client, owner);
+    }
+    return owner;
   }
 
   /**
@@ -778,6 +866,8 @@ export class MqttIngress {
     this.limits = limits;
     this.maxPayloadBytes = maxPayloadBytes;
     this.maxPacketBytes = packetBound(maxPayloadBytes, limits);
+    // MQTT 5 clients are told the new bound in their next CONNACK.
+    if (this.broker) (this.broker as unknown as { maximumPacketSize: number }).maximumPacketSize = this.maxPacketBytes;
     for (const server of this.servers) server.maxConnections = limits.maxConnections;
     this.sessions?.replaceLimits(limits);
   }

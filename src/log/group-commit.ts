@@ -15,6 +15,14 @@ export type AppendCallback = (err: Error | null, result?: AppendResult) => void;
  */
 export interface AppendOwner {
   readonly closed?: boolean;
+  /**
+   * Its refusals for lack of room (the log full and holding acknowledgements, too many waiting)
+   * are final for that message only, answered at once: the connection goes on and its later
+   * appends are judged on their own (MQTT 5: the device was told 0x97). Without it, a refused
+   * owner's later appends are refused too, to keep their order: its connection is closed and the
+   * device sends them again (MQTT 3.1.1).
+   */
+  readonly finalRefusals?: boolean;
 }
 
 /** What ingress needs from the log: append now, learn the outcome later. */
@@ -71,6 +79,8 @@ export interface GroupCommitCounters {
   overloaded: number;
   /** Waiting appends dropped because their connection closed (never acknowledged). */
   abandoned: number;
+  /** Appends refused at once because the log was full, from owners whose refusals are final (MQTT 5: 0x97). */
+  refusedFull: number;
   /**
    * Unstored first sends of DUP-only packets forgotten because too many were noted at once: their
    * DUP resend is checked against the index again (and may be taken for a retransmit).
@@ -87,6 +97,7 @@ interface Pending {
 }
 
 const SHUTTING_DOWN = 'the gateway is shutting down; the message was not stored';
+const LOG_FULL = 'the commit log is full (storage.maxBytes) until the forwarder frees space; the message was not stored';
 
 /**
  * A group this large is written without waiting for minIntervalMs: each transaction rewrites
@@ -105,7 +116,8 @@ const GROUP_ENOUGH_BYTES = 64 * 1024;
  * With a storage policy, a group that would take the log past `maxBytes` is held (backpressure:
  * no acknowledgement until the forwarder frees space) or makes room by dropping the oldest
  * unforwarded records (drop-oldest). Nothing acknowledged is dropped under backpressure. What
- * waits is bounded (maxPending, maxPendingBytes).
+ * waits is bounded (maxPending, maxPendingBytes). An owner whose refusals are final is not held:
+ * while the log is full its appends are refused at once (MQTT 5 devices are told 0x97).
  */
 export class GroupCommit implements AppendSink {
   readonly counters: GroupCommitCounters = {
@@ -116,6 +128,7 @@ export class GroupCommit implements AppendSink {
     dedupEvicted: 0,
     overloaded: 0,
     abandoned: 0,
+    refusedFull: 0,
     unstoredForgotten: 0,
   };
   private readonly unstored = new UnstoredSends();
@@ -160,10 +173,17 @@ export class GroupCommit implements AppendSink {
       );
       return;
     }
+    if (owner?.finalRefusals && this.holdTimer !== undefined) {
+      // Told at once rather than held: its device learns the message was not stored. (Only while
+      // a hold re-checks the room: otherwise it waits for the next flush, which checks it.)
+      this.counters.refusedFull++;
+      this.settle({ entry, done, owner, bytes: 0 }, new EdgebridgeError('EB_ERR_LOG_FULL', LOG_FULL));
+      return;
+    }
     const bytes = recordBytes(entry);
     if (this.pending.length >= this.maxPending || this.pendingBytes + bytes > this.maxPendingBytes) {
       this.counters.overloaded++;
-      this.refuseOwner(owner);
+      if (!owner?.finalRefusals) this.refuseOwner(owner);
       this.logOverload();
       this.settle(
         { entry, done, owner, bytes },
@@ -240,10 +260,12 @@ export class GroupCommit implements AppendSink {
         if (this.options.storage && admissionBytes(head.bytes) > this.options.storage.recordBytes - EMPTY_LOG_BYTES) {
           this.pending.shift();
           this.pendingBytes -= head.bytes;
-          this.refuseOwner(head.owner);
+          if (!head.owner?.finalRefusals) this.refuseOwner(head.owner);
           this.settle(head, new EdgebridgeError('EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', 'the message is larger than storage.maxBytes can ever hold'));
           continue;
         }
+        this.refuseWaitingFinal();
+        if (this.pending.length === 0) return;
         this.hold();
         return;
       }
@@ -350,6 +372,18 @@ export class GroupCommit implements AppendSink {
     }
   }
 
+  /** The log is full: waiting appends whose refusals are final are refused now, not held. */
+  private refuseWaitingFinal(): void {
+    if (!this.pending.some((p) => p.owner?.finalRefusals)) return;
+    const refused = this.pending.filter((p) => p.owner?.finalRefusals);
+    this.pending = this.pending.filter((p) => !p.owner?.finalRefusals);
+    for (const p of refused) {
+      this.pendingBytes -= p.bytes;
+      this.counters.refusedFull++;
+      this.settle(p, new EdgebridgeError('EB_ERR_LOG_FULL', LOG_FULL));
+    }
+  }
+
   private hold(): void {
     this.holdTimer = setTimeout(() => this.release(), this.options.holdRetryMs ?? 200);
     this.holdTimer.unref();
@@ -427,7 +461,7 @@ export class GroupCommit implements AppendSink {
           recordBytes: this.options.storage?.recordBytes,
           overflow: this.options.storage?.overflow,
         },
-        'commit log full: holding acknowledgements until the forwarder frees space',
+        'commit log full: holding acknowledgements until the forwarder frees space (MQTT 5 publishes are refused with reason code 0x97 meanwhile)',
       );
     } else if (!full && this.fullSince !== 0) {
       logger?.info({ heldForMs: Date.now() - this.fullSince }, 'commit log has space again: acknowledging');

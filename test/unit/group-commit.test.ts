@@ -149,6 +149,81 @@ describe('group commit', () => {
     log.close();
   });
 
+  it('an owner whose refusals are final (MQTT 5) is refused at once while the log is full, is not held, and is judged afresh once there is room', async () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    log.append(Array.from({ length: 40 }, (_, i) => big(100 + i))); // a backlog fills the log
+    let position = 0;
+    const gc = new GroupCommit(log, {
+      maxPending: 3,
+      holdRetryMs: 10,
+      storage: { recordBytes: room(log, 100), overflow: 'backpressure', forwardPosition: () => position },
+    });
+    const v3 = { closed: false };
+    const v5 = { closed: false, finalRefusals: true };
+    const results: string[] = [];
+    const record = (who: string) => (err: Error | null) => results.push(`${who}:${err ? ((err as { code?: string }).code ?? 'error') : 'stored'}`);
+    gc.append(big(1), record('v3'), v3);
+    gc.append(big(2), record('v5'), v5); // waiting when the log turns out full: refused, not held
+    await vi.waitFor(() => expect(gc.holding).toBe(true));
+    expect(results).toEqual(['v5:EB_ERR_LOG_FULL']);
+    expect(gc.waiting).toBe(1); // only the 3.1.1 one is held
+    gc.append(big(3), record('v5'), v5); // while full: refused at once
+    expect(results).toEqual(['v5:EB_ERR_LOG_FULL', 'v5:EB_ERR_LOG_FULL']);
+    expect(gc.counters.refusedFull).toBe(2);
+    // space comes back: the held one is stored, and the same v5 owner is no longer refused
+    position = 40;
+    const reader = new LogReader({ dir, synchronous: 'normal' });
+    reader.removeThrough(40);
+    reader.close();
+    gc.release();
+    await vi.waitFor(() => expect(results).toContain('v3:stored'));
+    await new Promise<void>((resolve) => gc.append(big(4), (err) => { record('v5')(err); resolve(); }, v5));
+    expect(results.slice(2)).toEqual(['v3:stored', 'v5:stored']);
+    expect(log.readAfter(40, 10).map((r) => r.payload[0])).toEqual([1, 4]);
+    gc.close();
+    log.close();
+  });
+
+  it('with only final-refusal owners, a full log refuses them and stores again as soon as there is room (nothing held, nothing stuck)', async () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    log.append(Array.from({ length: 40 }, (_, i) => big(100 + i)));
+    let position = 0;
+    const gc = new GroupCommit(log, { holdRetryMs: 10, storage: { recordBytes: room(log, 100), overflow: 'backpressure', forwardPosition: () => position } });
+    const v5 = { closed: false, finalRefusals: true };
+    const outcome = (i: number) => new Promise<string>((resolve) => gc.append(big(i), (err) => resolve(err ? ((err as { code?: string }).code ?? 'error') : 'stored'), v5));
+    expect(await outcome(1)).toBe('EB_ERR_LOG_FULL');
+    expect(await outcome(2)).toBe('EB_ERR_LOG_FULL');
+    expect(gc.holding).toBe(false);
+    position = 40;
+    const reader = new LogReader({ dir, synchronous: 'normal' });
+    reader.removeThrough(40);
+    reader.close();
+    expect(await outcome(3)).toBe('stored');
+    expect(log.readAfter(40, 10).map((r) => r.payload[0])).toEqual([3]);
+    gc.close();
+    log.close();
+  });
+
+  it('an overload refusal of an owner whose refusals are final does not refuse its later appends', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const gc = new GroupCommit(log, { maxPending: 2 });
+    const v5 = { closed: false, finalRefusals: true };
+    const results: string[] = [];
+    const record = (err: Error | null) => results.push(err ? ((err as { code?: string }).code ?? 'error') : 'stored');
+    for (let i = 1; i <= 3; i++) gc.append(entry('d', i), record, v5); // the third is over maxPending
+    expect(results).toEqual(['EB_ERR_INGRESS_OVERLOADED']);
+    await vi.waitFor(() => expect(results).toHaveLength(3));
+    await new Promise<void>((resolve) => gc.append(entry('d', 4), (err) => { record(err); resolve(); }, v5));
+    expect(results).toEqual(['EB_ERR_INGRESS_OVERLOADED', 'stored', 'stored', 'stored']);
+    expect(log.readAfter(0, 10).map((r) => r.payload.toString())).toEqual([entry('d', 1).payload.toString(), entry('d', 2).payload.toString(), entry('d', 4).payload.toString()]);
+    gc.close();
+    log.close();
+  });
+
   it('close() flushes what is pending and refuses new appends', () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
     const gc = new GroupCommit(log);

@@ -17,6 +17,34 @@ describe('PacketSizeGuard', () => {
     }
   });
 
+  it('learns the protocol level from the CONNECT, in chunks of any size, and lets MQTT 5 packets through that 3.1.1 forbids', () => {
+    const connect = (protocolVersion: 4 | 5) => generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion, clean: true, clientId: 'c', keepalive: 10 });
+    const v5 = [
+      generate({ cmd: 'puback', messageId: 1, reasonCode: 0x10 }, { protocolVersion: 5 }), // with a reason code
+      generate({ cmd: 'pubrec', messageId: 2, reasonCode: 0, properties: { reasonString: 'ok' } }, { protocolVersion: 5 }), // with properties
+      generate({ cmd: 'disconnect', reasonCode: 0x04 }, { protocolVersion: 5 }), // with a reason code
+      generate({ cmd: 'auth', reasonCode: 0x18, properties: { authenticationMethod: 'm' } }, { protocolVersion: 5 }),
+    ];
+    for (const chunk of [1, 3, 7, 4096]) {
+      const guard = new PacketSizeGuard(1000);
+      const stream = Buffer.concat([connect(5), ...v5, publish(10)]);
+      for (let i = 0; i < stream.length; i += chunk) expect(guard.feed(stream.subarray(i, i + chunk)), `chunk ${chunk} at ${i}`).toEqual({ ok: true });
+      expect(guard.protocolLevel).toBe(5);
+    }
+    for (const packet of v5) {
+      const guard = new PacketSizeGuard(1000);
+      expect(guard.feed(connect(4))).toEqual({ ok: true });
+      expect(guard.protocolLevel).toBe(4);
+      expect(guard.feed(packet), `3.1.1 ${packet.toString('hex')}`).toEqual({ ok: false, reason: 'malformed' });
+    }
+    // MQTT 5 keeps the rules it shares: a PINGREQ has no body, an acknowledgement has a packet id
+    for (const bad of [[0xc0, 0x01, 0x00], [0x40, 0x01, 0x00]]) {
+      const guard = new PacketSizeGuard(1000);
+      expect(guard.feed(connect(5))).toEqual({ ok: true });
+      expect(guard.feed(Buffer.from(bad))).toEqual({ ok: false, reason: 'malformed' });
+    }
+  });
+
   it('refuses a packet as soon as its remaining length announces more than the limit', () => {
     const guard = new PacketSizeGuard(1000);
     expect(guard.feed(publish(100))).toEqual({ ok: true });

@@ -18,7 +18,7 @@ describe('retention', () => {
     ]);
     const lines: { msg: string; dropped?: number }[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l)) });
-    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, unstoredForgotten: 0 };
+    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, refusedFull: 0, unstoredForgotten: 0 };
     const retention = new Retention(log, { maxAgeMs: 30_000, forwardPosition: () => 1, groupCounters, logger, intervalMs: 3_600_000 });
     retention.runOnce(now);
     retention.close();
@@ -32,7 +32,7 @@ describe('retention', () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
     const mark = (k: string, windowMs: number) => ({ key: Buffer.from(k), mode: 'check' as const, windowMs });
     log.append([{ ...entry('a', 1), dedup: mark('old', 10) }, { ...entry('a', 2), dedup: mark('new', 60_000) }], 1000);
-    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, unstoredForgotten: 0 };
+    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, refusedFull: 0, unstoredForgotten: 0 };
     const retention = new Retention(log, {
       maxAgeMs: 1e12,
       forwardPosition: () => 0,
@@ -56,7 +56,7 @@ describe('retention', () => {
         1000,
       );
     }
-    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, unstoredForgotten: 0 };
+    const groupCounters = { groups: 0, appended: 0, duplicates: 0, droppedOverflow: 0, dedupEvicted: 0, overloaded: 0, abandoned: 0, refusedFull: 0, unstoredForgotten: 0 };
     const retention = new Retention(log, {
       maxAgeMs: 1000,
       forwardPosition: () => 0,
