@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   EB_ERR_INGRESS_LOGIN: { retryable: false, summary: 'an MQTT login was refused (wrong password, anonymous, no certificate identity)' },
   EB_ERR_INGRESS_TAKEOVER: { retryable: false, summary: 'an MQTT connection was refused: its client id belongs to another identity' },
   EB_ERR_INGRESS_DENIED: { retryable: false, summary: 'a publish or subscription was denied by the access policy (own topics, ACL file)' },
+  EB_ERR_INGRESS_PAYLOAD_INVALID: { retryable: false, summary: 'an MQTT 5 publish said its payload is UTF-8 (Payload Format Indicator) and it is not; refused with reason code 0x99' },
   EB_ERR_INGRESS_MALFORMED: { retryable: false, summary: 'a connection sent a malformed MQTT packet header and was closed' },
   EB_ERR_INGRESS_LIMIT: { retryable: true, summary: 'mqtt.limits.maxConnections was reached; a new connection was closed' },
   EB_ERR_SESSION_WRITE: { retryable: true, summary: 'MQTT session state (a subscription, a queued or retained message, a will) could not be written to the database (disk full, I/O error); the operation failed and its client was told so or disconnected' },

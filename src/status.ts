@@ -113,6 +113,8 @@ export interface MqttRefusals {
   readonly queueDropped: number;
   /** Retained messages not kept (mqtt.limits.maxRetainedMessages or maxSessionBytes). */
   readonly retainedRefused: number;
+  /** MQTT 5 publishes that said their payload is UTF-8 and it is not (0x99). */
+  readonly payloadsInvalid: number;
 }
 
 /**

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { createServer as createHttpServer } from 'node:http';
 import { createRequire } from 'node:module';
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -116,6 +117,8 @@ export interface IngressCounters {
   connectionsRefused: number;
   /** Publishes delayed by mqtt.limits.publishRatePerSecond. */
   publishesThrottled: number;
+  /** MQTT 5 publishes whose Payload Format Indicator says UTF-8 and whose payload is not (0x99). */
+  payloadsInvalid: number;
   /** TLS handshakes that failed (no or untrusted client certificate, wrong protocol). */
   tlsHandshakesFailed: number;
 }
@@ -205,6 +208,8 @@ export const REASON = {
   packetTooLarge: 0x95,
   /** PUBACK/PUBREC: not stored for lack of room (log full, too many waiting, payload over the bound). Final for this message. */
   quotaExceeded: 0x97,
+  /** PUBACK/PUBREC: the publish said its payload is UTF-8 (Payload Format Indicator 1) and it is not. Final. */
+  payloadFormatInvalid: 0x99,
 } as const;
 
 /**
@@ -258,6 +263,7 @@ export class MqttIngress {
     malformedPackets: 0,
     connectionsRefused: 0,
     publishesThrottled: 0,
+    payloadsInvalid: 0,
     tlsHandshakesFailed: 0,
   };
   private commandHooks: CommandHooks | undefined;
@@ -657,6 +663,12 @@ export class MqttIngress {
       callback(publishRefusal(`payload of ${size} bytes exceeds mqtt.maxPayloadBytes (${this.maxPayloadBytes})`, REASON.quotaExceeded, false));
       return;
     }
+    // [MQTT-3.3.2-4]: the receiver may check it; a consumer in Kafka trusts the header that says UTF-8.
+    if ((packet as { properties?: { payloadFormatIndicator?: boolean } }).properties?.payloadFormatIndicator === true && typeof packet.payload !== 'string' && !isUtf8(packet.payload)) {
+      this.refuse('payloadsInvalid', 'EB_ERR_INGRESS_PAYLOAD_INVALID', { clientId: client?.id, topic: packet.topic }, 'MQTT 5 publish refused: its Payload Format Indicator says UTF-8 and the payload is not (reason code 0x99)');
+      callback(publishRefusal('the payload is not valid UTF-8, as its Payload Format Indicator says', REASON.payloadFormatInvalid, false));
+      return;
+    }
     if (client !== null) {
       const who = this.principals.get(client);
       if (!who || !this.access.mayPublish(who, packet.topic)) {
@@ -905,6 +917,7 @@ export class MqttIngress {
       tlsHandshakesFailed: c.tlsHandshakesFailed,
       queueDropped: sessions?.queueDropped ?? 0,
       retainedRefused: sessions?.retainedRefused ?? 0,
+      payloadsInvalid: c.payloadsInvalid,
     };
   }
 }

@@ -114,12 +114,13 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     expect(await publishCode(client, `devices/dev-1/telemetry/${'x'.repeat(250)}`, reading('dev-1', 'b1', 99))).toBe(0x90); // longer than maxTopicBytes
     expect(await publishCode(client, '$SYS/spoof', 'x')).toBe(0x87);
     expect(await publishCode(client, 'devices/dev-1/telemetry', Buffer.alloc(3000, 'a'))).toBe(0x97); // over maxPayloadBytes
+    expect(await publishCode(client, 'devices/dev-1/telemetry', Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { qos: 1, properties: { payloadFormatIndicator: true } })).toBe(0x99); // says UTF-8, is not
     expect(client.connected).toBe(true);
     expect(await publishCode(client, 'devices/dev-1/telemetry', reading('dev-1', 'b1', 7))).toBe(0x00);
 
     const records = gw.log.readAfter(0, 100);
     expect(records.map((r) => JSON.parse(r.payload.toString()).seq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
-    expect(gw.status().mqtt).toMatchObject({ publishesDenied: 2, topicsRefused: 1, oversized: 1 });
+    expect(gw.status().mqtt).toMatchObject({ publishesDenied: 2, topicsRefused: 1, oversized: 1, payloadsInvalid: 1 });
   });
 
   it('inbound topic aliases: a publish names its topic by number; an unknown alias is a DISCONNECT 0x94', async () => {
@@ -250,6 +251,23 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     await until('0x8B', () => shutdownReasons.every((r) => r.length > 0));
     expect(shutdownReasons).toEqual([[0x8b], [0x8b]]);
     for (const c of [first.client, second.client, other.client]) c.end(true);
+  });
+
+  it('a Last Will goes out when the connection breaks or the DISCONNECT asks for it (0x04), not on a normal DISCONNECT', async () => {
+    const { gw } = await gateway({}, { brokers: [`127.0.0.1:${await deadPort()}`] });
+    const will = (id: string) => ({ topic: `devices/${id}/telemetry/will`, payload: Buffer.from(`${id} gone`), qos: 1 as const, retain: false });
+    const graceful = await connect5(gw.url, { clientId: 'w-graceful', will: will('w-graceful') });
+    await publishCode(graceful.client, 'devices/w-graceful/telemetry', 'last');
+    await graceful.client.endAsync();
+    const asked = await connect5(gw.url, { clientId: 'w-asked', will: will('w-asked') });
+    asked.client.end(false, { reasonCode: 0x04 });
+    const broken = await connect5(gw.url, { clientId: 'w-broken', will: will('w-broken') });
+    broken.client.stream.destroy();
+    const wills = () => gw.log.readAfter(0, 100).filter((r) => r.mqttTopic.endsWith('/will')).map((r) => r.deviceId).sort();
+    await until('two wills', () => wills().length === 2);
+    // the graceful one's would be stored by now: it disconnected first
+    expect(wills()).toEqual(['w-asked', 'w-broken']);
+    expect(gw.log.readAfter(0, 100).filter((r) => r.deviceId === 'w-graceful').map((r) => r.payload.toString())).toEqual(['last']);
   });
 
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
