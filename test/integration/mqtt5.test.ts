@@ -270,6 +270,32 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     expect(gw.log.readAfter(0, 100).filter((r) => r.deviceId === 'w-graceful').map((r) => r.payload.toString())).toEqual(['last']);
   });
 
+  it('a session that ended (Session Expiry Interval 0) leaves no QoS 2 state behind: the next session with that client id may reuse a packet id', async () => {
+    const { gw, port } = await gateway({});
+    const { client: watcher } = await connect5(gw.url, { clientId: 'watcher' });
+    cleanup(() => watcher.end(true));
+    const seen: string[] = [];
+    watcher.on('message', (_t, payload) => seen.push(payload.toString()));
+    await watcher.subscribeAsync('local/q2', { qos: 2 });
+    const first = raw5(port);
+    first.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, clientId: 'q2', keepalive: 30, properties: { sessionExpiryInterval: 0 } });
+    await until('CONNACK', () => first.packets.some((p) => p.cmd === 'connack'));
+    first.send({ cmd: 'publish', topic: 'local/q2', payload: Buffer.from('A'), qos: 2, messageId: 1, dup: false, retain: false });
+    await until('PUBREC', () => first.packets.some((p) => p.cmd === 'pubrec'));
+    first.socket.destroy(); // no PUBREL: the handshake is left open, and the session ends with the connection
+    await until('A delivered', () => seen.includes('A'));
+    await until('the first session gone', () => gw.status().mqttClients === 1);
+    const second = raw5(port);
+    cleanup(() => second.socket.destroy());
+    second.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: false, clientId: 'q2', keepalive: 30, properties: { sessionExpiryInterval: 0 } });
+    await until('CONNACK', () => second.packets.some((p) => p.cmd === 'connack'));
+    expect(second.packets.find((p) => p.cmd === 'connack')).toMatchObject({ sessionPresent: false });
+    second.send({ cmd: 'publish', topic: 'local/q2', payload: Buffer.from('B'), qos: 2, messageId: 1, dup: false, retain: false });
+    await until('PUBREC', () => second.packets.some((p) => p.cmd === 'pubrec'));
+    second.send({ cmd: 'pubrel', messageId: 1 });
+    await until('B delivered, not taken for a retransmission of A', () => seen.includes('B'));
+  });
+
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
     const dir = tmp();
     const passwordFile = join(dir, 'passwd');
