@@ -115,6 +115,8 @@ export interface MqttRefusals {
   readonly retainedRefused: number;
   /** MQTT 5 publishes that said their payload is UTF-8 and it is not (0x99). */
   readonly payloadsInvalid: number;
+  /** Messages not sent to an MQTT 5 client: larger than the Maximum Packet Size it set. */
+  readonly forwardsTooLarge: number;
 }
 
 /**

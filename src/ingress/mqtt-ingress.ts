@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, TLSSocket, type TlsOptions } from 'node:tls';
 import { Aedes, type Client, type PublishPacket, type Subscription } from 'aedes';
+import { generate as generatePacket } from 'mqtt-packet';
 import type { Logger } from 'pino';
 import type { WebSocketServer } from 'ws';
 import { readCertificates, readKeyPair } from '../config/files.js';
@@ -119,6 +120,8 @@ export interface IngressCounters {
   publishesThrottled: number;
   /** MQTT 5 publishes whose Payload Format Indicator says UTF-8 and whose payload is not (0x99). */
   payloadsInvalid: number;
+  /** Messages not sent to an MQTT 5 client because they exceed the Maximum Packet Size it set. */
+  forwardsTooLarge: number;
   /** TLS handshakes that failed (no or untrusted client certificate, wrong protocol). */
   tlsHandshakesFailed: number;
 }
@@ -264,6 +267,7 @@ export class MqttIngress {
     connectionsRefused: 0,
     publishesThrottled: 0,
     payloadsInvalid: 0,
+    forwardsTooLarge: 0,
     tlsHandshakesFailed: 0,
   };
   private commandHooks: CommandHooks | undefined;
@@ -348,7 +352,15 @@ export class MqttIngress {
       authorizeSubscribe: (client, sub, callback) => this.authorizeSubscribe(client, sub, callback),
       authorizeForward: (client, packet) => {
         const who = this.principals.get(client);
-        return who && !this.access.mayReceive(who, packet.topic) ? null : packet;
+        if (who && !this.access.mayReceive(who, packet.topic)) return null;
+        // [MQTT-3.1.2-24]: never more than the MQTT 5 client's own Maximum Packet Size (it would
+        // disconnect, and be sent the same packet again on its return). aedes 2 does not check it.
+        const max = (client as { maximumPacketSize?: number }).maximumPacketSize;
+        if (max !== undefined && !fitsPacketSize(packet, max)) {
+          this.refuse('forwardsTooLarge', 'EB_ERR_INGRESS_PAYLOAD_TOO_LARGE', { clientId: client.id, topic: packet.topic, maximumPacketSize: max }, 'message not sent to an MQTT 5 client: larger than the Maximum Packet Size it set');
+          return null;
+        }
+        return packet;
       },
       // Device IDs are often MAC- or serial-based and longer than the 23 bytes MQTT 3.1.1 requires
       // brokers to accept at minimum [MQTT-3.1.3-5].
@@ -918,6 +930,7 @@ export class MqttIngress {
       queueDropped: sessions?.queueDropped ?? 0,
       retainedRefused: sessions?.retainedRefused ?? 0,
       payloadsInvalid: c.payloadsInvalid,
+      forwardsTooLarge: c.forwardsTooLarge,
     };
   }
 }
@@ -925,6 +938,14 @@ export class MqttIngress {
 /** The largest packet a connection may announce: the payload bound, the longest topic, headers. */
 function packetBound(maxPayloadBytes: number, limits: IngressLimits): number {
   return maxPayloadBytes + limits.maxTopicBytes + PACKET_HEADROOM_BYTES;
+}
+
+/** Whether a PUBLISH to a client fits its Maximum Packet Size (measured exactly only when it may not). */
+function fitsPacketSize(packet: PublishPacket, max: number): boolean {
+  const payloadBytes = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
+  if (payloadBytes + Buffer.byteLength(packet.topic) + 64 <= max) return true;
+  const v5 = { ...packet, messageId: packet.qos > 0 ? 1 : undefined } as unknown as Parameters<typeof generatePacket>[0];
+  return generatePacket(v5, { protocolVersion: 5 }).length <= max;
 }
 
 /** aedes's live clients by id (not in its type declarations). */

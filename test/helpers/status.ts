@@ -48,6 +48,7 @@ export function sampleStatus(): GatewayStatus {
       queueDropped: 0,
       retainedRefused: 0,
       payloadsInvalid: 0,
+      forwardsTooLarge: 0,
     },
     commands: { waiting: 0, inSession: 1, toAck: 0, stored: 1, notServed: 0, invalid: 0, expired: 0, delivered: 1, acked: 1 },
   };

@@ -296,6 +296,23 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     await until('B delivered, not taken for a retransmission of A', () => seen.includes('B'));
   });
 
+  it("never sends an MQTT 5 client more than the Maximum Packet Size it set (the message is skipped and counted, the client stays)", async () => {
+    const { gw } = await gateway({});
+    const { client: small } = await connect5(gw.url, { clientId: 'small', properties: { maximumPacketSize: 200 } });
+    cleanup(() => small.end(true));
+    const seen: string[] = [];
+    small.on('message', (_t, payload) => seen.push(payload.toString()));
+    await small.subscribeAsync('local/size', { qos: 1 });
+    const { client: sender } = await connect5(gw.url, { clientId: 'sender' });
+    cleanup(() => sender.end(true));
+    await publishCode(sender, 'local/size', 'x'.repeat(500));
+    await publishCode(sender, 'local/size', 'small one');
+    await until('the small one', () => seen.includes('small one'));
+    expect(seen).toEqual(['small one']);
+    expect(small.connected).toBe(true);
+    expect(gw.status().mqtt.forwardsTooLarge).toBe(1);
+  });
+
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
     const dir = tmp();
     const passwordFile = join(dir, 'passwd');
