@@ -6,6 +6,7 @@ import { EdgebridgeError } from '../errors.js';
 import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, limitWal, logError, migrate, openDatabase, openError, walBytes } from './database.js';
 import { DedupWindows } from './dedup-windows.js';
 import type { LogEpoch } from './epochs.js';
+import { decodeHeaders, encodeHeaders, type EntryHeaders, type HeaderPair } from './headers.js';
 
 export { DB_FILE } from './database.js';
 
@@ -47,14 +48,23 @@ export interface LogEntry {
   readonly dedup?: DedupMark;
   /** Compacted route: older unforwarded records of this route and device are dropped. */
   readonly compact?: boolean;
-  /** Kafka headers of the record's own, besides the gateway's (command acks carry theirs). */
-  readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Kafka headers of the record's own, after the gateway's (command acks carry theirs; an MQTT 5
+   * publish its properties, see ingress/v5-properties.ts). Stored in order, names may repeat.
+   */
+  readonly headers?: EntryHeaders;
+  /**
+   * When the message expires (ms since the epoch; MQTT 5 Message Expiry Interval): the forwarder
+   * drops it, counted, if it has not gone into a Kafka transaction by then. Absent: never.
+   */
+  readonly expiresAt?: number;
 }
 
 /** A stored entry, as the forwarder reads it back. */
-export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact'> {
+export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact' | 'headers'> {
   /** Increasing; never handed out twice within an epoch of the log (see epochs.ts). */
   readonly offset: number;
+  readonly headers?: readonly HeaderPair[];
 }
 
 /** The outcome of one appended entry: its offset, or `duplicate` when dedup dropped it. */
@@ -92,6 +102,7 @@ interface RecordRow {
   qos: number;
   payload: Buffer;
   headers: string | null;
+  expires_at: number | null;
 }
 
 /**
@@ -161,8 +172,8 @@ export class CommitLog {
     const { db } = this;
     return {
       insert: db.prepare(
-        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload, headers)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload, headers, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       compactDevice: db.prepare('DELETE FROM records WHERE compact = 1 AND route = ? AND device_id = ?'),
       // Inserts the key, or re-arms it if it expired; changes = 0 means it is live: a duplicate.
@@ -194,7 +205,7 @@ export class CommitLog {
       ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
       read: db.prepare(
-        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers
+        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers, expires_at
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
 oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT 1').pluck(),
@@ -251,7 +262,7 @@ oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? OR
       this.newTopics.push(e.kafkaTopic);
     }
     return Number(
-      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload, e.headers ? JSON.stringify(e.headers) : null)
+      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload, encodeHeaders(e.headers), e.expiresAt ?? null)
         .lastInsertRowid,
     );
   }
@@ -453,8 +464,14 @@ export function toRecord(row: RecordRow): LogRecord {
     mqttTopic: row.mqtt_topic,
     qos: row.qos as 0 | 1 | 2,
     payload: row.payload,
-    ...(row.headers === null ? {} : { headers: JSON.parse(row.headers) as Record<string, string> }),
+    ...headersOf(row.headers),
+    ...(row.expires_at === null || row.expires_at === undefined ? {} : { expiresAt: row.expires_at }),
   };
+}
+
+function headersOf(text: string | null): { headers?: HeaderPair[] } {
+  const headers = decodeHeaders(text);
+  return headers === undefined || headers.length === 0 ? {} : { headers };
 }
 
 export type { RecordRow };
