@@ -433,6 +433,7 @@ export class Gateway {
       waiting: this.groupCommit.waiting,
       droppedOverflow: this.groupCommit.counters.droppedOverflow,
       droppedExpired: this.retention.counters.droppedExpired,
+      recordsExpired: counters.expired,
       deadLettered: counters.deadLettered,
       droppedRejected: counters.droppedRejected,
       storageBytes,
