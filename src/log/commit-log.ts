@@ -130,6 +130,7 @@ export class CommitLog {
   /** Whether the per-reading index may hold keys: `window` marks look there only then. */
   private indexInUse: boolean;
   private closed = false;
+  private messageExpiredCount = 0;
 
   constructor(options: CommitLogOptions) {
     const dir = resolve(options.dir);
@@ -202,6 +203,18 @@ export class CommitLog {
         `DELETE FROM records WHERE log_offset IN (
            SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?
          ) AND received_at < ?`,
+      ),
+      // Through records_expiry: only records that have an expiry are looked at. The first
+      // `inFlight` records after the forward position (read in the same statement: the forwarder
+      // stores it before it reads its next batch) are left alone: they may be in its batch.
+      dropMessageExpired: db.prepare(
+        `DELETE FROM records WHERE log_offset IN (
+           SELECT log_offset FROM records WHERE expires_at <= ? AND log_offset >= (
+             SELECT log_offset FROM records
+             WHERE log_offset > coalesce((SELECT log_offset FROM positions WHERE name = '${POSITION_FORWARD}'), 0)
+             ORDER BY log_offset LIMIT 1 OFFSET ?
+           ) LIMIT ?
+         )`,
       ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
       read: db.prepare(
@@ -358,6 +371,25 @@ oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? OR
   dropExpired(position: number, before: number, scan = 10_000): number {
     this.assertOpen();
     return this.stmts.dropExpired.run(position, scan, before).changes;
+  }
+
+  /**
+   * Deletes up to `limit` unforwarded records whose MQTT 5 message expiry passed by `now`: they
+   * would never be sent, and they take space (under backpressure, space devices wait for). The
+   * first `inFlight` records after the forward position are left to the forwarder (its batch in
+   * flight: a record it sent while still live is not also counted as dropped); it moves over the
+   * gaps like over any dropped record. Counted in messageExpiredDropped.
+   */
+  dropMessageExpired(now: number, inFlight: number, limit = 5_000): number {
+    this.assertOpen();
+    const dropped = this.stmts.dropMessageExpired.run(now, inFlight, limit).changes;
+    this.messageExpiredCount += dropped;
+    return dropped;
+  }
+
+  /** Records this opening deleted from the log because their message expiry passed (dropMessageExpired). */
+  get messageExpiredDropped(): number {
+    return this.messageExpiredCount;
   }
 
   /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */

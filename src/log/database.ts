@@ -137,10 +137,12 @@ export const MIGRATIONS: readonly string[] = [
      seen_at   INTEGER NOT NULL
    ) WITHOUT ROWID;`,
   // MQTT 5 Message Expiry Interval: when a record expires (ms since the epoch; NULL: never). The
-  // forwarder drops an expired record when it builds a batch, under the batch's checkpoint.
+  // forwarder drops an expired record when it builds a batch, under the batch's checkpoint; the
+  // ingest side deletes expired unforwarded ones to free space (the index: only rows that expire).
   // Headers stay TEXT: a list of [name, value] pairs (binary values base64, see headers.ts) in
   // rows written from here on, the object form in older rows; both are read.
-  `ALTER TABLE records ADD COLUMN expires_at INTEGER;`,
+  `ALTER TABLE records ADD COLUMN expires_at INTEGER;
+   CREATE INDEX records_expiry ON records (expires_at) WHERE expires_at IS NOT NULL;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

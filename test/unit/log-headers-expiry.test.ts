@@ -1,11 +1,14 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { toMessage } from '../../src/forward/kafka-sink.js';
 import { CommitLog, DB_FILE, type LogEntry } from '../../src/log/commit-log.js';
 import { MIGRATIONS, SCHEMA_VERSION, recordBytes } from '../../src/log/database.js';
 import { decodeHeaders, encodeHeaders } from '../../src/log/headers.js';
+import { GroupCommit } from '../../src/log/group-commit.js';
 import { LogReader } from '../../src/log/log-reader.js';
+import { Retention } from '../../src/log/retention.js';
 import { entry } from '../helpers/entries.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 
@@ -98,6 +101,75 @@ describe('record headers and expiry in the log', () => {
     expect(records[2]!.headers).toEqual([['a', '1']]);
     expect(records[2]!.expiresAt).toBe(5);
     reader.close();
+    log.close();
+  });
+});
+
+describe('message-expired records give their space back', () => {
+  const tmp = useTmpDirs();
+  const expiring = (n: number, expiresAt?: number): LogEntry => ({ ...entry('d', n), ...(expiresAt === undefined ? {} : { expiresAt }) });
+
+  it('deletes expired unforwarded records, leaving the forwarder the ones it may have in flight and the forwarded ones', () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'full' });
+    // offsets 1..10; odd ones expire at 100, 4 at 10_000, the others never
+    log.append(Array.from({ length: 10 }, (_, i) => expiring(i + 1, i % 2 === 0 ? 100 : i + 1 === 4 ? 10_000 : undefined)));
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    reader.commitPosition(2); // 1 and 2 forwarded (still in the log until removed)
+    // the first 3 records after the position (3, 4, 5) may be in the batch in flight
+    expect(log.dropMessageExpired(1000, 3)).toBe(2); // 7 and 9
+    expect(log.readAfter(0, 20).map((r) => r.offset)).toEqual([1, 2, 3, 4, 5, 6, 8, 10]);
+    expect(log.messageExpiredDropped).toBe(2);
+    // nothing in flight: 3 and 5 go too (1 is forwarded: removing it is the forwarder's job)
+    expect(log.dropMessageExpired(1000, 0)).toBe(2);
+    expect(log.dropMessageExpired(20_000, 0)).toBe(1); // 4
+    expect(log.readAfter(0, 20).map((r) => r.offset)).toEqual([1, 2, 6, 8, 10]);
+    // fewer records after the position than may be in flight: nothing is touched
+    log.append([expiring(11, 100)]);
+    expect(log.dropMessageExpired(1000, 10)).toBe(0);
+    const plan = (new Database(join(dir, DB_FILE), { readonly: true }).prepare(
+      'EXPLAIN QUERY PLAN SELECT log_offset FROM records WHERE expires_at <= 5 AND log_offset >= 3 LIMIT 10',
+    ).all() as { detail: string }[]).map((r) => r.detail).join(' ');
+    expect(plan).toMatch(/records_expiry/);
+    reader.close();
+    log.close();
+  });
+
+  it('under backpressure, expired records make room before a publish is held', async () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'normal' });
+    const big = (i: number, expiresAt?: number): LogEntry => ({ ...expiring(i, expiresAt), payload: Buffer.alloc(8000, i) });
+    log.append(Array.from({ length: 40 }, (_, i) => big(i + 1, 1000)));
+    const gc = new GroupCommit(log, {
+      holdRetryMs: 10,
+      clock: () => 5000,
+      storage: { recordBytes: log.pageBytes() + 4000, overflow: 'backpressure', forwardPosition: () => 0, forwardBatchRecords: 5 },
+    });
+    const result = await new Promise<unknown>((resolve) => gc.append(big(99), (err, r) => resolve(err ?? r)));
+    expect(result).toBe(41);
+    expect(gc.holding).toBe(false);
+    expect(log.messageExpiredDropped).toBeGreaterThan(0);
+    // the first 5 (maybe in the forwarder's batch) were left alone
+    expect(log.readAfter(0, 5).map((r) => r.offset)).toEqual([1, 2, 3, 4, 5]);
+    gc.close();
+    log.close();
+  });
+
+  it('retention deletes them on its run and says so (at most once a minute)', () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
+    log.append(Array.from({ length: 5 }, (_, i) => expiring(i + 1, 100)));
+    const lines: { msg: string }[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string }) });
+    const counters = new GroupCommit(log).counters;
+    const retention = new Retention(log, { maxAgeMs: 3_600_000, forwardPosition: () => 0, groupCounters: counters, logger, intervalMs: 0, forwardBatchRecords: 1 });
+    retention.runOnce(1000);
+    expect(log.messageExpiredDropped).toBe(4);
+    expect(log.readAfter(0, 10).map((r) => r.offset)).toEqual([1]);
+    expect(lines.filter((l) => l.msg.includes('message expiry'))).toHaveLength(1);
+    log.append([expiring(6, 100), expiring(7, 100)]);
+    retention.runOnce(2000);
+    expect(log.messageExpiredDropped).toBe(6);
+    expect(lines.filter((l) => l.msg.includes('message expiry'))).toHaveLength(1);
     log.close();
   });
 });
