@@ -392,7 +392,7 @@ export class Forwarder {
     const considered = refusedRecord ? [refusedRecord] : records;
     const last = considered[considered.length - 1]!.offset;
     this.attempted = { first: considered[0]!.offset, last, count: considered.length };
-    // MQTT 5 message expiry, decided now that the batch is built: an expired record is left out
+    // MQTT 5 message expiry [MQTT-3.3.2-5], decided now that the batch is built: an expired record is left out
     // (never sent late) and its offset is covered by this transaction's checkpoint like the
     // others, so the drop is exactly-once too. A batch whose records all expired commits the
     // checkpoint alone: the position moves (and the log is trimmed) without a busy loop. An

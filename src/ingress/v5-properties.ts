@@ -84,14 +84,16 @@ export function userPropertyPairs(properties: PublishProperties): (readonly [str
  * Maps the v5 properties of a publish received at `receivedAt` to Kafka headers and an expiry.
  * Pure. Rules:
  * - A user property becomes a header of the same name and value, in the order sent, a repeated
- *   name kept each time. One with a reserved name (isReservedHeaderName) becomes
+ *   name kept each time (a broker keeps their order when it forwards [MQTT-3.3.2-18]; so does
+ *   the gateway into Kafka). One with a reserved name (isReservedHeaderName) becomes
  *   `mqtt-user-<name>`: a device can never set or shadow a header of the gateway's.
  * - Content Type becomes `content-type`; Payload Format Indicator `mqtt-payload-format` (`utf-8`
  *   or `bytes`); Response Topic `mqtt-response-topic`; Correlation Data `mqtt-correlation-data`
  *   (its bytes).
  * - At most `limits.maxHeaders` headers and `limits.maxHeaderBytes` bytes: a property past them
  *   is left out and counted, and the count is added as `mqtt-properties-dropped`.
- * - Message Expiry Interval n > 0 s: expires at receivedAt + n s. 0 or absent: never (like
+ * - Message Expiry Interval n > 0 s: expires at receivedAt + n s; the forwarder deletes what has
+ *   not gone into a Kafka transaction by then [MQTT-3.3.2-5]. 0 or absent: never (like
  *   Mosquitto, 0 is read as no expiry rather than as already expired).
  */
 export function mapPublishProperties(
