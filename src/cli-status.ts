@@ -25,7 +25,7 @@ export interface Readiness {
 const SHOWN = new Set([
   'gatewayId', 'forwarder', 'forwarderError', 'logWritable', 'logError', 'backlog', 'backlogOldestAgeSeconds',
   'storageBytes', 'mqttClients', 'received', 'forwarded', 'duplicates', 'refused', 'droppedOverflow',
-  'droppedExpired', 'droppedRejected', 'deadLettered', 'holding', 'waiting', 'commands', 'mqtt',
+  'droppedExpired', 'recordsExpired', 'droppedRejected', 'deadLettered', 'holding', 'waiting', 'commands', 'mqtt',
   'startedAt', 'transactions', 'transactionsFailed', 'drain', 'devices', 'routes', 'errors', 'backlogDetail',
 ]);
 
@@ -155,8 +155,8 @@ export function statusRows(s: StatusBody, readiness: Readiness): [string, string
     if (typeof value === 'number') rows.push([label, formatCount(value)]);
   }
   if (s.droppedOverflow !== undefined) {
-    const drops = { overflow: s.droppedOverflow, expired: s.droppedExpired ?? 0, rejected: s.droppedRejected ?? 0 };
-    const total = drops.overflow + drops.expired + drops.rejected;
+    const drops = { overflow: s.droppedOverflow, expired: s.droppedExpired ?? 0, messageExpiry: s.recordsExpired ?? 0, rejected: s.droppedRejected ?? 0 };
+    const total = drops.overflow + drops.expired + drops.messageExpiry + drops.rejected;
     rows.push(['dropped', total === 0 ? '0' : `${formatCount(total)} (${genericValue(drops)})`]);
   }
   if (s.mqtt !== undefined) rows.push(['mqtt refused', genericValue(s.mqtt) ?? 'none']);

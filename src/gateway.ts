@@ -316,7 +316,7 @@ export class Gateway {
         }
         logHealth.failure = err;
       },
-      storage: { recordBytes: budget.recordBytes, overflow: config.storage.overflow, forwardPosition },
+      storage: { recordBytes: budget.recordBytes, overflow: config.storage.overflow, forwardPosition, forwardBatchRecords: config.forward.batchMaxRecords },
       logger: logLogger,
     });
     const retention = new Retention(log, {
@@ -324,6 +324,7 @@ export class Gateway {
       forwardPosition,
       groupCounters: groupCommit.counters,
       logger: logLogger,
+      forwardBatchRecords: config.forward.batchMaxRecords,
     });
 
     let ingress: MqttIngress | undefined;
@@ -433,6 +434,7 @@ export class Gateway {
       waiting: this.groupCommit.waiting,
       droppedOverflow: this.groupCommit.counters.droppedOverflow,
       droppedExpired: this.retention.counters.droppedExpired,
+      recordsExpired: counters.expired + this.log.messageExpiredDropped,
       deadLettered: counters.deadLettered,
       droppedRejected: counters.droppedRejected,
       storageBytes,

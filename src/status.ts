@@ -42,6 +42,11 @@ export interface GatewayStatus {
   readonly waiting: number;
   readonly droppedOverflow: number;
   readonly droppedExpired: number;
+  /**
+   * Records dropped because their MQTT 5 Message Expiry Interval passed before they could be
+   * forwarded (never sent late).
+   */
+  readonly recordsExpired: number;
   /** Records Kafka refused for good: written to the dead-letter topic, or dropped. */
   readonly deadLettered: number;
   readonly droppedRejected: number;

@@ -154,6 +154,7 @@ export class AdminServer {
     totalFrom(registry, 'edgebridge_refused_total', 'Publishes refused without acknowledgement (log write failed)', () => status().refused);
     totalFrom(registry, 'edgebridge_dropped_overflow_total', 'Unforwarded records dropped by overflow: drop-oldest', () => status().droppedOverflow);
     totalFrom(registry, 'edgebridge_dropped_expired_total', 'Unforwarded records dropped by storage.maxAge', () => status().droppedExpired);
+    totalFrom(registry, 'edgebridge_records_expired_total', 'Records dropped because their MQTT 5 message expiry passed before they could be forwarded (never sent late)', () => status().recordsExpired);
     totalFrom(registry, 'edgebridge_dead_lettered_total', 'Records Kafka refused for good, written to the dead-letter topic', () => status().deadLettered);
     totalFrom(registry, 'edgebridge_dropped_rejected_total', 'Records Kafka refused for good, dropped (no dead-letter topic)', () => status().droppedRejected);
     new Counter({

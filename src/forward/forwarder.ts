@@ -61,10 +61,20 @@ export interface ForwarderCounters {
   droppedRejected: number;
   /** Transactions that failed (aborted, or their outcome unknown: resumed from the checkpoint). */
   transactionsFailed: number;
+  /**
+   * Records dropped because their MQTT 5 message expiry passed before they went into a Kafka
+   * transaction (never sent late); their offsets are covered by that transaction's checkpoint.
+   */
+  expired: number;
 }
 
 export function zeroCounters(): ForwarderCounters {
-  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0, deadLettered: 0, droppedRejected: 0, transactionsFailed: 0 };
+  return { forwarded: 0, transactions: 0, failures: 0, skippedByCheckpoint: 0, deadLettered: 0, droppedRejected: 0, transactionsFailed: 0, expired: 0 };
+}
+
+/** Whether `record` has a message expiry and it has passed at `now`. */
+export function isExpired(record: LogRecord, now: number): boolean {
+  return record.expiresAt !== undefined && record.expiresAt <= now;
 }
 
 /** One committed transaction that carried records: what the batch histograms observe. */
@@ -185,6 +195,8 @@ export class Forwarder {
   private refused: { offset: number; reason: string; deadLetterRefused: boolean } | undefined;
   private lastRefusalLogAt = 0;
   private refusalsNotLogged = 0;
+  private lastExpiredLogAt = -Infinity;
+  private expiredNotLogged = 0;
   private readonly clock: () => number;
 
   constructor(
@@ -380,20 +392,43 @@ export class Forwarder {
     const considered = refusedRecord ? [refusedRecord] : records;
     const last = considered[considered.length - 1]!.offset;
     this.attempted = { first: considered[0]!.offset, last, count: considered.length };
+    // MQTT 5 message expiry [MQTT-3.3.2-5], decided now that the batch is built: an expired record is left out
+    // (never sent late) and its offset is covered by this transaction's checkpoint like the
+    // others, so the drop is exactly-once too. A batch whose records all expired commits the
+    // checkpoint alone: the position moves (and the log is trimmed) without a busy loop. An
+    // expired record refused by Kafka is dropped as expired, not dead-lettered.
+    const now = this.clock();
+    let expired = 0;
+    if (refusedRecord !== undefined) {
+      if (isExpired(refusedRecord, now)) {
+        expired = 1;
+        batch = { records: [], deadLetters: [] };
+      }
+    } else {
+      const live = batch.records.filter((r) => !isExpired(r, now));
+      expired = batch.records.length - live.length;
+      if (expired > 0) batch = { records: live, deadLetters: batch.deadLetters };
+    }
+    const refusedDropped = refusedRecord !== undefined && expired === 0 && batch.deadLetters.length === 0;
     // With storage.synchronous: normal, what Kafka is about to have must first be on disk here:
     // a power cut must never take records that were forwarded (or their dedup keys).
     this.fromLog(() => this.source.makeDurable());
-    await this.commit(batch, last, refusedRecord !== undefined && batch.deadLetters.length === 0, readAt);
+    await this.commit(batch, last, refusedDropped, readAt, expired);
     if (refusedRecord) {
       this.refused = undefined;
-      this.reportRefused(refusedRecord, refused!.reason, batch.deadLetters.length > 0);
+      if (expired === 0) this.reportRefused(refusedRecord, refused!.reason, batch.deadLetters.length > 0);
     }
+    if (expired > 0) this.reportExpired(expired);
     if (this.limit < this.options.batchMaxRecords && this.positionValue >= this.isolateThrough) this.limit = this.options.batchMaxRecords;
+    if (batch.records.length === 0 && batch.deadLetters.length === 0) return { kind: 'skipped' };
     return { kind: 'forwarded', records: batch.records.length };
   }
 
-  /** Sends one transaction ending at `last`; once Kafka committed it, moves the position. */
-  private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number): Promise<void> {
+  /**
+   * Sends one transaction ending at `last`; once Kafka committed it, moves the position. `expired`:
+   * records of it left out for their message expiry (counted only once the checkpoint is committed).
+   */
+  private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number, expired = 0): Promise<void> {
     this.lastCommitAt = this.clock();
     const checkpoint = this.checkpointAt(last);
     let kafkaOffset: number | undefined;
@@ -413,6 +448,7 @@ export class Forwarder {
     delta.transactions = 1;
     delta.deadLettered = batch.deadLetters.length;
     if (dropsRefused) delta.droppedRejected = 1;
+    delta.expired = expired;
     for (const k of Object.keys(delta) as (keyof ForwarderCounters)[]) this.counters[k] += delta[k];
     // The state first: whoever sees the records counted must not see a state from before them.
     // Not out of log-error: the log's own steps below may fail again, and step() says when the
@@ -463,6 +499,21 @@ export class Forwarder {
         : 'kafka refuses a record for good: dropped and counted (no dead-letter topic, or it refuses the record too)',
     );
     this.refusalsNotLogged = 0;
+  }
+
+  /** One line a minute at most for records dropped at their message expiry; the rest are counted. */
+  private reportExpired(count: number): void {
+    const now = this.clock();
+    if (now - this.lastExpiredLogAt < 60_000) {
+      this.expiredNotLogged += count;
+      return;
+    }
+    this.lastExpiredLogAt = now;
+    this.options.logger.warn(
+      { dropped: count + this.expiredNotLogged, total: this.counters.expired },
+      'dropped records whose MQTT 5 message expiry passed before they could be forwarded (never sent late; counted in recordsExpired, logged at most once a minute)',
+    );
+    this.expiredNotLogged = 0;
   }
 
   /**

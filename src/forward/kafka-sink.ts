@@ -365,36 +365,57 @@ export function parseCheckpoint(value: Buffer): Omit<Checkpoint, 'kafkaOffset'> 
   return undefined;
 }
 
+/** The headers every forwarded record carries, ahead of its own: never set by a device. */
+export const GATEWAY_HEADERS = ['mqtt-topic', 'gateway-id'] as const;
+const GATEWAY_HEADER_SET: ReadonlySet<string> = new Set(GATEWAY_HEADERS);
+
+/**
+ * A log record as a Kafka message. Headers are an ordered list ([key, value] pairs, see
+ * patches/kafkajs): the gateway's own first (mqtt-topic, gateway-id), then the record's own in
+ * the order stored (command acks' headers; an MQTT 5 publish's properties, user properties in
+ * the order sent with repeats). Ingress already keeps a device from using a reserved name
+ * (v5-properties.ts); a stored header named like one of the gateway's (a log written by other
+ * code) is kept under `mqtt-user-<name>` rather than shadow it or be dropped.
+ */
 export function toMessage(record: LogRecord, gatewayId: string): Message {
+  const headers: [string, string | Buffer][] = [
+    ['mqtt-topic', record.mqttTopic],
+    ['gateway-id', gatewayId],
+  ];
+  for (const [k, v] of record.headers ?? []) headers.push([GATEWAY_HEADER_SET.has(k.toLowerCase()) ? `mqtt-user-${k}` : k, v]);
   return {
     key: record.deviceId,
     value: record.payload,
     timestamp: String(record.receivedAt),
-    headers: { ...record.headers, 'mqtt-topic': record.mqttTopic, 'gateway-id': gatewayId },
+    headers: headers as unknown as Message['headers'],
   };
 }
 
 /**
  * A refused record as a dead-letter record, in the manner of Kafka Connect's DLQ context headers.
- * A record refused for its size cannot be written anywhere in Kafka: its payload is left out and
- * its size and SHA-256 are given instead. It is stamped with the time it is dead-lettered (its
+ * A record refused for its size cannot be written anywhere in Kafka: its payload and its own
+ * headers (a device's user properties may be what is large) are left out and their sizes and
+ * the payload's SHA-256 are given instead. It is stamped with the time it is dead-lettered (its
  * own timestamp may be what Kafka refused); the time it was received is a header.
  */
 export function toDeadLetterMessage(record: LogRecord, reason: string, gatewayId: string, now = Date.now()): Message {
-  const base = toMessage(record, gatewayId);
   const withoutPayload = SIZE_REJECTIONS.has(reason);
+  const base = toMessage(withoutPayload ? { ...record, headers: [] } : record, gatewayId);
+  const own = record.headers ?? [];
+  const headers = [
+    ...(base.headers as unknown as [string, string | Buffer][]),
+    ['edgebridge-error', reason],
+    ['edgebridge-received-at', String(record.receivedAt)],
+    ['edgebridge-original-topic', record.kafkaTopic],
+    ['edgebridge-log-offset', String(record.offset)],
+    ['edgebridge-payload-bytes', String(record.payload.length)],
+    ...(withoutPayload ? [['edgebridge-payload-sha256', createHash('sha256').update(record.payload).digest('hex')]] : []),
+    ...(withoutPayload && own.length > 0 ? [['edgebridge-headers-dropped', String(own.length)]] : []),
+  ] as [string, string | Buffer][];
   return {
     ...base,
     value: withoutPayload ? Buffer.alloc(0) : record.payload,
     timestamp: String(now),
-    headers: {
-      ...(base.headers as Record<string, string>),
-      'edgebridge-error': reason,
-      'edgebridge-received-at': String(record.receivedAt),
-      'edgebridge-original-topic': record.kafkaTopic,
-      'edgebridge-log-offset': String(record.offset),
-      'edgebridge-payload-bytes': String(record.payload.length),
-      ...(withoutPayload ? { 'edgebridge-payload-sha256': createHash('sha256').update(record.payload).digest('hex') } : {}),
-    },
+    headers: headers as unknown as Message['headers'],
   };
 }

@@ -734,6 +734,7 @@ export class MqttIngress {
       messageId: packet.messageId,
       clientId: client?.id,
       receivedAt: Date.now(),
+      properties: packet.properties,
     });
     this.options.sink.append(
       entry,

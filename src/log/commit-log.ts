@@ -6,6 +6,7 @@ import { EdgebridgeError } from '../errors.js';
 import { DB_FILE, POSITION_FORWARD, checkIfMarkedDamaged, limitWal, logError, migrate, openDatabase, openError, walBytes } from './database.js';
 import { DedupWindows } from './dedup-windows.js';
 import type { LogEpoch } from './epochs.js';
+import { decodeHeaders, encodeHeaders, type EntryHeaders, type HeaderPair } from './headers.js';
 
 export { DB_FILE } from './database.js';
 
@@ -47,14 +48,23 @@ export interface LogEntry {
   readonly dedup?: DedupMark;
   /** Compacted route: older unforwarded records of this route and device are dropped. */
   readonly compact?: boolean;
-  /** Kafka headers of the record's own, besides the gateway's (command acks carry theirs). */
-  readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Kafka headers of the record's own, after the gateway's (command acks carry theirs; an MQTT 5
+   * publish its properties, see ingress/v5-properties.ts). Stored in order, names may repeat.
+   */
+  readonly headers?: EntryHeaders;
+  /**
+   * When the message expires (ms since the epoch; MQTT 5 Message Expiry Interval): the forwarder
+   * drops it, counted, if it has not gone into a Kafka transaction by then. Absent: never.
+   */
+  readonly expiresAt?: number;
 }
 
 /** A stored entry, as the forwarder reads it back. */
-export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact'> {
+export interface LogRecord extends Omit<LogEntry, 'dedup' | 'compact' | 'headers'> {
   /** Increasing; never handed out twice within an epoch of the log (see epochs.ts). */
   readonly offset: number;
+  readonly headers?: readonly HeaderPair[];
 }
 
 /** The outcome of one appended entry: its offset, or `duplicate` when dedup dropped it. */
@@ -92,6 +102,7 @@ interface RecordRow {
   qos: number;
   payload: Buffer;
   headers: string | null;
+  expires_at: number | null;
 }
 
 /**
@@ -119,6 +130,7 @@ export class CommitLog {
   /** Whether the per-reading index may hold keys: `window` marks look there only then. */
   private indexInUse: boolean;
   private closed = false;
+  private messageExpiredCount = 0;
 
   constructor(options: CommitLogOptions) {
     const dir = resolve(options.dir);
@@ -161,8 +173,8 @@ export class CommitLog {
     const { db } = this;
     return {
       insert: db.prepare(
-        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload, headers)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO records (received_at, route, kafka_topic, device_id, mqtt_topic, qos, compact, payload, headers, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       compactDevice: db.prepare('DELETE FROM records WHERE compact = 1 AND route = ? AND device_id = ?'),
       // Inserts the key, or re-arms it if it expired; changes = 0 means it is live: a duplicate.
@@ -192,9 +204,21 @@ export class CommitLog {
            SELECT log_offset FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?
          ) AND received_at < ?`,
       ),
+      // Through records_expiry: only records that have an expiry are looked at. The first
+      // `inFlight` records after the forward position (read in the same statement: the forwarder
+      // stores it before it reads its next batch) are left alone: they may be in its batch.
+      dropMessageExpired: db.prepare(
+        `DELETE FROM records WHERE log_offset IN (
+           SELECT log_offset FROM records WHERE expires_at <= ? AND log_offset >= (
+             SELECT log_offset FROM records
+             WHERE log_offset > coalesce((SELECT log_offset FROM positions WHERE name = '${POSITION_FORWARD}'), 0)
+             ORDER BY log_offset LIMIT 1 OFFSET ?
+           ) LIMIT ?
+         )`,
+      ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),
       read: db.prepare(
-        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers
+        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers, expires_at
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
 oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT 1').pluck(),
@@ -251,7 +275,7 @@ oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? OR
       this.newTopics.push(e.kafkaTopic);
     }
     return Number(
-      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload, e.headers ? JSON.stringify(e.headers) : null)
+      this.stmts.insert.run(e.receivedAt, e.route, e.kafkaTopic, e.deviceId, e.mqttTopic, e.qos, e.compact ? 1 : 0, e.payload, encodeHeaders(e.headers), e.expiresAt ?? null)
         .lastInsertRowid,
     );
   }
@@ -347,6 +371,25 @@ oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? OR
   dropExpired(position: number, before: number, scan = 10_000): number {
     this.assertOpen();
     return this.stmts.dropExpired.run(position, scan, before).changes;
+  }
+
+  /**
+   * Deletes up to `limit` unforwarded records whose MQTT 5 message expiry passed by `now`: they
+   * would never be sent, and they take space (under backpressure, space devices wait for). The
+   * first `inFlight` records after the forward position are left to the forwarder (its batch in
+   * flight: a record it sent while still live is not also counted as dropped); it moves over the
+   * gaps like over any dropped record. Counted in messageExpiredDropped.
+   */
+  dropMessageExpired(now: number, inFlight: number, limit = 5_000): number {
+    this.assertOpen();
+    const dropped = this.stmts.dropMessageExpired.run(now, inFlight, limit).changes;
+    this.messageExpiredCount += dropped;
+    return dropped;
+  }
+
+  /** Records this opening deleted from the log because their message expiry passed (dropMessageExpired). */
+  get messageExpiredDropped(): number {
+    return this.messageExpiredCount;
   }
 
   /** Forgets dedup keys whose window ended; at most `limit` per call to bound the pause. */
@@ -453,8 +496,14 @@ export function toRecord(row: RecordRow): LogRecord {
     mqttTopic: row.mqtt_topic,
     qos: row.qos as 0 | 1 | 2,
     payload: row.payload,
-    ...(row.headers === null ? {} : { headers: JSON.parse(row.headers) as Record<string, string> }),
+    ...headersOf(row.headers),
+    ...(row.expires_at === null || row.expires_at === undefined ? {} : { expiresAt: row.expires_at }),
   };
+}
+
+function headersOf(text: string | null): { headers?: HeaderPair[] } {
+  const headers = decodeHeaders(text);
+  return headers === undefined || headers.length === 0 ? {} : { headers };
 }
 
 export type { RecordRow };

@@ -1,6 +1,7 @@
 import { existsSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { EdgebridgeError, type ErrorCode } from '../errors.js';
+import { headerBytes, type EntryHeaders } from './headers.js';
 
 export const DB_FILE = 'edgebridge.db';
 /** The forwarder's position: every record at or before it is committed in Kafka. */
@@ -135,6 +136,13 @@ export const MIGRATIONS: readonly string[] = [
      device_id TEXT    PRIMARY KEY,
      seen_at   INTEGER NOT NULL
    ) WITHOUT ROWID;`,
+  // MQTT 5 Message Expiry Interval: when a record expires (ms since the epoch; NULL: never). The
+  // forwarder drops an expired record when it builds a batch, under the batch's checkpoint; the
+  // ingest side deletes expired unforwarded ones to free space (the index: only rows that expire).
+  // Headers stay TEXT: a list of [name, value] pairs (binary values base64, see headers.ts) in
+  // rows written from here on, the object form in older rows; both are read.
+  `ALTER TABLE records ADD COLUMN expires_at INTEGER;
+   CREATE INDEX records_expiry ON records (expires_at) WHERE expires_at IS NOT NULL;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -296,6 +304,11 @@ export function walBytes(file: string): number {
  * the index entry in SQLite, the record header, key and headers in Kafka. One estimate for both,
  * so storage limits and batch limits agree.
  */
-export function recordBytes(record: { readonly payload: Buffer; readonly mqttTopic: string; readonly deviceId: string }): number {
-  return record.payload.length + record.mqttTopic.length + record.deviceId.length + 96;
+export function recordBytes(record: {
+  readonly payload: Buffer;
+  readonly mqttTopic: string;
+  readonly deviceId: string;
+  readonly headers?: EntryHeaders | undefined;
+}): number {
+  return record.payload.length + record.mqttTopic.length + record.deviceId.length + 96 + headerBytes(record.headers);
 }

@@ -36,6 +36,8 @@ export interface StoragePolicy {
   readonly overflow: 'backpressure' | 'drop-oldest';
   /** The forwarder's position: records at or before it are in Kafka and may go at any time. */
   readonly forwardPosition: () => number;
+  /** The forwarder's largest batch (forward.batchMaxRecords): records it may have in flight. */
+  readonly forwardBatchRecords?: number;
 }
 
 export interface GroupCommitOptions {
@@ -424,6 +426,11 @@ export class GroupCommit implements AppendSink {
       // and until then they would count as full (and cost unforwarded records or dedup keys).
       for (let round = 0; round < 64 && room() < need; round++) {
         if (this.log.removeForwarded(position, 5000) === 0) break;
+      }
+      // Records whose MQTT 5 message expiry passed would never be sent: they go before anything
+      // that still counts (whatever the overflow policy; the forwarder moves over the gaps).
+      for (let round = 0; round < 64 && room() < need; round++) {
+        if (this.log.dropMessageExpired(this.clock(), storage.forwardBatchRecords ?? 100_000, 5000) === 0) break;
       }
       // overflow: drop-oldest: the policy the operator chose drops unforwarded records next.
       if (storage.overflow === 'drop-oldest') {

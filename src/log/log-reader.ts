@@ -100,7 +100,7 @@ export class LogReader {
     const { db } = this;
     return {
       read: db.prepare(
-        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers
+        `SELECT log_offset, received_at, route, kafka_topic, device_id, mqtt_topic, qos, payload, headers, expires_at
          FROM records WHERE log_offset > ? ORDER BY log_offset LIMIT ?`,
       ),
       lastSeq: db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'records'").pluck(),

@@ -12,7 +12,12 @@ export interface RetentionOptions {
   readonly intervalMs?: number;
   /** Most records dropped and dedup keys forgotten per run: a run blocks the ingest thread. */
   readonly maxRowsPerRun?: number;
+  /** The forwarder's largest batch (forward.batchMaxRecords): records it may have in flight. */
+  readonly forwardBatchRecords?: number;
 }
+
+/** The largest forward.batchMaxRecords the config allows. */
+export const MAX_FORWARD_BATCH = 100_000;
 
 export interface RetentionCounters {
   droppedExpired: number;
@@ -32,6 +37,8 @@ export class Retention {
   private readonly timer: NodeJS.Timeout | undefined;
   private reportedOverflow = 0;
   private reportedDedupEvicted = 0;
+  private reportedMessageExpired = 0;
+  private lastMessageExpiredLogAt = -Infinity;
 
   constructor(
     private readonly log: CommitLog,
@@ -65,10 +72,22 @@ export class Retention {
           'dropped records older than storage.maxAge that could not be forwarded',
         );
       }
+      // MQTT 5 message expiry: what can never be sent gives its space back (the forwarder also
+      // drops expired records it reads, so this is for space, not for correctness).
+      inSteps((limit) => this.log.dropMessageExpired(now, this.options.forwardBatchRecords ?? MAX_FORWARD_BATCH, limit));
       this.counters.dedupPruned += inSteps((limit) => this.log.pruneDedup(now, limit));
       this.counters.dedupStreamsPruned += inSteps((limit) => this.log.pruneDedupStreams(now, limit));
     } catch (err) {
       logger.error({ err: describeError(err) }, 'commit log housekeeping failed; retrying next interval');
+    }
+    const messageExpired = this.log.messageExpiredDropped;
+    if (messageExpired > this.reportedMessageExpired && Date.now() - this.lastMessageExpiredLogAt >= 60_000) {
+      this.lastMessageExpiredLogAt = Date.now();
+      logger.warn(
+        { dropped: messageExpired - this.reportedMessageExpired, total: messageExpired },
+        'deleted unforwarded records whose MQTT 5 message expiry passed (never sent late; logged at most once a minute)',
+      );
+      this.reportedMessageExpired = messageExpired;
     }
     if (groupCounters.droppedOverflow > this.reportedOverflow) {
       logger.warn(

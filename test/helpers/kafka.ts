@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { Kafka, logLevel, type IHeaders, type KafkaConfig } from 'kafkajs';
 import { useCompression } from '../../src/forward/compression.js';
 
@@ -11,7 +12,53 @@ export interface ConsumedRecord {
   readonly key: string;
   readonly value: Buffer;
   readonly timestamp: string;
+  /** The headers by name (a repeated name: its last value). */
   readonly headers: Record<string, string>;
+  /** The headers as the record carries them: in order, repeated names kept, values as bytes. */
+  readonly headerList: readonly (readonly [string, Buffer])[];
+}
+
+/** Where the hook below leaves a record's headers in order, beside kafkajs's object of them. */
+const HEADER_PAIRS = Symbol.for('edgebridge.test.headerPairs');
+let orderHooked = false;
+
+/**
+ * kafkajs's consumer gives headers as an object: a repeated name becomes an array and the order
+ * between names is lost. To check order, the record decoder's header list is kept as well: the
+ * Decoder reads a record's headers with readVarIntArray(HeaderDecoder) and reduces the list to
+ * the object; the list is attached to that object under a symbol (not enumerable: nothing else
+ * sees it). Only tests load this; the gateway's code is not changed by it.
+ */
+function keepHeaderOrder(): void {
+  if (orderHooked) return;
+  orderHooked = true;
+  const require = createRequire(import.meta.url);
+  const Decoder = require('kafkajs/src/protocol/decoder.js') as { prototype: { readVarIntArray: (reader: unknown) => unknown[] } };
+  const HeaderDecoder = require('kafkajs/src/protocol/recordBatch/header/v0/decoder.js') as unknown;
+  const original = Decoder.prototype.readVarIntArray;
+  Decoder.prototype.readVarIntArray = function (this: unknown, reader: unknown) {
+    const list = original.call(this, reader);
+    if (reader !== HeaderDecoder) return list;
+    const pairs = (list as { key: string; value: Buffer | null }[]).map(({ key, value }) => [key, value ?? Buffer.alloc(0)] as const);
+    const reduce = list.reduce;
+    Object.defineProperty(list, 'reduce', {
+      value(...args: Parameters<typeof reduce>) {
+        const result = reduce.apply(list, args) as object;
+        Object.defineProperty(result, HEADER_PAIRS, { value: pairs, enumerable: false });
+        return result;
+      },
+    });
+    return list;
+  };
+}
+
+function headerListOf(h: IHeaders | undefined): readonly (readonly [string, Buffer])[] {
+  const pairs = (h as Record<symbol, unknown> | undefined)?.[HEADER_PAIRS];
+  if (Array.isArray(pairs)) return pairs as (readonly [string, Buffer])[];
+  // not decoded through the hook: the object's order (repeats after their first)
+  const list: [string, Buffer][] = [];
+  for (const [k, v] of Object.entries(h ?? {})) for (const x of Array.isArray(v) ? v : [v]) list.push([k, Buffer.from(x ?? '')]);
+  return list;
 }
 
 export function testKafka(brokers: string[], client: KafkaClientSecurity = {}): Kafka {
@@ -19,7 +66,7 @@ export function testKafka(brokers: string[], client: KafkaClientSecurity = {}): 
 }
 
 function headersOf(h: IHeaders | undefined): Record<string, string> {
-  return Object.fromEntries(Object.entries(h ?? {}).map(([k, v]) => [k, String(v)]));
+  return Object.fromEntries(Object.entries(h ?? {}).map(([k, v]) => [k, String(Array.isArray(v) ? v[v.length - 1] : v)]));
 }
 
 /**
@@ -38,6 +85,7 @@ export async function consumeAll(
   }: { expected: number; timeoutMs?: number; settleMs?: number; client?: KafkaClientSecurity },
 ): Promise<ConsumedRecord[]> {
   await waitForTopic(brokers, topic, timeoutMs, client);
+  keepHeaderOrder();
   await useCompression('lz4');
   await useCompression('zstd');
   const consumer = testKafka(brokers, client).consumer({
@@ -71,6 +119,7 @@ export async function consumeAll(
           value: message.value ?? Buffer.alloc(0),
           timestamp: message.timestamp,
           headers: headersOf(message.headers),
+          headerList: headerListOf(message.headers),
         });
       },
     });
@@ -172,6 +221,7 @@ export async function consumeWithJava(
       value: Buffer.from(m[4]!, 'utf8'),
       timestamp: '',
       headers: {},
+      headerList: [],
     });
   }
   if (records.length === 0) throw new Error(`the Java console consumer read nothing from ${topic}: ${err.slice(-2000)}`);

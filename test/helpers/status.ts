@@ -24,6 +24,7 @@ export function sampleStatus(): GatewayStatus {
     waiting: 0,
     droppedOverflow: 0,
     droppedExpired: 0,
+    recordsExpired: 0,
     deadLettered: 0,
     droppedRejected: 0,
     storageBytes: 65536,

@@ -639,4 +639,119 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
     expect(a).toEqual(Array.from({ length: 150 }, (_, i) => i + 1));
     expect(sink.delivered.filter((r) => r.deviceId !== 'a').map((r) => r.deviceId).join('')).toBe('cccccddddd');
   });
+
+  describe('MQTT 5 message expiry', () => {
+    const tmpDir = useTmpDirs();
+    const openLog = () => {
+      const dir = tmpDir();
+      const log = new CommitLog({ dir, synchronous: 'full' });
+      const reader = new LogReader({ dir, synchronous: 'full' });
+      return { log, reader, close: () => (reader.close(), log.close()) };
+    };
+    const expiring = (n: number, expiresAt: number | undefined): LogEntry => ({ ...entry('a', n), ...(expiresAt === undefined ? {} : { expiresAt }) });
+
+    it('leaves expired records out of the batch and covers them with its checkpoint; counted once committed', async () => {
+      const { log, reader, close } = openLog();
+      const now = 1000;
+      // 1 expires at 500 (expired), 2 never, 3 at 5000 (live)
+      log.append([expiring(1, 500), expiring(2, undefined), expiring(3, 5000)]);
+      const sink = new MemorySink();
+      const progress: number[] = [];
+      const fwd = new Forwarder(reader, sink, { ...options, clock: () => now, onProgress: (d) => progress.push(d.expired) });
+      await fwd.connect();
+      expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 2 });
+      expect(offsets(sink.delivered)).toEqual([2, 3]);
+      expect(sink.checkpoint?.offset).toBe(3);
+      expect(reader.position()).toBe(3);
+      expect(fwd.counters).toMatchObject({ forwarded: 2, expired: 1 });
+      expect(progress).toContain(1);
+      close();
+    });
+
+    it('a batch in which every record expired still moves the checkpoint and the position, then idles; the log is trimmed', async () => {
+      const { log, reader, close } = openLog();
+      const now = 10_000;
+      log.append([1, 2, 3, 4, 5].map((i) => expiring(i, 9_000)));
+      const sink = new MemorySink();
+      const fwd = new Forwarder(reader, sink, { ...options, clock: () => now });
+      await fwd.connect();
+      expect(await fwd.step()).toEqual({ kind: 'skipped' });
+      expect(sink.checkpoint?.offset).toBe(3);
+      expect(await fwd.step()).toEqual({ kind: 'skipped' });
+      expect(sink.checkpoint?.offset).toBe(5);
+      expect(await fwd.step()).toEqual({ kind: 'idle' });
+      expect(sink.delivered).toEqual([]);
+      expect(reader.position()).toBe(5);
+      expect(fwd.counters.expired).toBe(5);
+      expect(log.stats().records).toBe(0);
+      close();
+    });
+
+    it('decided when the batch is built: a batch whose send failed is rebuilt, and a record that expired meanwhile is dropped (counted once)', async () => {
+      const { log, reader, close } = openLog();
+      let now = 1000;
+      log.append([expiring(1, 2000), expiring(2, undefined)]);
+      const sink = new MemorySink();
+      const fwd = new Forwarder(reader, sink, { ...options, clock: () => now });
+      await fwd.connect();
+      sink.failNext = 1; // Kafka unreachable for this attempt
+      expect((await fwd.step()).kind).toBe('retry');
+      expect(fwd.counters.expired).toBe(0);
+      now = 3000; // the outage outlasted record 1's expiry
+      expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+      expect(offsets(sink.delivered)).toEqual([2]);
+      expect(fwd.counters).toMatchObject({ forwarded: 1, expired: 1 });
+      // a failed transaction that would have dropped expired records counts nothing
+      log.append([expiring(3, 2500), expiring(4, undefined)]);
+      sink.failNext = 1;
+      expect((await fwd.step()).kind).toBe('retry');
+      expect(fwd.counters.expired).toBe(1);
+      expect(await fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+      expect(fwd.counters).toMatchObject({ forwarded: 2, expired: 2 });
+      expect(offsets(sink.delivered)).toEqual([2, 4]);
+      close();
+    });
+
+    it('a refused record that expired while it was being isolated is dropped as expired, not dead-lettered', async () => {
+      const { log, reader, close } = openLog();
+      let now = 1000;
+      log.append([expiring(1, undefined), { ...expiring(2, 1500), payload: Buffer.alloc(5000) }, expiring(3, undefined)]);
+      const sink = new MemorySink();
+      sink.reject = (r) => {
+        if (r.payload.length <= 1000) return undefined;
+        now = 2000; // the refusal took us past its expiry
+        return 'MESSAGE_TOO_LARGE';
+      };
+      const fwd = new Forwarder(reader, sink, { ...options, clock: () => now });
+      fwd.start();
+      await until(() => reader.position() === 3, 'position 3');
+      expect(offsets(sink.delivered)).toEqual([1, 3]);
+      expect(sink.deadLetters).toEqual([]);
+      expect(fwd.counters).toMatchObject({ forwarded: 2, expired: 1, deadLettered: 0, droppedRejected: 0 });
+      await fwd.close();
+      close();
+    });
+
+    it('logs the drops at most once a minute', async () => {
+      const { log, reader, close } = openLog();
+      let now = 1000;
+      const lines: unknown[] = [];
+      const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+      log.append([1, 2, 3, 4, 5, 6].map((i) => expiring(i, 500)));
+      const sink = new MemorySink();
+      const fwd = new Forwarder(reader, sink, { ...options, logger, clock: () => now });
+      await fwd.connect();
+      await fwd.step();
+      now += 1000;
+      await fwd.step();
+      const expiredLines = () => lines.filter((l) => String((l as { msg: string }).msg).includes('message expiry'));
+      expect(expiredLines()).toHaveLength(1);
+      log.append([expiring(7, 500)]);
+      now += 60_000;
+      await fwd.step();
+      expect(expiredLines()).toHaveLength(2);
+      expect(expiredLines()[1]).toMatchObject({ dropped: 4, total: 7 });
+      close();
+    });
+  });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { parseCheckpoint, toDeadLetterMessage } from '../../src/forward/kafka-sink.js';
+import type { Message } from 'kafkajs';
+import { parseCheckpoint, toDeadLetterMessage, toMessage } from '../../src/forward/kafka-sink.js';
 import {
   authenticationFailure,
   authorizationFailure,
@@ -8,7 +9,14 @@ import {
   isFencedError,
   rejectionType,
 } from '../../src/forward/sink.js';
-import { entry } from '../helpers/entries.js';
+import { entry, recordOf } from '../helpers/entries.js';
+
+type Pairs = [string, string | Buffer][];
+
+/** A message's ordered headers as an object (the last value of a repeated name). */
+function asObject(headers: Message['headers']): Record<string, string> {
+  return Object.fromEntries((headers as unknown as Pairs).map(([k, v]) => [k, v.toString()]));
+}
 
 // kafkajs wraps the broker's error in its retrier's error
 const wrapped = (type: string) => Object.assign(new Error('retries exhausted'), { originalError: Object.assign(new Error(type), { type }) });
@@ -98,11 +106,11 @@ describe('checkpoint and dead-letter records', () => {
   });
 
   it('a dead letter says why and where from; a record too large for Kafka is described instead of carried', () => {
-    const record = { ...entry('dev-1', 1), offset: 42 };
+    const record = recordOf(entry('dev-1', 1), 42);
     const invalid = toDeadLetterMessage(record, 'INVALID_RECORD', 'gw');
     expect(invalid.value).toEqual(record.payload);
     expect(invalid.key).toBe('dev-1');
-    expect(invalid.headers).toMatchObject({
+    expect(asObject(invalid.headers)).toMatchObject({
       'edgebridge-error': 'INVALID_RECORD',
       'edgebridge-original-topic': 'iot.telemetry',
       'edgebridge-log-offset': '42',
@@ -111,10 +119,62 @@ describe('checkpoint and dead-letter records', () => {
     });
     // stamped when dead-lettered (its own timestamp may be what Kafka refused), received-at kept
     expect(toDeadLetterMessage(record, 'INVALID_TIMESTAMP', 'gw', 1234).timestamp).toBe('1234');
-    expect((invalid.headers as Record<string, string>)['edgebridge-received-at']).toBe(String(record.receivedAt));
+    expect(asObject(invalid.headers)['edgebridge-received-at']).toBe(String(record.receivedAt));
     const large = toDeadLetterMessage(record, 'MESSAGE_TOO_LARGE', 'gw');
     expect(large.value).toEqual(Buffer.alloc(0));
-    expect((large.headers as Record<string, string>)['edgebridge-payload-bytes']).toBe(String(record.payload.length));
-    expect((large.headers as Record<string, string>)['edgebridge-payload-sha256']).toMatch(/^[0-9a-f]{64}$/);
+    expect(asObject(large.headers)['edgebridge-payload-bytes']).toBe(String(record.payload.length));
+    expect(asObject(large.headers)['edgebridge-payload-sha256']).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('headers are ordered pairs: the gateway\'s first, then the record\'s own in stored order, repeats kept', () => {
+    const record = recordOf(
+      {
+        ...entry('dev-1', 1),
+        headers: [
+          ['content-type', 'application/json'],
+          ['mqtt-correlation-data', Buffer.from([0, 1, 255])],
+          ['a', '1'],
+          ['b', '2'],
+          ['a', '3'],
+        ],
+      },
+      7,
+    );
+    const headers = toMessage(record, 'gw').headers as unknown as Pairs;
+    expect(headers.map(([k]) => k)).toEqual(['mqtt-topic', 'gateway-id', 'content-type', 'mqtt-correlation-data', 'a', 'b', 'a']);
+    expect(headers[0]).toEqual(['mqtt-topic', 'devices/dev-1/telemetry']);
+    expect(headers[1]).toEqual(['gateway-id', 'gw']);
+    expect(headers[3]![1]).toEqual(Buffer.from([0, 1, 255]));
+    expect(headers.slice(4).map(([, v]) => v)).toEqual(['1', '2', '3']);
+  });
+
+  it('a stored header named like a gateway header never shadows it: kept under mqtt-user-', () => {
+    const record = recordOf({ ...entry('dev-1', 1), headers: [['gateway-id', 'spoof'], ['MQTT-Topic', 'x']] }, 7);
+    const headers = toMessage(record, 'gw').headers as unknown as Pairs;
+    expect(headers).toEqual([
+      ['mqtt-topic', 'devices/dev-1/telemetry'],
+      ['gateway-id', 'gw'],
+      ['mqtt-user-gateway-id', 'spoof'],
+      ['mqtt-user-MQTT-Topic', 'x'],
+    ]);
+  });
+
+  it('command ack headers stored as an object (earlier versions) keep working', () => {
+    const record = recordOf({ ...entry('dev-1', 1), headers: { 'correlation-id': 'c-1', 'delivered-at': 'now' } }, 7);
+    expect(asObject(toMessage(record, 'gw').headers)).toEqual({
+      'mqtt-topic': 'devices/dev-1/telemetry',
+      'gateway-id': 'gw',
+      'correlation-id': 'c-1',
+      'delivered-at': 'now',
+    });
+  });
+
+  it('a dead letter refused for its size leaves out the record\'s own headers too, and counts them', () => {
+    const record = recordOf({ ...entry('dev-1', 1), headers: [['big', 'x'.repeat(1000)], ['a', '1']] }, 42);
+    const large = asObject(toDeadLetterMessage(record, 'MESSAGE_TOO_LARGE', 'gw').headers);
+    expect(large.big).toBeUndefined();
+    expect(large['edgebridge-headers-dropped']).toBe('2');
+    const invalid = asObject(toDeadLetterMessage(record, 'INVALID_RECORD', 'gw').headers);
+    expect(invalid.a).toBe('1');
   });
 });
