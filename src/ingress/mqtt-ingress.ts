@@ -18,6 +18,7 @@ import type { RouteMatch, RouteTable } from './routes.js';
 import type { CommandOutlet } from '../commands/delivery.js';
 import type { SessionTables } from '../log/session-tables.js';
 import { SessionStore } from './session-store.js';
+import { withReplyCorrelation } from '../commands/reply.js';
 
 export interface TlsListenerOptions {
   readonly host: string;
@@ -41,7 +42,15 @@ export interface IngressLimits {
   readonly maxSessionBytes: number;
   readonly maxSubscriptions: number;
   readonly connectTimeoutMs: number;
+  /** MQTT 5: longest Session Expiry Interval granted (ms; 0: no bound). Read at start. */
+  readonly maxSessionExpiry?: number;
+  /** MQTT 5: most disconnected v5 sessions awaiting expiry (0: unlimited). Read at start. */
+  readonly maxPendingSessions?: number;
 }
+
+/** config mqtt.limits.maxSessionExpiry and maxPendingSessions by default. */
+const DEFAULT_MAX_SESSION_EXPIRY_MS = 7 * 86400e3;
+const DEFAULT_MAX_PENDING_SESSIONS = 100_000;
 
 export const DEFAULT_LIMITS: IngressLimits = {
   maxConnections: 10_000,
@@ -298,6 +307,9 @@ export class MqttIngress {
       maxTopicLevels: limits.maxTopicLevels,
       maxInflightInbound: limits.maxInflightMessages,
       connectTimeout: limits.connectTimeoutMs,
+      // MQTT 5 session expiry (the session store keeps it across restarts): bounded, in seconds.
+      sessionExpiryIntervalLimit: Math.floor((limits.maxSessionExpiry ?? DEFAULT_MAX_SESSION_EXPIRY_MS) / 1000),
+      pendingSessionsLimit: limits.maxPendingSessions ?? DEFAULT_MAX_PENDING_SESSIONS,
     });
     this.broker = broker;
     broker.on('clientError', (client: Client, err: Error) => {
@@ -636,7 +648,7 @@ export class MqttIngress {
     packet: PublishPacket,
     callback: (error?: Error | null) => void,
   ): void {
-    const entry = toLogEntry(match, {
+    const logEntry = toLogEntry(match, {
       topic: packet.topic,
       payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload),
       qos: packet.qos,
@@ -645,6 +657,8 @@ export class MqttIngress {
       clientId: client?.id,
       receivedAt: Date.now(),
     });
+    // MQTT 5 Correlation Data (a reply to a command): the record carries it as `correlation-id`.
+    const entry = withReplyCorrelation(logEntry, (packet as { properties?: { correlationData?: unknown } }).properties);
     this.options.sink.append(
       entry,
       (err, result) => {

@@ -135,6 +135,16 @@ export const MIGRATIONS: readonly string[] = [
      device_id TEXT    PRIMARY KEY,
      seen_at   INTEGER NOT NULL
    ) WITHOUT ROWID;`,
+  // MQTT 5: a command's content type (its Kafka header `content-type`, sent to v5 devices as the
+  // Content Type property), and the Session Expiry Interval of each v5 persistent session
+  // (session-tables.ts): `expires_at` is null while the session is connected (or never
+  // expires), else when it ends; a restarted gateway ends those past it and times the others.
+  `ALTER TABLE commands ADD COLUMN content_type TEXT;
+   CREATE TABLE session_expiry (
+     client_id  TEXT    PRIMARY KEY,
+     interval_s INTEGER NOT NULL,
+     expires_at INTEGER
+   ) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
