@@ -278,6 +278,8 @@ export class MqttIngress {
     // Messages a subscriber may not receive are not queued for it (online or offline).
     const sessions = new SessionStore(limits, (clientId, topic) => this.mayReceive(clientId, topic), this.options.sessionTables);
     sessions.onCommandDelivered = () => this.commandHooks?.delivered();
+    sessions.onSessionError = (err, clientId) =>
+      this.warnings.warn('sessionWrite', { clientId, err: describeError(err) }, 'MQTT 5 session expiry not stored or not carried out');
     this.sessions = sessions;
     const broker = await Aedes.createBroker({
       persistence: sessions,
