@@ -465,8 +465,11 @@ export class SessionStore extends MemoryPersistence {
   private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, topic: string): void {
     // Only a connected device's PUBACK delivers: aedes also clears the queue of an MQTT 5 session
     // that expired (its client gone) or that a Clean Start replaces (a persistent new session).
-    const internals = client as { connected?: boolean; _cleanStart?: boolean };
-    const dropped = client.clean === true || internals._cleanStart === true || internals.connected === false || !this.mayReceive(client.id, topic);
+    // (aedes sets `connected` only once the connect steps are done: PUBACKs of the queue it sends
+    // meanwhile come from a client still `connecting`.)
+    const internals = client as { connected?: boolean; connecting?: boolean; _cleanStart?: boolean };
+    const gone = internals.connected === false && internals.connecting !== true;
+    const dropped = client.clean === true || internals._cleanStart === true || gone || !this.mayReceive(client.id, topic);
     let delivered = false;
     this.write('command acknowledgement', (t) =>
       t.atomically(() => {
