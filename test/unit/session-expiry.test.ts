@@ -217,14 +217,14 @@ describe('MQTT 5 session expiry in the session store', () => {
     await store.outgoingClearMessageId({ id: 'dev-b', clean: false, connected: true, _cleanStart: true } as unknown as Client, { topic: '', payload: Buffer.alloc(0), messageId: 6 });
     expect(tables.outbox.get(second.seq)?.state).toBe(CommandState.Stored);
     // A PUBACK while aedes still sends the queue of a reconnect (`connecting`, not yet `connected`) delivers.
-    const resent = await command('dev-d', 3);
+    const resent = await command('dev-d', 2);
     await store.outgoingUpdate({ id: 'dev-d', clean: false } as Client, { ...resent.packet, messageId: 8 });
     await store.outgoingClearMessageId({ id: 'dev-d', clean: false, connected: false, connecting: true } as unknown as Client, { topic: '', payload: Buffer.alloc(0), messageId: 8 });
     expect(tables.outbox.get(resent.seq)?.state).toBe(CommandState.Delivered);
     expect(delivered).toBe(1);
     delivered = 0;
     // Never sent: the session ends by its expiry.
-    const queued = await command('dev-c', 2);
+    const queued = await command('dev-c', 3);
     await store.endSession('dev-c');
     expect(tables.outbox.get(queued.seq)?.state).toBe(CommandState.Stored);
     expect(rowsOf(dir, 'dev-c').queue).toBe(0);
