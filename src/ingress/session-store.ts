@@ -170,7 +170,8 @@ export class SessionStore extends MemoryPersistence {
 
   /**
    * An MQTT 5 connection ended: its session ends now (interval 0: aedes drops what it holds in
-   * memory, this the rows), or is timed to end (aedes's own timer is in memory only).
+   * memory, this the rows), or is timed to end (aedes's own timer is in memory only): the state
+   * is kept until then [MQTT-3.1.2-23], also across a restart, and not after [MQTT-4.1.0-2].
    */
   private async sessionDisconnected(client: Client): Promise<void> {
     const { id } = client;
