@@ -84,6 +84,7 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
             ttlMs: config.commands.ttl,
             maxPending: config.commands.maxPending,
             mqttTopic: config.commands.mqtt,
+            replyTopic: config.commands.replies,
             limits: {
               maxTopicBytes: config.mqtt.limits.maxTopicBytes,
               maxTopicLevels: config.mqtt.limits.maxTopicLevels,
@@ -110,6 +111,7 @@ function startCommands(
     outlet: ingress.commandOutlet(),
     mqttTopic: commands.mqtt,
     ackTopic: commands.acks,
+    replyTopic: commands.replies,
     gatewayId: config.gateway.id,
     appendAck: (entry) => new Promise((resolve, reject) => sink.append(entry, (err, result) => (err ? reject(err) : resolve(result!)))),
     logger,

@@ -16,6 +16,8 @@ export interface CommandConsumerOptions {
   readonly ttlMs: number;
   /** config commands.mqtt, and the MQTT limits a command must fit in to be deliverable. */
   readonly mqttTopic: string;
+  /** config commands.replies (the Response Topic of MQTT 5 commands): it must fit the limits too. */
+  readonly replyTopic?: string;
   readonly limits: { readonly maxTopicBytes: number; readonly maxTopicLevels: number; readonly maxPayloadBytes: number };
   /** Most commands waiting in the outbox: past it, reading pauses (Kafka keeps the rest). */
   readonly maxPending: number;
@@ -37,6 +39,23 @@ function correlationId(headers: IHeaders | undefined): string | undefined {
   const value = headers?.['correlation-id'] ?? headers?.correlationId;
   const first = Array.isArray(value) ? value[0] : value;
   return first === undefined ? undefined : first.toString();
+}
+
+/** Longest content type passed on (MQTT 5 strings may be longer; a MIME type is not). */
+const MAX_CONTENT_TYPE_BYTES = 256;
+
+/**
+ * The content type of a command: its `content-type` header (`contentType` also accepted), sent to
+ * MQTT 5 devices as the Content Type property. Not UTF-8, empty, longer than 256 bytes or with
+ * U+0000 (no MQTT 5 UTF-8 string): left out, the command goes without it.
+ */
+export function commandContentType(headers: IHeaders | undefined): string | undefined {
+  const value = headers?.['content-type'] ?? headers?.contentType;
+  const first = Array.isArray(value) ? value[0] : value;
+  if (first === undefined) return undefined;
+  const bytes = Buffer.isBuffer(first) ? first : Buffer.from(first);
+  if (bytes.length === 0 || bytes.length > MAX_CONTENT_TYPE_BYTES || !isUtf8(bytes) || bytes.includes(0)) return undefined;
+  return bytes.toString();
 }
 
 /**
@@ -101,12 +120,12 @@ export class CommandConsumer {
   }
 
   private deliverable(deviceId: string, correlation: string, payload: Buffer | null): boolean {
-    const { mqttTopic, limits } = this.options;
+    const { mqttTopic, replyTopic, limits } = this.options;
     if (deviceId === '' || UNFIT_DEVICE_ID.test(deviceId) || correlation === '' || UNFIT_CORRELATION_ID.test(correlation)) return false;
-    const topic = commandTopic(mqttTopic, deviceId, correlation);
+    // The reply topic too: a device could not publish its reply to a topic over the limits.
+    const topics = [commandTopic(mqttTopic, deviceId, correlation), ...(replyTopic === undefined ? [] : [commandTopic(replyTopic, deviceId, correlation)])];
     return (
-      Buffer.byteLength(topic) <= limits.maxTopicBytes &&
-      topic.split('/').length <= limits.maxTopicLevels &&
+      topics.every((topic) => Buffer.byteLength(topic) <= limits.maxTopicBytes && topic.split('/').length <= limits.maxTopicLevels) &&
       (payload === null || payload.length <= limits.maxPayloadBytes)
     );
   }
@@ -148,7 +167,7 @@ export class CommandConsumer {
       // would break the topic, a topic or payload over the MQTT limits (aedes would fail to
       // write it and drop the device's connection, on every reconnect).
       const fit = deviceId !== null && this.deliverable(deviceId, cid ?? `${batch.partition}-${m.offset}`, m.value);
-      return { offset: Number(m.offset), deviceId: fit ? deviceId : null, payload: m.value, correlationId: cid, timestamp: Number(m.timestamp) };
+      return { offset: Number(m.offset), deviceId: fit ? deviceId : null, payload: m.value, correlationId: cid, contentType: commandContentType(m.headers), timestamp: Number(m.timestamp) };
     });
     // Throws on a log error: kafkajs retries the batch (nothing was committed, nothing skipped).
     const result = outbox.store(batch.topic, batch.partition, commands, ttlMs);

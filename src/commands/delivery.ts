@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import type { AppendResult, LogEntry } from '../log/commit-log.js';
 import { CommandState, type CommandOutbox, type OutboxCommand, type StoreResult } from '../log/outbox.js';
-import { commandPacket, commandTopic, type CommandPacket } from './packet.js';
+import { commandPacket, commandProperties, commandTopic, type CommandPacket } from './packet.js';
 
 /** What delivery needs of the MQTT side (ingress implements it). */
 export interface CommandOutlet {
@@ -22,6 +22,12 @@ export interface CommandDeliveryOptions {
   readonly mqttTopic: string;
   /** config commands.acks */
   readonly ackTopic: string;
+  /**
+   * config commands.replies: the Response Topic of commands to MQTT 5 devices ({deviceId},
+   * {correlationId}); each command also carries its correlation id as Correlation Data.
+   * Undefined: commands go without these properties.
+   */
+  readonly replyTopic?: string;
   readonly gatewayId: string;
   /** Appends an ack record to the commit log (group commit): resolves once it is durable. */
   readonly appendAck: (entry: LogEntry) => Promise<AppendResult>;
@@ -157,7 +163,9 @@ export class CommandDelivery {
   }
 
   private packetOf(c: OutboxCommand): CommandPacket {
-    return commandPacket(c.deviceId, c.seq, commandTopic(this.options.mqttTopic, c.deviceId, c.correlationId), c.payload, c.expiresAt);
+    const { mqttTopic, replyTopic } = this.options;
+    const properties = replyTopic === undefined ? undefined : commandProperties(replyTopic, c.deviceId, c.correlationId, c.contentType);
+    return commandPacket(c.deviceId, c.seq, commandTopic(mqttTopic, c.deviceId, c.correlationId), c.payload, c.expiresAt, properties);
   }
 
   private async expire(): Promise<void> {

@@ -18,6 +18,19 @@ export interface CommandPacket {
   readonly brokerCounter: number;
   /** When the command's TTL ends (ms): a queued copy is not sent after it. */
   readonly messageExpiry: number;
+  /**
+   * MQTT 5 properties: where the device replies (Response Topic), the correlation id as
+   * Correlation Data, and the command's content type. aedes sends them to MQTT 5 subscribers
+   * only (mqtt-packet writes no properties in a 3.1.1 PUBLISH), and keeps them with the packet in
+   * the session queue (session-tables.ts stores `properties`, Buffers included).
+   */
+  readonly properties?: CommandProperties;
+}
+
+export interface CommandProperties {
+  readonly responseTopic: string;
+  readonly correlationData: Buffer;
+  readonly contentType?: string;
 }
 
 /** The broker id of a device's commands. */
@@ -25,8 +38,28 @@ export function commandBrokerId(deviceId: string): string {
   return `${PREFIX}${deviceId}`;
 }
 
-export function commandPacket(deviceId: string, seq: number, topic: string, payload: Buffer, expiresAt: number): CommandPacket {
-  return { cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false, brokerId: commandBrokerId(deviceId), brokerCounter: seq, messageExpiry: expiresAt };
+export function commandPacket(deviceId: string, seq: number, topic: string, payload: Buffer, expiresAt: number, properties?: CommandProperties): CommandPacket {
+  return {
+    cmd: 'publish',
+    topic,
+    payload,
+    qos: 1,
+    retain: false,
+    dup: false,
+    brokerId: commandBrokerId(deviceId),
+    brokerCounter: seq,
+    messageExpiry: expiresAt,
+    ...(properties === undefined ? {} : { properties }),
+  };
+}
+
+/** The MQTT 5 properties of a command: the reply topic (config commands.replies), its correlation id and content type. */
+export function commandProperties(replyTemplate: string, deviceId: string, correlationId: string, contentType: string | null): CommandProperties {
+  return {
+    responseTopic: commandTopic(replyTemplate, deviceId, correlationId),
+    correlationData: Buffer.from(correlationId),
+    ...(contentType === null ? {} : { contentType }),
+  };
 }
 
 /** The device and outbox place of a command packet; undefined for any other message. */

@@ -4,7 +4,7 @@ import type { Config } from './schema.js';
 /**
  * The keys a running gateway applies when its config is reloaded (SIGHUP); a change to any other
  * key needs a restart. The limits left out are fixed when aedes or a listener is created
- * (maxTopicLevels, maxInflightMessages, maxTopicAliases, connectTimeoutMs).
+ * (maxTopicLevels, maxInflightMessages, maxTopicAliases, maxSessionExpiry, maxPendingSessions, connectTimeoutMs).
  */
 export const RELOADABLE_KEYS: readonly string[] = [
   'routes',

@@ -210,6 +210,17 @@ export const configSchema = z.strictObject({
           maxSubscriptions: z.number().int().min(1).default(100),
           /** A connection that sends no CONNECT within this is closed. */
           connectTimeoutMs: duration(100).default(10_000),
+          /**
+           * MQTT 5: longest Session Expiry Interval a client gets (a longer one, 0xFFFFFFFF "never"
+           * included, is cut to this and the CONNACK says so). 3.1.1 persistent sessions are not
+           * bounded by it (kept until a clean connect). 0: no bound.
+           */
+          maxSessionExpiry: duration(0).default(7 * 86400e3),
+          /**
+           * MQTT 5: most disconnected v5 sessions waiting for their expiry at once; a session that
+           * disconnects past it ends at once. 0: unlimited.
+           */
+          maxPendingSessions: z.number().int().min(0).default(100_000),
         })
         .prefault({}),
     })
@@ -277,6 +288,16 @@ export const configSchema = z.strictObject({
         .refine((t) => t.includes('{deviceId}'), 'must contain {deviceId}')
         .refine((t) => !/[+#\u0000]/.test(t) && !t.startsWith('$'), 'must be a topic name: no wildcards (+ #), no U+0000, not under $'),
       acks: kafkaTopicName.default('iot.command-acks'),
+      /**
+       * MQTT 5: the Response Topic a command carries (where its device publishes its reply):
+       * {deviceId}, and optionally {correlationId}. The correlation id goes as Correlation Data.
+       * A route must take the replies to Kafka (they are publishes like any other).
+       */
+      replies: z
+        .string()
+        .default('devices/{deviceId}/replies')
+        .refine((t) => t.includes('{deviceId}'), 'must contain {deviceId}')
+        .refine((t) => !/[+#\u0000]/.test(t) && !t.startsWith('$'), 'must be a topic name: no wildcards (+ #), no U+0000, not under $'),
       /** A command its device has not acknowledged this long after it was written to Kafka is dropped. */
       ttl: duration(1000).default(24 * 3600e3),
       /** Most commands waiting in the gateway; past it the consumer pauses (Kafka keeps the rest). */

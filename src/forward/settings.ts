@@ -47,6 +47,8 @@ export interface CommandConsumerSettings {
   readonly ttlMs: number;
   readonly maxPending: number;
   readonly mqttTopic: string;
+  /** config commands.replies: a command whose reply topic breaks the limits is not deliverable. */
+  readonly replyTopic?: string;
   readonly limits: { readonly maxTopicBytes: number; readonly maxTopicLevels: number; readonly maxPayloadBytes: number };
 }
 

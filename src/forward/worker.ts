@@ -82,6 +82,7 @@ function startCommandConsumer(s: ForwardSettings, c: CommandConsumerSettings, ka
     ttlMs: c.ttlMs,
     maxPending: c.maxPending,
     mqttTopic: c.mqttTopic,
+    ...(c.replyTopic === undefined ? {} : { replyTopic: c.replyTopic }),
     limits: c.limits,
     retry: s.retry,
     topicDefaults: s.kafka.topicDefaults,

@@ -20,6 +20,7 @@ import type { RouteMatch, RouteTable } from './routes.js';
 import type { CommandOutlet } from '../commands/delivery.js';
 import type { SessionTables } from '../log/session-tables.js';
 import { SessionStore } from './session-store.js';
+import { withReplyCorrelation } from '../commands/reply.js';
 
 export interface TlsListenerOptions {
   readonly host: string;
@@ -45,7 +46,15 @@ export interface IngressLimits {
   readonly maxSessionBytes: number;
   readonly maxSubscriptions: number;
   readonly connectTimeoutMs: number;
+  /** MQTT 5: longest Session Expiry Interval granted (ms; 0: no bound). Read at start. */
+  readonly maxSessionExpiry?: number;
+  /** MQTT 5: most disconnected v5 sessions awaiting expiry (0: unlimited). Read at start. */
+  readonly maxPendingSessions?: number;
 }
+
+/** config mqtt.limits.maxSessionExpiry and maxPendingSessions by default. */
+const DEFAULT_MAX_SESSION_EXPIRY_MS = 7 * 86400e3;
+const DEFAULT_MAX_PENDING_SESSIONS = 100_000;
 
 export const DEFAULT_LIMITS: IngressLimits = {
   maxConnections: 10_000,
@@ -331,6 +340,8 @@ export class MqttIngress {
     // Messages a subscriber may not receive are not queued for it (online or offline).
     const sessions = new SessionStore(limits, (clientId, topic) => this.mayReceive(clientId, topic), this.options.sessionTables);
     sessions.onCommandDelivered = () => this.commandHooks?.delivered();
+    sessions.onSessionError = (err, clientId) =>
+      this.warnings.warn('sessionWrite', { clientId, err: describeError(err) }, 'MQTT 5 session expiry not stored or not carried out');
     this.sessions = sessions;
     const broker = await Aedes.createBroker({
       persistence: sessions,
@@ -372,6 +383,9 @@ export class MqttIngress {
       receiveMaximum: limits.maxInflightMessages,
       maximumPacketSize: this.maxPacketBytes,
       topicAliasMaximum: limits.maxTopicAliases,
+      // MQTT 5 session expiry (the session store keeps it across restarts): bounded, in seconds.
+      sessionExpiryIntervalLimit: Math.floor((limits.maxSessionExpiry ?? DEFAULT_MAX_SESSION_EXPIRY_MS) / 1000),
+      pendingSessionsLimit: limits.maxPendingSessions ?? DEFAULT_MAX_PENDING_SESSIONS,
     });
     this.broker = broker;
     broker.on('clientError', (client: Client, err: Error) => {
@@ -726,7 +740,7 @@ export class MqttIngress {
     packet: PublishPacket,
     callback: (error?: Error | null) => void,
   ): void {
-    const entry = toLogEntry(match, {
+    const logEntry = toLogEntry(match, {
       topic: packet.topic,
       payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload),
       qos: packet.qos,
@@ -736,6 +750,8 @@ export class MqttIngress {
       receivedAt: Date.now(),
       properties: packet.properties,
     });
+    // MQTT 5 Correlation Data (a reply to a command): the record carries it as `correlation-id`.
+    const entry = withReplyCorrelation(logEntry, (packet as { properties?: { correlationData?: unknown } }).properties);
     this.options.sink.append(
       entry,
       (err, result) => {

@@ -3,7 +3,16 @@ import MemoryPersistence, { type StoredPacket as Packet, type StoredSubscription
 import { Readable } from 'node:stream';
 import { commandBrokerId, commandOf, commandOfKey } from '../commands/packet.js';
 import { EdgebridgeError } from '../errors.js';
-import type { SessionPacket, SessionTables, StoredSessions } from '../log/session-tables.js';
+import type { SessionExpiry, SessionPacket, SessionTables, StoredSessions } from '../log/session-tables.js';
+
+/** MQTT 5's Session Expiry Interval "never". */
+const SESSION_NEVER_EXPIRES = 0xffffffff;
+
+/** An MQTT 5 client's finite, non-zero Session Expiry Interval (seconds); undefined for 3.1.1, 0 or never. */
+export function sessionExpiryOf(client: { version?: number; sessionExpiryInterval?: number }): number | undefined {
+  const interval = client.version === 5 ? client.sessionExpiryInterval : undefined;
+  return interval !== undefined && interval > 0 && interval < SESSION_NEVER_EXPIRES ? interval : undefined;
+}
 
 export interface SessionStoreCounters {
   /** Messages for a subscriber whose queue was full (maxQueuedMessages) or over the byte budget: not queued. */
@@ -79,6 +88,14 @@ export class SessionStore extends MemoryPersistence {
 
   /** Called after a device acknowledged a command (the outbox says delivered). */
   onCommandDelivered: () => void = () => undefined;
+  /** A session's expiry could not be stored or carried out (the database failed): the caller logs it. */
+  onSessionError: (err: unknown, clientId: string) => void = () => undefined;
+
+  /** MQTT 5 sessions with a finite Session Expiry Interval, as the database has them. */
+  private readonly expiryRows = new Map<string, SessionExpiry>();
+  /** The disconnected ones: when each ends (ms). */
+  private readonly expiries = new Map<string, number>();
+  private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private limits: SessionStoreLimits,
@@ -96,9 +113,144 @@ export class SessionStore extends MemoryPersistence {
   override async setup(broker: Aedes): Promise<void> {
     await super.setup(broker);
     if (this.tables) {
-      await this.restore(this.tables.load());
+      // MQTT 5 sessions whose expiry passed while the gateway was down end before anything loads.
+      const now = Date.now();
+      for (const clientId of this.tables.expiredSessions(now)) this.tables.endSession(clientId);
+      const stored = this.tables.load();
+      await this.restore(stored);
       this.tables.reconcileCommands();
+      for (const [clientId, row] of stored.expiry) {
+        // Connected when the last run ended (it crashed): its interval runs from now.
+        const expiresAt = row.expiresAt ?? now + row.intervalS * 1000;
+        if (row.expiresAt === null) this.tables.putExpiry(clientId, row.intervalS, expiresAt);
+        this.expiryRows.set(clientId, { intervalS: row.intervalS, expiresAt });
+        this.expiries.set(clientId, expiresAt);
+      }
+      this.scheduleSweep();
     }
+    // (A bare persistence test gives a broker without events.)
+    if (typeof (broker as Partial<Aedes>).on !== 'function') return;
+    broker.on('clientReady', (client: Client) => this.guard(client.id, () => this.sessionStarted(client)));
+    broker.on('clientDisconnect', (client: Client) => this.guard(client.id, () => this.sessionDisconnected(client)));
+    // aedes ended a disconnecting v5 session at once (mqtt.limits.maxPendingSessions reached).
+    broker.on('sessionLimitReached', (client: Client, info: { reason?: string } | undefined) => {
+      if (info?.reason === 'sessionExpiry') this.guard(client.id, () => this.endSession(client.id));
+    });
+  }
+
+  /** Runs a session-expiry step of an event handler; a failure goes to onSessionError. */
+  private guard(clientId: string, step: () => void | Promise<void>): void {
+    try {
+      const done = step();
+      if (done) done.catch((err: unknown) => this.onSessionError(err, clientId));
+    } catch (err) {
+      this.onSessionError(err, clientId);
+    }
+  }
+
+  /**
+   * A connection took up a session: a pending expiry is off. An MQTT 5 session with a finite
+   * Session Expiry Interval is recorded (it ends that long after its disconnect, also across a
+   * restart); any other session has no timed expiry (3.1.1: kept until a clean connect).
+   */
+  private sessionStarted(client: Client): void {
+    const { id } = client;
+    this.expiries.delete(id);
+    const interval = sessionExpiryOf(client);
+    const row = this.expiryRows.get(id);
+    if (interval !== undefined && !client.clean) {
+      if (row?.intervalS === interval && row.expiresAt === null) return;
+      this.write('session expiry', (t) => t.putExpiry(id, interval, null));
+      this.expiryRows.set(id, { intervalS: interval, expiresAt: null });
+    } else if (row !== undefined) {
+      this.write('session expiry', (t) => t.deleteExpiry(id));
+      this.expiryRows.delete(id);
+    }
+  }
+
+  /**
+   * An MQTT 5 connection ended: its session ends now (interval 0: aedes drops what it holds in
+   * memory, this the rows), or is timed to end (aedes's own timer is in memory only): the state
+   * is kept until then [MQTT-3.1.2-23], also across a restart, and not after [MQTT-4.1.0-2].
+   */
+  private async sessionDisconnected(client: Client): Promise<void> {
+    const { id } = client;
+    if ((client as { version?: number }).version !== 5) return;
+    // A takeover: the new connection resumes the session.
+    if ((this.broker as unknown as { _takingOver?: Set<string> })?._takingOver?.has(id)) return;
+    const interval = (client as { sessionExpiryInterval?: number }).sessionExpiryInterval ?? 0;
+    if (interval === 0) {
+      if (!(this.broker as unknown as { closed?: boolean })?.closed && this.holds(id)) await this.endSession(id);
+      return;
+    }
+    if (interval >= SESSION_NEVER_EXPIRES) return;
+    const expiresAt = Date.now() + interval * 1000;
+    this.write('session expiry', (t) => t.putExpiry(id, interval, expiresAt));
+    this.expiryRows.set(id, { intervalS: interval, expiresAt });
+    this.expiries.set(id, expiresAt);
+    this.scheduleSweep();
+  }
+
+  /** Whether anything of a session is held (in memory or on disk). */
+  private holds(clientId: string): boolean {
+    return (
+      this.onDisk.subscriptions.has(clientId) ||
+      this.onDisk.inbound.has(clientId) ||
+      this.queued.has(clientId) ||
+      this.owners.has(clientId) ||
+      this.expiryRows.has(clientId)
+    );
+  }
+
+  /** The next sweep: at the earliest expiry (at most an hour ahead: timers are 32-bit). */
+  private scheduleSweep(): void {
+    if (this.sweepTimer) clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
+    if (this.expiries.size === 0) return;
+    const next = Math.min(...this.expiries.values());
+    this.sweepTimer = setTimeout(() => void this.sweep(), Math.max(0, Math.min(next - Date.now(), 3600e3)));
+    this.sweepTimer.unref();
+  }
+
+  private async sweep(): Promise<void> {
+    this.sweepTimer = undefined;
+    const broker = this.broker as unknown as { closed?: boolean; clients?: Record<string, unknown> } | undefined;
+    if (broker?.closed) return;
+    const now = Date.now();
+    for (const [clientId, expiresAt] of [...this.expiries]) {
+      if (expiresAt > now) continue;
+      this.expiries.delete(clientId);
+      // Taken up again meanwhile (clientReady clears it; this is for a connect under way).
+      if (broker?.clients?.[clientId]) continue;
+      await this.endSession(clientId).catch((err: unknown) => this.onSessionError(err, clientId));
+    }
+    this.scheduleSweep();
+  }
+
+  /**
+   * Ends a session for good (its expiry passed, or maxPendingSessions): subscriptions, queued
+   * messages (its commands wait in the outbox again), inbound QoS 2 state, owner and expiry go,
+   * from the database in one transaction and then from memory.
+   */
+  async endSession(clientId: string): Promise<void> {
+    const client = { id: clientId } as Client;
+    this.expiries.delete(clientId);
+    this.write('ended session', (t) => t.endSession(clientId));
+    this.expiryRows.delete(clientId);
+    this.onDisk.subscriptions.delete(clientId);
+    this.onDisk.inbound.delete(clientId);
+    this.owners.delete(clientId);
+    this.restoredOwners.delete(clientId);
+    await super.cleanSubscriptions(client);
+    await super.cleanIncoming(client);
+    this.inbound.delete(clientId);
+    // The memory store removes by packet id: each entry gets id 0 first (never used on the wire).
+    for await (const packet of super.outgoingStream(client)) {
+      const stamp = { topic: '', payload: Buffer.alloc(0), brokerId: packet.brokerId, brokerCounter: packet.brokerCounter, messageId: 0 };
+      await super.outgoingUpdate(client, stamp);
+      await super.outgoingClearMessageId(client, stamp);
+    }
+    for (const key of [...(this.queued.get(clientId)?.bytes.keys() ?? [])]) this.unqueue(clientId, key);
   }
 
   /** Writes a change through to the database (not while restoring); a failure is the caller's error. */
@@ -312,7 +464,13 @@ export class SessionStore extends MemoryPersistence {
    * in one transaction); when its session dropped it, it waits in the outbox again.
    */
   private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, topic: string): void {
-    const dropped = client.clean === true || !this.mayReceive(client.id, topic);
+    // Only a connected device's PUBACK delivers: aedes also clears the queue of an MQTT 5 session
+    // that expired (its client gone) or that a Clean Start replaces (a persistent new session).
+    // (aedes sets `connected` only once the connect steps are done: PUBACKs of the queue it sends
+    // meanwhile come from a client still `connecting`.)
+    const internals = client as { connected?: boolean; connecting?: boolean; _cleanStart?: boolean };
+    const gone = internals.connected === false && internals.connecting !== true;
+    const dropped = client.clean === true || internals._cleanStart === true || gone || !this.mayReceive(client.id, topic);
     let delivered = false;
     this.write('command acknowledgement', (t) =>
       t.atomically(() => {

@@ -143,6 +143,16 @@ export const MIGRATIONS: readonly string[] = [
   // rows written from here on, the object form in older rows; both are read.
   `ALTER TABLE records ADD COLUMN expires_at INTEGER;
    CREATE INDEX records_expiry ON records (expires_at) WHERE expires_at IS NOT NULL;`,
+  // MQTT 5: a command's content type (its Kafka header `content-type`, sent to v5 devices as the
+  // Content Type property), and the Session Expiry Interval of each v5 persistent session
+  // (session-tables.ts): `expires_at` is null while the session is connected (or never
+  // expires), else when it ends; a restarted gateway ends those past it and times the others.
+  `ALTER TABLE commands ADD COLUMN content_type TEXT;
+   CREATE TABLE session_expiry (
+     client_id  TEXT    PRIMARY KEY,
+     interval_s INTEGER NOT NULL,
+     expires_at INTEGER
+   ) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -9,6 +9,8 @@ export interface ConsumedCommand {
   readonly payload: Buffer | null;
   /** The correlation-id header, if any. */
   readonly correlationId: string | undefined;
+  /** The content-type header, if any (sent to MQTT 5 devices as the Content Type property). */
+  readonly contentType?: string | undefined;
   /** The record's timestamp (ms): its TTL runs from here. */
   readonly timestamp: number;
 }
@@ -38,6 +40,8 @@ export interface OutboxCommand {
   readonly kafkaPartition: number;
   readonly kafkaOffset: number;
   readonly payload: Buffer;
+  /** The command's `content-type` header (MQTT 5 devices get it as the Content Type property). */
+  readonly contentType: string | null;
   readonly createdAt: number;
   readonly expiresAt: number;
   readonly state: CommandState;
@@ -56,6 +60,7 @@ interface CommandRow {
   kafka_partition: number;
   kafka_offset: number;
   payload: Buffer;
+  content_type: string | null;
   created_at: number;
   expires_at: number;
   state: CommandState;
@@ -70,6 +75,7 @@ const fromRow = (r: CommandRow): OutboxCommand => ({
   kafkaPartition: r.kafka_partition,
   kafkaOffset: r.kafka_offset,
   payload: r.payload,
+  contentType: r.content_type,
   createdAt: r.created_at,
   expiresAt: r.expires_at,
   state: r.state,
@@ -104,7 +110,7 @@ export class CommandOutbox {
         else if (c.timestamp + ttlMs <= now) result.expired++;
         else if (this.stmts.served.get(c.deviceId) === undefined) result.notServed++;
         else {
-          this.stmts.insert.run(c.deviceId, c.correlationId ?? `${partition}-${c.offset}`, topic, partition, c.offset, c.payload, c.timestamp, c.timestamp + ttlMs);
+          this.stmts.insert.run(c.deviceId, c.correlationId ?? `${partition}-${c.offset}`, topic, partition, c.offset, c.payload, c.contentType ?? null, c.timestamp, c.timestamp + ttlMs);
           result.stored++;
           devices.add(c.deviceId);
         }
@@ -126,8 +132,8 @@ export class CommandOutbox {
       served: db.prepare('SELECT 1 FROM served_devices WHERE device_id = ?').pluck(),
       serve: db.prepare('INSERT OR IGNORE INTO served_devices (device_id, seen_at) VALUES (?, ?)'),
       insert: db.prepare(
-        `INSERT INTO commands (device_id, correlation_id, kafka_topic, kafka_partition, kafka_offset, payload, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO commands (device_id, correlation_id, kafka_topic, kafka_partition, kafka_offset, payload, content_type, created_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       waitingFor: db.prepare('SELECT * FROM commands WHERE device_id = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?'),
       waitingDevices: db.prepare('SELECT DISTINCT device_id FROM commands WHERE state = 0').pluck(),

@@ -58,6 +58,15 @@ export interface StoredSessions {
   readonly wills: { clientId: string; packet: SessionPacket }[];
   /** The identity (username, or none) that owns each persistent session. */
   readonly owners: Map<string, string | null>;
+  /** MQTT 5 sessions with a finite Session Expiry Interval: when each ends (null: connected when the last run ended). */
+  readonly expiry: Map<string, SessionExpiry>;
+}
+
+export interface SessionExpiry {
+  /** The session's Session Expiry Interval (seconds, as granted). */
+  readonly intervalS: number;
+  /** When it ends (ms); null while its client is connected. */
+  readonly expiresAt: number | null;
 }
 
 /**
@@ -119,6 +128,19 @@ export class SessionTables {
       putOwner: db.prepare('INSERT OR REPLACE INTO session_owners (client_id, username) VALUES (?, ?)'),
       delOwner: db.prepare('DELETE FROM session_owners WHERE client_id = ?'),
       allOwners: db.prepare('SELECT client_id, username FROM session_owners'),
+      putExpiry: db.prepare('INSERT OR REPLACE INTO session_expiry (client_id, interval_s, expires_at) VALUES (?, ?, ?)'),
+      delExpiry: db.prepare('DELETE FROM session_expiry WHERE client_id = ?'),
+      allExpiry: db.prepare('SELECT client_id, interval_s, expires_at FROM session_expiry'),
+      expiredSessions: db.prepare('SELECT client_id FROM session_expiry WHERE expires_at IS NOT NULL AND expires_at <= ?').pluck(),
+      // The commands queued in an ending session wait in the outbox again, unless another
+      // session of their device holds them too (a user name with several client ids).
+      unhandSession: db.prepare(
+        `UPDATE commands SET state = 0 WHERE state = 1 AND EXISTS (
+           SELECT 1 FROM session_queue q WHERE q.client_id = ? AND q.packet_key = 'bedgebridge-commands/' || commands.device_id || ':' || commands.seq)
+         AND NOT EXISTS (
+           SELECT 1 FROM session_queue q WHERE q.client_id <> ? AND q.packet_key = 'bedgebridge-commands/' || commands.device_id || ':' || commands.seq)`,
+      ),
+      delQueue: db.prepare('DELETE FROM session_queue WHERE client_id = ?'),
     };
   }
 
@@ -142,7 +164,41 @@ export class SessionTables {
       retained: rows<{ packet: string; payload: Buffer }>(s.allRetained).map((r) => packetFrom(r.packet, r.payload)),
       wills: rows<{ client_id: string; packet: string; payload: Buffer }>(s.allWills).map((r) => ({ clientId: r.client_id, packet: packetFrom(r.packet, r.payload) })),
       owners: new Map(rows<{ client_id: string; username: string | null }>(s.allOwners).map((r) => [r.client_id, r.username])),
+      expiry: new Map(
+        rows<{ client_id: string; interval_s: number; expires_at: number | null }>(s.allExpiry).map((r) => [r.client_id, { intervalS: r.interval_s, expiresAt: r.expires_at }]),
+      ),
     };
+  }
+
+  /** A v5 session's expiry: `expiresAt` null while it is connected. */
+  putExpiry(clientId: string, intervalS: number, expiresAt: number | null): void {
+    this.stmts.putExpiry.run(clientId, intervalS, expiresAt);
+  }
+
+  /** The session has no timed expiry (3.1.1, never expiring, or ended). */
+  deleteExpiry(clientId: string): void {
+    this.stmts.delExpiry.run(clientId);
+  }
+
+  /** The v5 sessions that ended by their expiry at `now` (a restarted gateway ends them first). */
+  expiredSessions(now: number): string[] {
+    return this.stmts.expiredSessions.all(now) as string[];
+  }
+
+  /**
+   * Ends a session, in one transaction: its subscriptions, queued messages, inbound QoS 2 state,
+   * owner and expiry go; its queued commands wait in the outbox again. Its will stays (the will
+   * sweep publishes a will its broker no longer holds).
+   */
+  endSession(clientId: string): void {
+    this.atomically(() => {
+      this.stmts.unhandSession.run(clientId, clientId);
+      this.stmts.delQueue.run(clientId);
+      this.stmts.delSubs.run(clientId);
+      this.stmts.clearInbound.run(clientId);
+      this.stmts.delOwner.run(clientId);
+      this.stmts.delExpiry.run(clientId);
+    });
   }
 
   putSubscriptions(clientId: string, subs: readonly StoredSubscription[]): void {
