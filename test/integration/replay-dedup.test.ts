@@ -156,7 +156,7 @@ describe('replays and retransmits are not forwarded twice', () => {
     );
   });
 
-  it.each([4, 5] as const)('payloads without identity fields: only DUP retransmits of the same packet are dropped (MQTT protocol level %i)', async (version) => {
+  it.each([4, 5] as const)('payloads without identity fields: only DUP retransmits of the same packet are dropped, QoS 1 and 2 (MQTT protocol level %i)', async (version) => {
     const topic = uniqueName('iot.raw');
     const gw = await startTestGateway({ dir: tmp(), topic });
     cleanup(() => gw.close());
@@ -168,12 +168,28 @@ describe('replays and retransmits are not forwarded twice', () => {
     pub('21.5', 1, true); // retransmit of packet 1: dropped
     pub('21.5', 2, false); // same reading value, a new packet: kept
     pub('22.0', 1, false); // packet id 1 reused for a new message: kept
-    const records = await consumeAll(kafkaBrokers(), topic, { expected: 3 });
-    expect(records.map((r) => r.value.toString())).toEqual(['21.5', '21.5', '22.0']);
-    expect(gw.status().duplicates).toBe(1);
-    // each acknowledged, the retransmit too (MQTT 5: with reason code 0, "stored")
-    const acks = packets.filter((p) => p.cmd === 'puback');
-    expect(acks.map((p) => [p.messageId, 'reasonCode' in p ? (p.reasonCode ?? 0) : 0])).toEqual([[1, 0], [1, 0], [2, 0], [1, 0]]);
+    // QoS 2: the PUBREC of packet 3 is lost, the device sends it again before releasing it
+    const pub2 = (payload: string, messageId: number, dup: boolean) =>
+      send({ cmd: 'publish', topic: 'devices/plain-1/telemetry', payload: Buffer.from(payload), qos: 2, messageId, dup, retain: false });
+    pub2('23.0', 3, false);
+    pub2('23.0', 3, true); // retransmit of packet 3: dropped [MQTT-4.3.3-2]
+    await until('2 PUBRECs', () => packets.filter((p) => p.cmd === 'pubrec').length >= 2);
+    send({ cmd: 'pubrel', messageId: 3 });
+    await until('PUBCOMP', () => packets.some((p) => p.cmd === 'pubcomp'));
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 4 });
+    expect(records.map((r) => r.value.toString())).toEqual(['21.5', '21.5', '22.0', '23.0']);
+    expect(gw.status().duplicates).toBe(2);
+    // each acknowledged, the retransmits too (MQTT 5: with reason code 0, "stored")
+    const acks = packets.filter((p) => p.cmd !== 'connack').map((p) => [p.cmd, 'messageId' in p ? p.messageId : undefined, 'reasonCode' in p ? (p.reasonCode ?? 0) : 0]);
+    expect(acks).toEqual([
+      ['puback', 1, 0],
+      ['puback', 1, 0],
+      ['puback', 2, 0],
+      ['puback', 1, 0],
+      ['pubrec', 3, 0],
+      ['pubrec', 3, 0],
+      ['pubcomp', 3, 0],
+    ]);
   });
 
   it('a sensor that sends seq but no bootId (its counter restarts at boot): equal seqs are distinct readings', async () => {
