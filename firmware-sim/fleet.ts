@@ -206,8 +206,8 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
         inflight++;
         client.publish(topic, item.body, { qos }, (err, packet) => {
           inflight = Math.max(0, inflight - 1);
-          const refusal = outcomeOf(err, packet);
-          if (refusal === 'resend') {
+          const outcome = outcomeOf(err, packet);
+          if (outcome === 'resend') {
             // rewind: resend from the oldest unacknowledged reading once connected again
             next = Math.min(next, outbox.indexOf(item) === -1 ? next : outbox.indexOf(item));
             return;
@@ -216,15 +216,15 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
           if (at !== -1) {
             outbox.splice(at, 1);
             if (at < next) next--;
-            if (refusal === 'stored') {
+            if (outcome === 'stored') {
               result.ackedSeqs.push(item.seq);
               stats.acked++;
             } else {
               // The gateway said it did not store this reading: not delivered, and not resent
               // (what a device does about a refusal is its own policy; this one drops it).
-              result.refusedSeqs.set(item.seq, refusal);
+              result.refusedSeqs.set(item.seq, outcome);
               stats.refused++;
-              stats.refusedByReason[refusal] = (stats.refusedByReason[refusal] ?? 0) + 1;
+              stats.refusedByReason[outcome] = (stats.refusedByReason[outcome] ?? 0) + 1;
             }
             if (--outstanding === 0) onSettled?.();
           }
