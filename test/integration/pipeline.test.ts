@@ -90,9 +90,9 @@ describe('pipeline: MQTT -> commit log -> Kafka', () => {
     expect(metrics).toContain('process_cpu_seconds_total');
   });
 
-  it("Debian's mosquitto_pub -V mqttv5: QoS 1 with user properties and a message expiry is acknowledged with reason code 0 and reaches Kafka once, bytes unchanged; a replay of it is not forwarded", async () => {
+  it("Debian's mosquitto_pub -V mqttv5: QoS 1 with user properties and a message expiry is acknowledged with reason code 0 and reaches Kafka once, bytes unchanged, user properties as headers in order; a replay of it is not forwarded", async () => {
     const topic = uniqueName('iot.mosquitto5');
-    const gateway = await startTestGateway({ dir: tmp(), topic });
+    const gateway = await startTestGateway({ dir: tmp(), topic, gatewayId: 'gw-mosquitto5' });
     cleanup(() => gateway.close());
     const body = JSON.stringify({ deviceId: 'mosq5-1', bootId: 'b-1', seq: 1, temperature: 21.5 });
     const publish = () =>
@@ -121,7 +121,15 @@ describe('pipeline: MQTT -> commit log -> Kafka', () => {
     expect(records).toHaveLength(1);
     expect(records[0]!.key).toBe('mosq5-1');
     expect(records[0]!.value.toString('utf8')).toBe(body);
-    expect(records[0]!.headers['mqtt-topic']).toBe('devices/mosq5-1/telemetry');
+    // the gateway's headers, then the user properties in the order sent, the repeated name twice;
+    // an expiry that did not pass before forwarding leaves no trace on the record
+    expect(records[0]!.headerList.map(([k, v]) => [k, v.toString('utf8')])).toEqual([
+      ['mqtt-topic', 'devices/mosq5-1/telemetry'],
+      ['gateway-id', 'gw-mosquitto5'],
+      ['site', 'north'],
+      ['unit', 'celsius'],
+      ['site', 'south'],
+    ]);
     expect(gateway.status()).toMatchObject({ received: 1, duplicates: 1 });
   });
 });
