@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { runFleet, type FleetProtocol } from './fleet.js';
 
 function positive(value: string): number {
@@ -19,12 +19,16 @@ const program = new Command('firmware-sim')
     if (!['0', '1', '2'].includes(v)) throw new InvalidArgumentError('must be 0, 1 or 2');
     return Number(v) as 0 | 1 | 2;
   }, 1 as 0 | 1 | 2)
-  .option('-V, --mqtt-version <3.1.1|5|mixed>', 'MQTT protocol of the devices (mixed: every other device speaks MQTT 5)', (v) => {
-    const versions: Record<string, FleetProtocol> = { '3.1.1': 4, '4': 4, mqttv311: 4, '5': 5, mqttv5: 5, mixed: 'mixed' };
-    const version = versions[v];
-    if (version === undefined) throw new InvalidArgumentError('must be 3.1.1, 5 or mixed');
-    return version;
-  }, 4 as FleetProtocol)
+  .addOption(
+    new Option('-V, --mqtt-version <3.1.1|5|mixed>', 'MQTT protocol of the devices (mixed: every other device speaks MQTT 5)')
+      .argParser((v): FleetProtocol => {
+        const versions: Record<string, FleetProtocol> = { '3.1.1': 4, '4': 4, mqttv311: 4, '5': 5, mqttv5: 5, mixed: 'mixed' };
+        const version = versions[v];
+        if (version === undefined) throw new InvalidArgumentError('must be 3.1.1, 5 or mixed');
+        return version;
+      })
+      .default(4 as FleetProtocol, '3.1.1'),
+  )
   .option('--prefix <prefix>', 'device ID prefix', 'dev')
   .option('--topic <template>', 'topic template; {deviceId} is replaced', 'devices/{deviceId}/telemetry')
   .option('--payload-bytes <n>', 'pad each reading to about this size', positive)

@@ -1,4 +1,7 @@
+import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Aedes } from 'aedes';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runFleet } from '../../firmware-sim/fleet.js';
@@ -52,6 +55,22 @@ describe('firmware-sim: MQTT 3.1.1, MQTT 5 and mixed fleets', () => {
       // a refused reading is not resent: the others are acknowledged in order, once each
       expect(d.ackedSeqs, d.deviceId).toEqual(Array.from({ length: 20 }, (_, i) => i + 1).filter((s) => !refused.includes(s)));
     }
+  });
+
+  it('the CLI (built) says which readings were refused: by reason code, and each by device and seq', async () => {
+    const { url } = await refusingBroker(0x97);
+    const cli = join(import.meta.dirname, '..', '..', 'dist', 'firmware-sim', 'cli.js');
+    const { stdout } = await promisify(execFile)(process.execPath, [cli, '--mqtt-version', 'mixed', '-d', '2', '-n', '10', '-r', '100', '--quiet', '-u', url]);
+    expect(JSON.parse(stdout)).toMatchObject({
+      published: 20,
+      acked: 18,
+      refused: 2,
+      refusedByReason: { [0x97]: 2 },
+      refusedReadings: [
+        { deviceId: 'dev-0002', seq: 5, reasonCode: 0x97 },
+        { deviceId: 'dev-0002', seq: 10, reasonCode: 0x97 },
+      ],
+    });
   });
 
   it('an MQTT 5 fleet asks for a session that outlives the connection (clean=false with a Session Expiry Interval)', async () => {
