@@ -17,6 +17,8 @@ interface LoadArgs {
   prefix: string;
   /** Readings that compress like real telemetry instead of padded ones. */
   varied?: boolean;
+  /** MQTT 3.1.1 (4, the default) or MQTT 5. */
+  protocolVersion?: 4 | 5;
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
@@ -30,7 +32,7 @@ let bytes = 0;
 
 const clients = await Promise.all(
   Array.from({ length: args.clients }, (_, i) =>
-    mqtt.connectAsync(args.url, { clientId: `${args.prefix}-${i}`, clean: true, reconnectPeriod: 0, keepalive: 60 }),
+    mqtt.connectAsync(args.url, { clientId: `${args.prefix}-${i}`, clean: true, reconnectPeriod: 0, keepalive: 60, protocolVersion: args.protocolVersion ?? 4 }),
   ),
 );
 const perClient = args.count !== undefined ? Math.ceil(args.count / args.clients) : Infinity;
@@ -55,6 +57,7 @@ await Promise.all(
             const t0 = process.hrtime.bigint();
             const payload = (args.varied ? variedReading : reading)(bootId, ++seq, args.payloadBytes);
             bytes += payload.length;
+            // MQTT 5: a PUBACK reason code >= 0x80 (a refusal) fails the run, as a closed connection does
             client.publish(topic, payload, { qos: 1 }, (err) => {
               if (err) return reject(err);
               latency.record(process.hrtime.bigint() - t0);

@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [-- --only=1,5] [-- --rounds=N]
+// npm run bench [-- --quick] [-- --only=1,5] [-- --rounds=N] [-- --mqtt=5]
 //
 // Starts a real Kafka broker, runs the scenarios (bench/scenarios/), and writes
 // bench/results/latest.json, latest.md and latest.svg. Every broker, gateway and generator is its
@@ -23,25 +23,31 @@ import { s7 } from './scenarios/s7-compression.js';
 
 const SCENARIOS: Scenario[] = [s1, s2, s3, s4, s5, s6, s7];
 
-function parseArgs(argv: string[]): { quick: boolean; only: number[]; rounds?: number } {
+function parseArgs(argv: string[]): { quick: boolean; only: number[]; rounds?: number; mqttVersion: 4 | 5 } {
   let quick = false;
   let only = SCENARIOS.map((s) => s.id);
   let rounds: number | undefined;
+  let mqttVersion: 4 | 5 = 4;
   for (const a of argv) {
     if (a === '--quick') quick = true;
+    else if (a.startsWith('--mqtt=')) {
+      const v = a.slice(7);
+      if (v === '5') mqttVersion = 5;
+      else if (v !== '3.1.1' && v !== '4') throw new Error(`--mqtt: 3.1.1 or 5, not ${v}`);
+    }
     else if (a.startsWith('--only=')) only = a.slice(7).split(',').map(Number).filter((n) => SCENARIOS.some((s) => s.id === n));
     else if (a.startsWith('--rounds=')) rounds = Math.max(1, Number(a.slice(9)) || 1);
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: npm run bench [-- --quick] [--only=1,2,...] [--rounds=N]\n');
+      process.stdout.write('usage: npm run bench [-- --quick] [--only=1,2,...] [--rounds=N] [--mqtt=3.1.1|5]\n  --mqtt=5: scenario 1 publishes over MQTT 5 (both generators); the others always use 3.1.1\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
-  return { quick, only, ...(rounds !== undefined ? { rounds } : {}) };
+  return { quick, only, mqttVersion, ...(rounds !== undefined ? { rounds } : {}) };
 }
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
-  const config = benchConfig(args.quick, args.rounds);
+  const config = benchConfig(args.quick, args.rounds, args.mqttVersion);
   const started = performance.now();
   const machine = machineInfo();
   let kafka: BenchKafka | undefined;
@@ -52,7 +58,7 @@ async function main(): Promise<number> {
   const outcomes: Record<string, ScenarioOutcome> = {};
   let kafkaStartMs = 0;
   try {
-    log(`bench${args.quick ? ' --quick' : ''}: scenarios ${args.only.join(',')}, ${config.rounds} round(s); starting Kafka...`);
+    log(`bench${args.quick ? ' --quick' : ''}: scenarios ${args.only.join(',')}, ${config.rounds} round(s)${args.mqttVersion === 5 ? ', scenario 1 over MQTT 5' : ''}; starting Kafka...`);
     const k0 = performance.now();
     kafka = await startBenchKafka();
     kafkaStartMs = performance.now() - k0;

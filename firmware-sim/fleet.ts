@@ -1,5 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IDisconnectPacket, type MqttClient, type Packet } from 'mqtt';
+
+/**
+ * The MQTT protocol a device speaks: 4 is 3.1.1, 5 is MQTT 5; 'mixed' alternates them by device
+ * index (even: 3.1.1, odd: MQTT 5), both on the same listener.
+ */
+export type FleetProtocol = 4 | 5 | 'mixed';
 
 export interface FleetOptions {
   /** Broker URL, e.g. mqtt://127.0.0.1:1883 */
@@ -12,6 +18,14 @@ export interface FleetOptions {
   /** Stop after this many messages per device. */
   readonly count?: number;
   readonly qos?: 0 | 1 | 2;
+  /** MQTT 3.1.1 (4, the default), MQTT 5 (5), or both across the fleet ('mixed'). */
+  readonly protocolVersion?: FleetProtocol;
+  /**
+   * MQTT 5 devices: the Session Expiry Interval they ask for in CONNECT, in seconds. A 3.1.1
+   * device's clean=false session lasts until the server drops it; the MQTT 5 equivalent is a
+   * non-zero expiry (0 would end the session with each connection). Default 3600.
+   */
+  readonly sessionExpirySec?: number;
   /** Device IDs are `<prefix>-0001` ... */
   readonly prefix?: string;
   /** `{deviceId}` is replaced by the device ID. */
@@ -33,8 +47,15 @@ export interface FleetOptions {
 export interface DeviceResult {
   readonly deviceId: string;
   readonly bootId: string;
+  /** 4 (MQTT 3.1.1) or 5 (MQTT 5). */
+  readonly protocolVersion: 4 | 5;
   /** seq numbers whose PUBACK (or PUBCOMP) the device received, in ack order. */
   readonly ackedSeqs: number[];
+  /**
+   * MQTT 5: seq -> reason code (>= 0x80) of a PUBACK or PUBREC that refused the reading. The
+   * gateway did not store it; the device dropped it (it is neither acknowledged nor resent).
+   */
+  readonly refusedSeqs: Map<number, number>;
   /** seq -> exact body published, when `keepPayloads` is set. */
   readonly payloads: Map<number, string>;
   published: number;
@@ -42,7 +63,14 @@ export interface DeviceResult {
 
 export interface FleetStats {
   published: number;
+  /** Readings the gateway acknowledged as stored (PUBACK, or PUBREC then PUBCOMP, reason code < 0x80). */
   acked: number;
+  /** MQTT 5: readings refused with a PUBACK/PUBREC reason code >= 0x80; never counted as acked. */
+  refused: number;
+  /** `refused` by reason code, e.g. { "151": 3 } for 0x97 Quota exceeded. */
+  refusedByReason: Record<number, number>;
+  /** MQTT 5: DISCONNECT packets the server sent, by reason code. */
+  disconnectsByReason: Record<number, number>;
   errors: number;
   connected: number;
   reconnects: number;
@@ -78,7 +106,16 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   const maxInflight = options.maxInflight ?? 1;
   const prefix = options.prefix ?? 'dev';
   const template = options.topicTemplate ?? 'devices/{deviceId}/telemetry';
-  const stats: FleetStats = { published: 0, acked: 0, errors: 0, connected: 0, reconnects: 0 };
+  const stats: FleetStats = {
+    published: 0,
+    acked: 0,
+    refused: 0,
+    refusedByReason: {},
+    disconnectsByReason: {},
+    errors: 0,
+    connected: 0,
+    reconnects: 0,
+  };
   const started = Date.now();
   const results: DeviceResult[] = [];
   const clients: MqttClient[] = [];
@@ -94,7 +131,16 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
 
   for (let i = 0; i < options.devices; i++) {
     const deviceId = deviceIdFor(prefix, i);
-    const result: DeviceResult = { deviceId, bootId: randomBytes(4).toString('hex'), ackedSeqs: [], payloads: new Map(), published: 0 };
+    const protocolVersion = protocolOf(options.protocolVersion ?? 4, i);
+    const result: DeviceResult = {
+      deviceId,
+      bootId: randomBytes(4).toString('hex'),
+      protocolVersion,
+      ackedSeqs: [],
+      refusedSeqs: new Map(),
+      payloads: new Map(),
+      published: 0,
+    };
     results.push(result);
     const client = mqtt.connect(options.url, {
       clientId: `sim-${deviceId}`,
@@ -102,13 +148,18 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
       keepalive: 30,
       reconnectPeriod: 500,
       connectTimeout: 5000,
-      protocolVersion: 4,
+      protocolVersion,
+      ...(protocolVersion === 5 ? { properties: { sessionExpiryInterval: options.sessionExpirySec ?? 3600 } } : {}),
     });
     clients.push(client);
     client.on('connect', () => stats.connected++);
     client.on('close', () => (stats.connected = Math.max(0, stats.connected - 1)));
     client.on('reconnect', () => stats.reconnects++);
     client.on('error', () => stats.errors++);
+    client.on('disconnect', (packet: IDisconnectPacket) => {
+      const code = packet.reasonCode ?? 0;
+      stats.disconnectsByReason[code] = (stats.disconnectsByReason[code] ?? 0) + 1;
+    });
     const topic = template.replace('{deviceId}', deviceId);
 
     let seq = 0;
@@ -153,9 +204,10 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
       while (client.connected && inflight < maxInflight && next < outbox.length) {
         const item = outbox[next++]!;
         inflight++;
-        client.publish(topic, item.body, { qos }, (err) => {
+        client.publish(topic, item.body, { qos }, (err, packet) => {
           inflight = Math.max(0, inflight - 1);
-          if (err) {
+          const outcome = outcomeOf(err, packet);
+          if (outcome === 'resend') {
             // rewind: resend from the oldest unacknowledged reading once connected again
             next = Math.min(next, outbox.indexOf(item) === -1 ? next : outbox.indexOf(item));
             return;
@@ -164,8 +216,16 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
           if (at !== -1) {
             outbox.splice(at, 1);
             if (at < next) next--;
-            result.ackedSeqs.push(item.seq);
-            stats.acked++;
+            if (outcome === 'stored') {
+              result.ackedSeqs.push(item.seq);
+              stats.acked++;
+            } else {
+              // The gateway said it did not store this reading: not delivered, and not resent
+              // (what a device does about a refusal is its own policy; this one drops it).
+              result.refusedSeqs.set(item.seq, outcome);
+              stats.refused++;
+              stats.refusedByReason[outcome] = (stats.refusedByReason[outcome] ?? 0) + 1;
+            }
             if (--outstanding === 0) onSettled?.();
           }
           pump();
@@ -203,4 +263,23 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   if (progress) clearInterval(progress);
   await Promise.all(clients.map((c) => c.endAsync(true).catch(() => undefined)));
   return { ...stats, devices: results, durationMs: Date.now() - started };
+}
+
+function protocolOf(protocol: FleetProtocol, index: number): 4 | 5 {
+  return protocol === 'mixed' ? (index % 2 === 0 ? 4 : 5) : protocol;
+}
+
+/**
+ * What a publish callback says of a reading: stored, to be resent, or refused (the reason code).
+ * MQTT.js calls it with an error carrying `code` when a PUBACK or PUBREC has a reason code
+ * >= 0x80 [MQTT-3.4.2.1, MQTT-3.5.2.1]: the server did not take the message. An error without a
+ * code (the connection closed first) leaves the reading to be resent. A PUBCOMP comes only after
+ * a successful PUBREC, which already meant "stored": an error code on it (0x92, the server lost
+ * the packet id) does not undo that.
+ */
+function outcomeOf(err: Error | undefined, packet: Packet | undefined): 'stored' | 'resend' | number {
+  if (!err) return 'stored';
+  const code = (err as Error & { code?: unknown }).code;
+  if (typeof code !== 'number' || code < 0x80) return 'resend';
+  return packet?.cmd === 'pubcomp' ? 'stored' : code;
 }

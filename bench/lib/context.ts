@@ -9,6 +9,8 @@ export interface BenchConfig {
   quick: boolean;
   /** A/B rounds of the compared runs (scenarios 1, 5 and 6). */
   rounds: number;
+  /** The MQTT protocol of scenario 1's generators (both MQTT.js and mosquitto_pub): 4 (3.1.1) or 5. */
+  mqttVersion: 4 | 5;
   s1: {
     mqttjs: { processes: number; clients: number; window: number; payloadBytes: number; durationMs: number };
     cgen: { processes: number; lines: number; payloadBytes: number };
@@ -25,11 +27,12 @@ export interface BenchConfig {
   s6: { generators: ('mqttjs' | 'cgen')[]; gatewayCpus: string; generatorCpus: string; maxOldSpaceMb: number; mqttjsClients: number; durationMs: number; cgenLines: number };
 }
 
-export function benchConfig(quick: boolean, roundsOverride?: number): BenchConfig {
+export function benchConfig(quick: boolean, roundsOverride?: number, mqttVersion: 4 | 5 = 4): BenchConfig {
   const rounds = roundsOverride ?? (quick ? 1 : 3);
   return {
     quick,
     rounds,
+    mqttVersion,
     s1: {
       mqttjs: { processes: 2, clients: 10, window: 10, payloadBytes: 200, durationMs: quick ? 2000 : 5000 },
       cgen: { processes: 8, lines: quick ? 3000 : 20_000, payloadBytes: 63 },

@@ -35,6 +35,8 @@ export interface MqttjsOptions {
   readonly timeoutMs?: number;
   /** Readings that compress like real telemetry (payload.ts variedReading). */
   readonly varied?: boolean;
+  /** MQTT 3.1.1 (4, the default) or MQTT 5. */
+  readonly protocolVersion?: 4 | 5;
 }
 
 /** Runs `processes` MQTT.js generators side by side; rate = all acks / the longest run. */
@@ -47,6 +49,7 @@ export async function runMqttjs(url: string, o: MqttjsOptions): Promise<MqttjsRe
       payloadBytes: o.payloadBytes,
       prefix: `${o.tag}-p${p}`,
       ...(o.varied ? { varied: true } : {}),
+      ...(o.protocolVersion === 5 ? { protocolVersion: 5 } : {}),
       ...(o.durationMs !== undefined ? { durationMs: o.durationMs } : {}),
       ...(o.count !== undefined ? { count: o.count } : {}),
     }, { cpus: o.cpus }),
@@ -113,6 +116,8 @@ export interface CgenOptions {
   /** Directory for the input files. */
   readonly dir: string;
   readonly timeoutMs?: number;
+  /** MQTT 3.1.1 (4, the default) or MQTT 5 (`-V mqttv5`). */
+  readonly protocolVersion?: 4 | 5;
 }
 
 /**
@@ -133,7 +138,7 @@ export async function runMosquittoPub(port: number, o: CgenOptions): Promise<Cge
   const fds = files.map((f) => openSync(f, 'r'));
   const t0 = performance.now();
   const children = files.map((_, p) =>
-    start(`mosquitto_pub-${p}`, 'mosquitto_pub', ['-h', '127.0.0.1', '-p', String(port), '-l', '-q', '1', '-i', `${o.tag}-${p}`, '-t', `devices/${o.tag}-${p}/telemetry`], {
+    start(`mosquitto_pub-${p}`, 'mosquitto_pub', [...(o.protocolVersion === 5 ? ['-V', 'mqttv5'] : []), '-h', '127.0.0.1', '-p', String(port), '-l', '-q', '1', '-i', `${o.tag}-${p}`, '-t', `devices/${o.tag}-${p}/telemetry`], {
       cpus: o.cpus,
       stdin: fds[p],
     }),

@@ -50,6 +50,8 @@ export interface IngestOptions {
   readonly durationMs?: number;
   readonly cgenLines?: number;
   readonly label: string;
+  /** MQTT 3.1.1 (4, the default) or MQTT 5, for both generators and the warm-up. */
+  readonly protocolVersion?: 4 | 5;
 }
 
 /** One run: start the target, run one generator against it, check the count, stop it. */
@@ -74,7 +76,8 @@ export async function ingestRun(ctx: Context, o: IngestOptions): Promise<IngestR
   }, 200);
   try {
     // warm-up (not measured): a fresh Node broker is several times slower in its first seconds
-    const warm = await runMqttjs(target.url, { ...cfg.mqttjs, processes: 1, durationMs: cfg.warmupMs, cpus: o.generatorCpus, tag: `${tag}-warm` });
+    const protocolVersion = o.protocolVersion ?? 4;
+    const warm = await runMqttjs(target.url, { ...cfg.mqttjs, processes: 1, durationMs: cfg.warmupMs, cpus: o.generatorCpus, tag: `${tag}-warm`, protocolVersion });
     if (target instanceof Gateway) await target.waitDrained(cfg.drainTimeoutMs);
     const before = await waitFor(`${o.target} to count the warm-up`, async () => {
       const n = await target.received();
@@ -93,12 +96,13 @@ export async function ingestRun(ctx: Context, o: IngestOptions): Promise<IngestR
         durationMs: o.durationMs ?? m.durationMs,
         cpus: o.generatorCpus,
         tag,
+        protocolVersion,
       });
       run = { rate: r.rate, messages: r.acked, elapsedMs: r.elapsedMs, p50Ms: r.p50Ms, p99Ms: r.p99Ms };
       lastAckAt = r.lastAckAt;
     } else {
       const c = cfg.cgen;
-      const r = await runMosquittoPub(target.port, { ...c, lines: o.cgenLines ?? c.lines, cpus: o.generatorCpus, tag, dir });
+      const r = await runMosquittoPub(target.port, { ...c, lines: o.cgenLines ?? c.lines, cpus: o.generatorCpus, tag, dir, protocolVersion });
       run = { rate: r.rate, messages: r.sent, elapsedMs: r.wallMs };
       lastAckAt = r.lastExitAt;
     }
@@ -185,7 +189,7 @@ export const s1: Scenario = {
       for (const generator of ['mqttjs', 'cgen'] as const) {
         for (const target of rotate(targets, r - 1)) {
           try {
-            const run = await ingestRun(ctx, { generator, target, round: r, label: 's1' });
+            const run = await ingestRun(ctx, { generator, target, round: r, label: 's1', protocolVersion: ctx.config.mqttVersion });
             runs.push(run);
             log(`s1 round ${r} ${generator.padEnd(6)} ${target.padEnd(10)} ${Math.round(run.rate)} msg/s (${run.messages} msgs, target counted ${run.targetCount}, cpu ${Math.round(run.cpuPct)}%, run-queue wait ${Math.round(run.runqWaitPct)}%${run.lastAckToKafkaMs !== undefined ? `, in Kafka ${Math.round(run.lastAckToKafkaMs)} ms after last PUBACK` : ''})`);
           } catch (err) {
@@ -198,6 +202,7 @@ export const s1: Scenario = {
     const ebLags = runs.filter((r) => r.target === 'edgebridge' && r.lastAckToKafkaMs !== undefined).map((r) => r.lastAckToKafkaMs!);
     return {
       method: {
+        protocol: ctx.config.mqttVersion === 5 ? 'MQTT 5 (MQTT.js protocolVersion 5, mosquitto_pub -V mqttv5)' : 'MQTT 3.1.1',
         mqttjs: ctx.config.s1.mqttjs,
         cgen: { ...ctx.config.s1.cgen, note: 'mosquitto_pub -l -q 1 (max in flight 20 each); at stdin EOF it waits for every PUBACK, then DISCONNECTs (checked: the target’s count equals the lines sent); rate = lines / wall time until every process exited. At most 65,000 lines per process: mosquitto_pub 2.0.11 stops early, exit code 0, once its message ids wrap past 65,535' },
         order: 'targets rotate each round (A/B/C, B/C/A, ...); a fresh target process per run',

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { runFleet, type FleetStats } from '../../firmware-sim/fleet.js';
+import { runFleet, type DeviceResult, type FleetStats } from '../../firmware-sim/fleet.js';
 // @ts-expect-error plain ESM script
 import { freePort } from '../../scripts/kafka.mjs';
 import type { Worker } from 'node:worker_threads';
@@ -17,7 +17,7 @@ import { expectExactlyOnce, verifyExactlyOnce } from '../helpers/verify.js';
 describe('crash recovery: the gateway SIGKILLed again and again', () => {
   const tmp = useTmpDirs();
 
-  it('(3) 10 kill -9 at random moments under QoS 1 load: every PUBACKed reading reaches Kafka exactly once, in order', async () => {
+  it('(3) 10 kill -9 at random moments under load from MQTT 3.1.1 and MQTT 5 devices, QoS 1 and 2: every acknowledged reading reaches Kafka exactly once, in order', async () => {
     const dir = tmp();
     const topic = uniqueName('iot.crash');
     const port = await freePort();
@@ -28,43 +28,67 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
     };
     let gw: GatewayProcess = await spawnGateway(config, dir);
     const stop = new AbortController();
-    let live: Readonly<FleetStats> | undefined;
-    const fleet = runFleet({
-      url: `mqtt://127.0.0.1:${port}`,
-      devices: 20,
-      rate: 20,
-      qos: 1,
-      keepPayloads: true,
-      drainTimeoutMs: 60_000,
-      signal: stop.signal,
-      onStart: (_devices, stats) => (live = stats),
-    });
+    // 20 devices in two fleets on the same listener, every other device of each speaking MQTT 5:
+    // 14 publish with QoS 1 (PUBACK), 6 with QoS 2 (PUBREC, PUBREL, PUBCOMP: a kill can land
+    // between any two of them). A QoS 2 reading takes two round trips: those devices publish at
+    // half the rate, so that their backlog after the last kill drains as fast as the others'.
+    const live: Readonly<FleetStats>[] = [];
+    const v5Devices: DeviceResult[] = [];
+    const fleetOf = (qos: 1 | 2, devices: number) =>
+      runFleet({
+        url: `mqtt://127.0.0.1:${port}`,
+        devices,
+        rate: qos === 2 ? 10 : 20,
+        qos,
+        protocolVersion: 'mixed',
+        prefix: `crash-q${qos}`,
+        keepPayloads: true,
+        drainTimeoutMs: 60_000,
+        signal: stop.signal,
+        onStart: (devs, stats) => {
+          live.push(stats);
+          v5Devices.push(...devs.filter((d) => d.protocolVersion === 5));
+        },
+      });
+    const fleets = Promise.all([fleetOf(1, 14), fleetOf(2, 6)]);
+    const acked = () => live.reduce((n, s) => n + s.acked, 0);
+    const ackedV5 = () => v5Devices.reduce((n, d) => n + d.ackedSeqs.length, 0);
     // Readings each incarnation acknowledged before it was killed: every kill hits a gateway
-    // under load, at a random moment after it began acknowledging.
+    // under load, at a random moment after it began acknowledging, MQTT 5 devices' readings too.
     const ackedPerIncarnation: number[] = [];
+    const ackedV5PerIncarnation: number[] = [];
     for (let i = 0; i < 10; i++) {
-      const ackedAtStart = live?.acked ?? 0;
+      const ackedAtStart = acked();
+      const ackedV5AtStart = ackedV5();
       await expect
-        .poll(() => (live?.acked ?? 0) - ackedAtStart, { timeout: 60_000, message: `incarnation ${i + 1} acknowledges readings` })
+        .poll(() => acked() - ackedAtStart, { timeout: 60_000, message: `incarnation ${i + 1} acknowledges readings` })
         .toBeGreaterThan(20);
       await sleep(Math.floor(Math.random() * 1200)); // the kill lands anywhere in the group-commit/forward cycle
       gw.child.kill('SIGKILL');
       await gw.exited;
-      ackedPerIncarnation.push(live!.acked - ackedAtStart);
+      ackedPerIncarnation.push(acked() - ackedAtStart);
+      ackedV5PerIncarnation.push(ackedV5() - ackedV5AtStart);
       gw = await spawnGateway(config, dir);
     }
     stop.abort();
-    const result = await fleet;
+    const results = await fleets;
     try {
       expect(ackedPerIncarnation.every((n) => n > 20), JSON.stringify(ackedPerIncarnation)).toBe(true);
-      expect(result.reconnects).toBeGreaterThanOrEqual(10);
-      // devices retransmit until acknowledged: in the end everything published was acknowledged
-      expect(result.acked).toBe(result.published);
-      const records = await consumeAll(kafkaBrokers(), topic, { expected: result.acked, timeoutMs: 90_000 });
-      const report = verifyExactlyOnce(records, result);
+      expect(ackedV5PerIncarnation.every((n) => n > 0), JSON.stringify(ackedV5PerIncarnation)).toBe(true);
+      const published = results.reduce((n, r) => n + r.published, 0);
+      const reconnects = results.reduce((n, r) => n + r.reconnects, 0);
+      for (const r of results) expect(r.reconnects).toBeGreaterThanOrEqual(10);
+      // devices retransmit until acknowledged: in the end everything published was acknowledged,
+      // and nothing was refused (SIGKILL is no refusal: v5 devices must resend, not drop)
+      for (const r of results) expect({ acked: r.acked, refused: r.refused }).toEqual({ acked: r.published, refused: 0 });
+      const records = await consumeAll(kafkaBrokers(), topic, { expected: published, timeoutMs: 90_000 });
+      const report = verifyExactlyOnce(records, results);
       expectExactlyOnce(report);
-      expect(report.records).toBe(result.published);
-      console.info(`crash-recovery: ${ackedPerIncarnation.length} kills, ${result.published} published, ${result.reconnects} reconnects, ${report.records} records in Kafka, 0 lost, 0 duplicated`);
+      expect(report.records).toBe(published);
+      // MQTT 5 devices' readings are among them (the report covers every device of both fleets)
+      expect(v5Devices).toHaveLength(10);
+      expect(ackedV5()).toBeGreaterThan(0);
+      console.info(`crash-recovery: ${ackedPerIncarnation.length} kills, ${published} published (${ackedV5()} by MQTT 5 devices), ${reconnects} reconnects, ${report.records} records in Kafka, 0 lost, 0 duplicated`);
     } finally {
       gw.child.kill('SIGTERM');
       await gw.exited;
@@ -78,11 +102,11 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
     const gw = await Gateway.start(parseConfig(testConfig({ dir: tmp(), topic })), { logger, statusIntervalMs: 0 });
     try {
       const url = `mqtt://127.0.0.1:${gw.mqttAddress.port}`;
-      const first = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, keepPayloads: true, prefix: 'w1' });
+      const first = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, protocolVersion: 'mixed', keepPayloads: true, prefix: 'w1' });
       await expect.poll(() => gw.status().forwarded, { timeout: 30_000 }).toBe(200);
       // fault injection: the worker thread is terminated under the gateway's feet
       await (gw.forwarder as unknown as { worker: Worker }).worker.terminate();
-      const second = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 1, keepPayloads: true, prefix: 'w2' });
+      const second = await runFleet({ url, devices: 5, rate: 50, count: 40, qos: 2, protocolVersion: 5, keepPayloads: true, prefix: 'w2' });
       await expect.poll(() => gw.status().backlog, { timeout: 30_000 }).toBe(0);
       expect(lines.some((l) => l.msg.startsWith('forwarder thread exited unexpectedly'))).toBe(true);
       expect(gw.status().forwarderRestarts).toBe(1);
