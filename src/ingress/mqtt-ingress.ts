@@ -305,7 +305,7 @@ export class MqttIngress {
   /** Who each connection is, once logged in (a closed client's entry goes with it). */
   private readonly principals = new WeakMap<Client, Principal>();
   /** CONNECT details aedes does not pass to `authenticate`. */
-  private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean }>();
+  private readonly connects = new WeakMap<Client, { emptyClientId: boolean; clean: boolean; v5: boolean }>();
   private readonly throttles = new WeakMap<Client, PublishThrottle>();
   private readonly appendOwners = new WeakMap<Client, AppendOwner>();
   /** Filters granted on each connection (mqtt.limits.maxSubscriptions). */
@@ -340,13 +340,17 @@ export class MqttIngress {
     // Messages a subscriber may not receive are not queued for it (online or offline).
     const sessions = new SessionStore(limits, (clientId, topic) => this.mayReceive(clientId, topic), this.options.sessionTables);
     sessions.onCommandDelivered = () => this.commandHooks?.delivered();
+    // An expired session no longer holds its client id for its owner (unless connected again).
+    sessions.onSessionEnded = (clientId) => {
+      if (!brokerClients(this.broker)[clientId]) this.sessionOwners.delete(clientId);
+    };
     sessions.onSessionError = (err, clientId) =>
       this.warnings.warn('sessionWrite', { clientId, err: describeError(err) }, 'MQTT 5 session expiry not stored or not carried out');
     this.sessions = sessions;
     const broker = await Aedes.createBroker({
       persistence: sessions,
       preConnect: (client, packet, callback) => {
-        this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false });
+        this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false, v5: packet.protocolVersion === 5 });
         // aedes stops reading a client while it authenticates it, and resumes after the CONNACK;
         // from here on, not only one event-loop turn later: a packet completed by a read in that
         // turn would reach authorizePublish before the client has an identity (and be denied).
@@ -556,7 +560,8 @@ export class MqttIngress {
     const address = this.remoteAddresses.get(client) ?? 'unknown';
     const connect = this.connects.get(client);
     // [MQTT-3.1.3-8]: a zero-length client id asks for a clean session the server names.
-    if (connect?.emptyClientId && !connect.clean) throw refusal(2, 'a zero-length client id needs cleanSession=1');
+    // (MQTT 5 allows it: the server assigns the id, and no session of that id can exist.)
+    if (connect?.emptyClientId && !connect.clean && !connect.v5) throw refusal(2, 'a zero-length client id needs cleanSession=1');
     // Per address and username: guessing one device's password is slowed, while the other
     // devices behind the same address (a NAT, a site router) keep logging in.
     const throttleKey = `${address}\u0000${username ?? ''}`;

@@ -90,6 +90,8 @@ export class SessionStore extends MemoryPersistence {
   onCommandDelivered: () => void = () => undefined;
   /** A session's expiry could not be stored or carried out (the database failed): the caller logs it. */
   onSessionError: (err: unknown, clientId: string) => void = () => undefined;
+  /** A session ended for good (expiry, maxPendingSessions): its client id is free for anyone again. */
+  onSessionEnded: (clientId: string) => void = () => undefined;
 
   /** MQTT 5 sessions with a finite Session Expiry Interval, as the database has them. */
   private readonly expiryRows = new Map<string, SessionExpiry>();
@@ -241,6 +243,7 @@ export class SessionStore extends MemoryPersistence {
     this.onDisk.inbound.delete(clientId);
     this.owners.delete(clientId);
     this.restoredOwners.delete(clientId);
+    this.onSessionEnded(clientId);
     await super.cleanSubscriptions(client);
     await super.cleanIncoming(client);
     this.inbound.delete(clientId);

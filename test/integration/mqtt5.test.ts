@@ -313,6 +313,35 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     expect(gw.status().mqtt.forwardsTooLarge).toBe(1);
   });
 
+  it("a persistent session's client id is its owner's until the session expires, then anyone's; an empty client id is assigned one", async () => {
+    const dir = tmp();
+    const passwordFile = join(dir, 'passwd');
+    addUserToFile(passwordFile, 'dev-1', 'secret-1');
+    addUserToFile(passwordFile, 'dev-2', 'secret-2');
+    const { gw } = await gateway({ auth: { passwordFile } });
+    const owner = await connect5(gw.url, { clientId: 'shared-id', username: 'dev-1', password: 'secret-1', clean: false, properties: { sessionExpiryInterval: 2 } });
+    await owner.client.endAsync();
+    const tryAs = (password: string) =>
+      new Promise<number>((resolve) => {
+        const c = mqtt.connect(gw.url, { protocolVersion: 5, reconnectPeriod: 0, clientId: 'shared-id', username: 'dev-2', password, clean: false, properties: { sessionExpiryInterval: 0 } });
+        c.once('connect', () => { c.end(true); resolve(0); });
+        c.once('error', (err: Error & { code?: number }) => { c.end(true); resolve(err.code ?? -1); });
+      });
+    expect(await tryAs('secret-2')).toBe(0x87); // still dev-1's session
+    await until('the session expired and its client id is free', async () => (await tryAs('secret-2')) === 0, 20_000, 500);
+
+    const anonymous = raw5(gw.mqttAddress.port);
+    cleanup(() => anonymous.socket.destroy());
+    // mqtt-packet will not write it (MQTT.js neither): Clean Start cleared by hand in the flags byte
+    const bytes = generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, clientId: '', keepalive: 30, username: 'dev-1', password: Buffer.from('secret-1'), properties: { sessionExpiryInterval: 60 } } as Packet, { protocolVersion: 5 });
+    const flagsAt = 2 + 6 + 1; // fixed header (short packet), protocol name, level
+    expect(bytes[flagsAt]! & 0x02).toBe(0x02);
+    bytes[flagsAt]! &= ~0x02;
+    anonymous.socket.write(bytes);
+    await until('CONNACK', () => anonymous.packets.some((p) => p.cmd === 'connack'));
+    expect(anonymous.packets.find((p) => p.cmd === 'connack')).toMatchObject({ reasonCode: 0, properties: { assignedClientIdentifier: expect.any(String) } });
+  });
+
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
     const dir = tmp();
     const passwordFile = join(dir, 'passwd');
