@@ -342,6 +342,24 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     expect(anonymous.packets.find((p) => p.cmd === 'connack')).toMatchObject({ reasonCode: 0, properties: { assignedClientIdentifier: expect.any(String) } });
   });
 
+  it('client ids and filters named like Object.prototype members (constructor, __proto__) are ordinary names, for 3.1.1 and MQTT 5 (GHSA-52qw-whmv-87c5)', async () => {
+    const { gw } = await gateway({});
+    for (const protocolVersion of [4, 5] as const) {
+      for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+        const client = mqtt.connect(gw.url, { protocolVersion, reconnectPeriod: 0, clientId: name, clean: false, ...(protocolVersion === 5 ? { properties: { sessionExpiryInterval: 60 } } : {}) });
+        await once(client as unknown as NodeJS.EventEmitter, 'connect');
+        await client.subscribeAsync({ [name]: { qos: 1 }, [`${name}/#`]: { qos: 1 } });
+        await client.publishAsync(name, 'x', { qos: 1 });
+        await client.endAsync();
+      }
+    }
+    // the gateway is alive and still stores readings
+    const { client } = await connect5(gw.url, { clientId: 'after' });
+    cleanup(() => client.end(true));
+    expect(await publishCode(client, 'devices/after/telemetry', reading('after', 'b', 1))).toBe(0);
+    expect(gw.log.readAfter(0, 10).map((r) => r.deviceId)).toEqual(['after']);
+  });
+
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
     const dir = tmp();
     const passwordFile = join(dir, 'passwd');
