@@ -172,9 +172,14 @@ interface SessionOwner {
   readonly previous: SessionOwner | undefined;
 }
 
-/** aedes authorizes a client's Last Will with the client itself, after it closed (not typed). */
+/**
+ * Last Wills, known by identity: aedes authorizes a client's will with the client itself, after
+ * it closed — at once, or (MQTT 5) after its Will Delay Interval, when `client.will` is already
+ * null; the packet is the CONNECT's `will` object either way.
+ */
+const wills = new WeakSet<object>();
 function isWill(client: Client | null, packet: PublishPacket): boolean {
-  return client !== null && (client as unknown as { will?: unknown }).will === packet;
+  return client !== null && wills.has(packet);
 }
 
 /** What aedes keeps of a client that the hooks need (not in its type declarations). */
@@ -350,6 +355,7 @@ export class MqttIngress {
     const broker = await Aedes.createBroker({
       persistence: sessions,
       preConnect: (client, packet, callback) => {
+        if (packet.will) wills.add(packet.will);
         this.connects.set(client, { emptyClientId: packet.clientId === '', clean: packet.clean !== false, v5: packet.protocolVersion === 5 });
         // aedes stops reading a client while it authenticates it, and resumes after the CONNACK;
         // from here on, not only one event-loop turn later: a packet completed by a read in that

@@ -360,6 +360,22 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     expect(gw.log.readAfter(0, 10).map((r) => r.deviceId)).toEqual(['after']);
   });
 
+  it("a delayed will (Will Delay Interval) is stored when the device stays away, and reaches Kafka without the delay property", async () => {
+    const { gw, topic } = await gateway({});
+    const device = await connect5(gw.url, {
+      clientId: 'w-delay',
+      properties: { sessionExpiryInterval: 60 },
+      will: { topic: 'devices/w-delay/telemetry/status', payload: Buffer.from('offline'), qos: 1, retain: false, properties: { willDelayInterval: 1, contentType: 'text/plain' } },
+    });
+    device.client.on('error', () => undefined);
+    await publishCode(device.client, 'devices/w-delay/telemetry/status', 'online');
+    device.client.stream.destroy(); // no DISCONNECT: the will goes out after its delay [MQTT-3.1.3-9]
+    cleanup(() => device.client.end(true));
+    const records = await consumeAll(kafkaBrokers(), topic, { expected: 2 });
+    expect(records.map((r) => r.value.toString())).toEqual(['online', 'offline']);
+    expect(records[1]!.headers['content-type']).toBe('text/plain');
+  });
+
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {
     const dir = tmp();
     const passwordFile = join(dir, 'passwd');
