@@ -28,7 +28,9 @@ const USAGE = `usage: node scripts/paho-interop.mjs [options]   (npm run interop
   --only a,b            only these tests (names with or without the test_ prefix)
   --timeout S           deadline per test, seconds (default 60)
   --mosquitto           also run ${MOSQUITTO} (defaults + the same ACL) as the baseline
-  --parallel            run the gateway and Mosquitto at the same time (each one's tests stay serial)
+  --aedes               also run plain aedes (node_modules, patched; scripts/paho-aedes-server.mjs):
+                        which failures come from aedes, which from the gateway's layer
+  --parallel            run the brokers at the same time (each one's tests stay serial)
   --kafka HOST:PORT     Kafka for the gateway (default none: 127.0.0.1:1, unreachable - the gateway
                         acknowledges from its commit log and keeps the records there)
   --merge FILE          YAML deep-merged into the generated gateway config (e.g. mqtt.* settings)
@@ -42,6 +44,7 @@ const { values: opt } = parseArgs({
     only: { type: 'string' },
     timeout: { type: 'string', default: '60' },
     mosquitto: { type: 'boolean', default: false },
+    aedes: { type: 'boolean', default: false },
     parallel: { type: 'boolean', default: false },
     kafka: { type: 'string' },
     merge: { type: 'string' },
@@ -170,6 +173,15 @@ async function startMosquitto(dir) {
   return { child, port, label: `mosquitto (${configFile})` };
 }
 
+async function startAedes(dir) {
+  const port = await freePort();
+  const log = openSync(join(dir, 'aedes.log'), 'w');
+  const child = spawn(process.execPath, [join(ROOT, 'scripts', 'paho-aedes-server.mjs'), String(port)], { stdio: ['ignore', log, log] });
+  closeSync(log);
+  await waitForPort(port, child, 'aedes');
+  return { child, port, label: 'plain aedes (default options)' };
+}
+
 /** One test in its own python3 process group, killed at the deadline. */
 function runOne(suiteFile, test, port, logFile) {
   return new Promise((ok) => {
@@ -223,6 +235,7 @@ async function runBroker(name, start) {
 
 const brokers = [['edgebridge', startGateway]];
 if (opt.mosquitto) brokers.push(['mosquitto', startMosquitto]);
+if (opt.aedes) brokers.push(['aedes', startAedes]);
 say(`Paho interop: suites ${suiteKeys.map((k) => SUITES[k]).join(', ')}, ${opt.timeout} s per test, logs in ${LOGS}`);
 let all;
 try {

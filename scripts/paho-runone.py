@@ -10,6 +10,7 @@ and sets topic_prefix (used by test_shared_subscriptions) only in __main__. Exit
 import importlib, logging, os, sys, unittest
 
 suite_dir, suite, host, port, test = sys.argv[1:6]
+suite_dir = os.path.abspath(suite_dir)
 os.chdir(suite_dir)
 sys.path.insert(0, suite_dir)
 sys.dont_write_bytecode = True  # leave no __pycache__ in the repo
