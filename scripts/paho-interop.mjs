@@ -92,16 +92,24 @@ function freePort() {
   });
 }
 
+const CONNECT_PROBE = Buffer.from([0x10, 12, 0, 4, 0x4d, 0x51, 0x54, 0x54, 4, 0x02, 0, 60, 0, 0]);
+
 async function waitForPort(port, child, what) {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${what} exited (code ${child.exitCode}) before listening; see its log in ${LOGS}`);
+    // Ready means answering an MQTT 3.1.1 CONNECT (empty client id, clean session) with a CONNACK,
+    // not only accepting TCP: the first test must not race the broker's start.
     const up = await new Promise((ok) => {
-      const socket = connect(port, '127.0.0.1', () => {
-        socket.destroy();
-        ok(true);
+      const socket = connect(port, '127.0.0.1', () => socket.write(CONNECT_PROBE));
+      const timer = setTimeout(() => socket.destroy(), 2000);
+      socket.once('data', (data) => {
+        clearTimeout(timer);
+        socket.end(Buffer.from([0xe0, 0x00]));
+        ok(data[0] === 0x20);
       });
       socket.once('error', () => ok(false));
+      socket.once('close', () => ok(false));
     });
     if (up) return;
     await sleep(200);
