@@ -190,6 +190,23 @@ async function startAedes(dir) {
   return { child, port, label: 'plain aedes (default options)' };
 }
 
+// Ctrl-C: end the running tests (each in its own process group) and the brokers this run started.
+const running = new Set();
+const brokerProcesses = new Set();
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    for (const pid of running) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    for (const child of brokerProcesses) child.kill('SIGTERM');
+    process.exit(130);
+  });
+}
+
 /** One test in its own python3 process group, killed at the deadline. */
 function runOne(suiteFile, test, port, logFile) {
   return new Promise((ok) => {
@@ -201,6 +218,7 @@ function runOne(suiteFile, test, port, logFile) {
       env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' },
     });
     closeSync(out);
+    running.add(child.pid);
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -211,6 +229,7 @@ function runOne(suiteFile, test, port, logFile) {
       }
     }, timeoutMs);
     child.once('exit', (code) => {
+      running.delete(child.pid);
       clearTimeout(timer);
       const seconds = Math.round((Date.now() - started) / 1000);
       ok({ result: timedOut ? 'timeout' : code === 0 ? 'passed' : 'failed', seconds });
@@ -222,6 +241,7 @@ async function runBroker(name, start) {
   const dir = join(LOGS, name);
   mkdirSync(dir, { recursive: true });
   const broker = await start(dir);
+  brokerProcesses.add(broker.child);
   say(`${name}: ${broker.label}, port ${broker.port}`);
   const results = {};
   try {
@@ -237,6 +257,7 @@ async function runBroker(name, start) {
     }
   } finally {
     await stop(broker.child);
+    brokerProcesses.delete(broker.child);
   }
   return results;
 }
