@@ -6,7 +6,7 @@
 // Nothing is fetched from the network. Not part of `npm test`: a full run takes 8-15 minutes (the
 // suites sleep between steps) and a few tests depend on timing, so it is a measurement, not a gate
 // (use --min-v5/--min-v311 to make it one).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -69,15 +69,25 @@ const timeoutMs = Number(opt.timeout) * 1000;
 if (!(timeoutMs > 0)) fail(`--timeout must be a positive number of seconds, not "${opt.timeout}"`);
 if (!existsSync(CLI)) fail(`${CLI} is missing: run npm run build first (npm run interop does)`);
 if (opt.mosquitto && !existsSync(MOSQUITTO)) fail(`${MOSQUITTO} is missing: apt-get install mosquitto, or run without --mosquitto`);
+if (spawnSync('python3', ['--version']).status !== 0) fail('python3 is missing: the Paho suites are Python 3 (standard library only)');
 const only = opt.only?.split(',').map((t) => (t.startsWith('test') ? t : `test_${t}`));
+
+if (only) {
+  const known = new Set(suiteKeys.flatMap((k) => allTestsOf(SUITES[k])));
+  const unknown = only.filter((t) => !known.has(t));
+  if (unknown.length > 0) fail(`no such test in ${suiteKeys.map((k) => SUITES[k]).join(' or ')}: ${unknown.join(', ')}`);
+}
 
 const LOGS = opt.logs ? resolve(opt.logs) : mkdtempSync(join(tmpdir(), 'paho-interop-'));
 mkdirSync(LOGS, { recursive: true });
 const say = (line) => process.stdout.write(`${line}\n`);
 
 /** The tests unittest collects from a suite: methods of class Test whose name starts with "test". */
+function allTestsOf(suiteFile) {
+  return [...readFileSync(join(SUITE_DIR, suiteFile), 'utf8').matchAll(/^ {4}def (test\w*)\(self/gm)].map((m) => m[1]);
+}
 function testsOf(suiteFile) {
-  const names = [...readFileSync(join(SUITE_DIR, suiteFile), 'utf8').matchAll(/^ {4}def (test\w*)\(self/gm)].map((m) => m[1]);
+  const names = allTestsOf(suiteFile);
   return only ? names.filter((n) => only.includes(n)) : names;
 }
 
