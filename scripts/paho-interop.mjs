@@ -7,7 +7,7 @@
 // suites sleep between steps) and a few tests depend on timing, so it is a measurement, not a gate
 // (use --min-v5/--min-v311 to make it one).
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -79,6 +79,8 @@ if (only) {
 }
 
 const LOGS = opt.logs ? resolve(opt.logs) : mkdtempSync(join(tmpdir(), 'paho-interop-'));
+// Mosquitto started as root drops to its own user: it must be able to read its ACL file here.
+chmodSync(LOGS, 0o755);
 mkdirSync(LOGS, { recursive: true });
 const say = (line) => process.stdout.write(`${line}\n`);
 
