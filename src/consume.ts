@@ -64,8 +64,10 @@ export async function consume(options: ConsumeOptions): Promise<number> {
         const key = message.key?.toString('utf8') ?? '';
         const value = message.value?.toString('utf8') ?? '';
         if (options.json) {
+          // A name that came more than once (MQTT 5 user properties) keeps each value, in order.
+          const text = (v: Buffer | string | undefined) => v?.toString() ?? null;
           const headers = Object.fromEntries(
-            Object.entries(message.headers ?? {}).map(([k, v]) => [k, v?.toString() ?? null]),
+            Object.entries(message.headers ?? {}).map(([k, v]) => [k, Array.isArray(v) ? v.map(text) : text(v)]),
           );
           write(JSON.stringify({ key, partition, offset: message.offset, timestamp: message.timestamp, headers, value }));
         } else {

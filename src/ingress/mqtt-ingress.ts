@@ -393,6 +393,8 @@ export class MqttIngress {
       receiveMaximum: limits.maxInflightMessages,
       maximumPacketSize: this.maxPacketBytes,
       topicAliasMaximum: limits.maxTopicAliases,
+      // Messages waiting for room in a client's own Receive Maximum: as many as one may queue.
+      maxOutboundWaiting: limits.maxQueuedMessages,
       // MQTT 5 session expiry (the session store keeps it across restarts): bounded, in seconds.
       sessionExpiryIntervalLimit: Math.floor((limits.maxSessionExpiry ?? DEFAULT_MAX_SESSION_EXPIRY_MS) / 1000),
       pendingSessionsLimit: limits.maxPendingSessions ?? DEFAULT_MAX_PENDING_SESSIONS,
@@ -971,7 +973,10 @@ function packetBound(maxPayloadBytes: number, limits: IngressLimits): number {
 /** Whether a PUBLISH to a client fits its Maximum Packet Size (measured exactly only when it may not). */
 function fitsPacketSize(packet: PublishPacket, max: number): boolean {
   const payloadBytes = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
-  if (payloadBytes + Buffer.byteLength(packet.topic) + 64 <= max) return true;
+  // Without properties the size is bounded by payload, topic and a few header bytes; with them
+  // (user properties may be large) it is measured.
+  const properties = (packet as { properties?: object }).properties;
+  if (properties === undefined && payloadBytes + Buffer.byteLength(packet.topic) + 64 <= max) return true;
   const v5 = { ...packet, messageId: packet.qos > 0 ? 1 : undefined } as unknown as Parameters<typeof generatePacket>[0];
   return generatePacket(v5, { protocolVersion: 5 }).length <= max;
 }

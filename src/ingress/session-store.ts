@@ -452,7 +452,7 @@ export class SessionStore extends MemoryPersistence {
     const key = mine && this.sentWith(mine, packet.messageId);
     if (mine && key !== undefined) {
       const command = commandOfKey(key);
-      if (command) this.clearCommand(client, key, command, mine.commandTopics.get(key) ?? '');
+      if (command) this.clearCommand(client, key, command, packet.cmd === 'puback' || packet.cmd === 'pubcomp');
       else this.write('queued message', (t) => t.deleteQueued(client.id, key));
     }
     const cleared = await super.outgoingClearMessageId(client, packet);
@@ -461,19 +461,15 @@ export class SessionStore extends MemoryPersistence {
   }
 
   /**
-   * A command left a session queue. aedes clears a queued message for a PUBACK, and also when it
-   * drops the queue of a client that reconnected with a clean session or may no longer receive
-   * the topic: only the device's own acknowledgement delivers the command (with the queue entry,
-   * in one transaction); when its session dropped it, it waits in the outbox again.
+   * A command left a session queue. aedes clears a queued message for the device's PUBACK (QoS 1)
+   * or PUBCOMP (QoS 2), passing that acknowledgement; and also when it drops the message, passing
+   * the queued PUBLISH itself: a Clean Start replaced the session, the session ended, the client
+   * may not (or no longer) receive the topic, or the message is too large for it. Only the
+   * device's acknowledgement delivers the command (with the queue entry, in one transaction);
+   * a dropped one waits in the outbox again.
    */
-  private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, topic: string): void {
-    // Only a connected device's PUBACK delivers: aedes also clears the queue of an MQTT 5 session
-    // that expired (its client gone) or that a Clean Start replaces (a persistent new session).
-    // (aedes sets `connected` only once the connect steps are done: PUBACKs of the queue it sends
-    // meanwhile come from a client still `connecting`.)
-    const internals = client as { connected?: boolean; connecting?: boolean; _cleanStart?: boolean };
-    const gone = internals.connected === false && internals.connecting !== true;
-    const dropped = client.clean === true || internals._cleanStart === true || gone || !this.mayReceive(client.id, topic);
+  private clearCommand(client: Client, key: string, command: { deviceId: string; seq: number }, acknowledged: boolean): void {
+    const dropped = !acknowledged;
     let delivered = false;
     this.write('command acknowledgement', (t) =>
       t.atomically(() => {

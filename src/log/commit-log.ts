@@ -280,6 +280,19 @@ oldestAfter: db.prepare('SELECT received_at FROM records WHERE log_offset > ? OR
     );
   }
 
+  /**
+   * Whether an entry with this mark would be dropped as a duplicate if appended now; nothing is
+   * written. (A duplicate needs no room: it can be acknowledged while the log is full.)
+   */
+  isDuplicate(d: DedupMark | undefined, now: number): boolean {
+    if (!d) return false;
+    this.assertOpen();
+    if (d.counter && this.windows.has(d.counter.stream, d.counter.value, now)) return true;
+    if (d.mode === 'window' && d.counter) return this.indexInUse && this.stmts.dedupLive.get(d.key, now) !== undefined;
+    if (d.mode === 'check') return this.stmts.dedupLive.get(d.key, now) !== undefined;
+    return false; // remember: always stored
+  }
+
   /** Counter-dedup gaps closed since this log was opened (dedup-windows.ts, MAX_RANGES). */
   get dedupGapsClosed(): number {
     return this.windows.gapsClosed;

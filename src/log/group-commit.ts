@@ -175,25 +175,23 @@ export class GroupCommit implements AppendSink {
       );
       return;
     }
-    if (owner?.finalRefusals && this.holdTimer !== undefined) {
+    if (owner?.finalRefusals && entry.qos > 0 && this.holdTimer !== undefined) {
       // Told at once rather than held: its device learns the message was not stored. (Only while
       // a hold re-checks the room: otherwise it waits for the next flush, which checks it.)
-      this.counters.refusedFull++;
-      this.settle({ entry, done, owner, bytes: 0 }, new EdgebridgeError('EB_ERR_LOG_FULL', LOG_FULL));
+      this.refuseForRoom({ entry, done, owner, bytes: 0 }, 'EB_ERR_LOG_FULL', LOG_FULL);
       return;
     }
     const bytes = recordBytes(entry);
     if (this.pending.length >= this.maxPending || this.pendingBytes + bytes > this.maxPendingBytes) {
       this.counters.overloaded++;
-      if (!owner?.finalRefusals) this.refuseOwner(owner);
       this.logOverload();
-      this.settle(
-        { entry, done, owner, bytes },
-        new EdgebridgeError(
-          'EB_ERR_INGRESS_OVERLOADED',
-          `${this.pending.length} publishes (${this.pendingBytes} bytes) are already waiting to be stored`,
-        ),
-      );
+      const message = `${this.pending.length} publishes (${this.pendingBytes} bytes) are already waiting to be stored`;
+      if (owner?.finalRefusals) {
+        this.refuseForRoom({ entry, done, owner, bytes }, 'EB_ERR_INGRESS_OVERLOADED', message);
+        return;
+      }
+      this.refuseOwner(owner);
+      this.settle({ entry, done, owner, bytes }, new EdgebridgeError('EB_ERR_INGRESS_OVERLOADED', message));
       return;
     }
     this.pending.push({ entry, done, owner, bytes });
@@ -374,16 +372,40 @@ export class GroupCommit implements AppendSink {
     }
   }
 
-  /** The log is full: waiting appends whose refusals are final are refused now, not held. */
+  /**
+   * The log is full: waiting appends whose refusals are final are refused now, not held. (QoS 0
+   * ones are held like any: there is no acknowledgement to tell their device.)
+   */
   private refuseWaitingFinal(): void {
-    if (!this.pending.some((p) => p.owner?.finalRefusals)) return;
-    const refused = this.pending.filter((p) => p.owner?.finalRefusals);
-    this.pending = this.pending.filter((p) => !p.owner?.finalRefusals);
+    const isFinal = (p: Pending) => p.owner?.finalRefusals === true && p.entry.qos > 0;
+    if (!this.pending.some(isFinal)) return;
+    const refused = this.pending.filter(isFinal);
+    this.pending = this.pending.filter((p) => !isFinal(p));
     for (const p of refused) {
       this.pendingBytes -= p.bytes;
-      this.counters.refusedFull++;
-      this.settle(p, new EdgebridgeError('EB_ERR_LOG_FULL', LOG_FULL));
+      this.refuseForRoom(p, 'EB_ERR_LOG_FULL', LOG_FULL);
     }
+  }
+
+  /**
+   * Refuses a final-refusal owner's append for lack of room, unless it is a duplicate of a
+   * stored reading (a resend whose acknowledgement was lost): that needs no room, and is
+   * acknowledged as the duplicate it is (the device must not be told it was not stored).
+   */
+  private refuseForRoom(p: Pending, code: 'EB_ERR_LOG_FULL' | 'EB_ERR_INGRESS_OVERLOADED', message: string): void {
+    let duplicate = false;
+    try {
+      duplicate = !this.unstored.holds(p.entry.dedup) && this.log.isDuplicate(p.entry.dedup, this.clock());
+    } catch {
+      // the index cannot be read: refused like the rest
+    }
+    if (duplicate) {
+      this.counters.duplicates++;
+      this.settle(p, null, 'duplicate');
+      return;
+    }
+    if (code === 'EB_ERR_LOG_FULL') this.counters.refusedFull++;
+    this.settle(p, new EdgebridgeError(code, message));
   }
 
   private hold(): void {

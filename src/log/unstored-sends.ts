@@ -25,6 +25,11 @@ export class UnstoredSends {
     return mark.mode === 'check' ? { ...mark, mode: 'remember' } : mark;
   }
 
+  /** Whether the mark's key is a first send that was not stored (its resend must be stored). */
+  holds(mark: DedupMark | undefined): boolean {
+    return mark !== undefined && this.keys.has(mark.key.toString('base64'));
+  }
+
   /** After the entry was stored or refused. Returns false when the bound made it forget one. */
   settled(mark: DedupMark | undefined, stored: boolean): boolean {
     if (mark === undefined || mark.mode !== 'remember') return true;

@@ -189,6 +189,31 @@ describe('MQTT 5 devices: commands with response topic and correlation data, ses
     expect((await status(port)).commands?.acked).toBe(2);
   });
 
+  it('a v5 device on Clean Start 1 with a Session Expiry (MQTT.js\'s persistent default) acknowledges its command once: one ack record, not sent again on its next connection', async () => {
+    const n = names();
+    const dir = tmp();
+    await createTopic(n.commands);
+    gw = await spawnGateway(config(dir, n), dir);
+    const port = await adminPort(gw);
+    const first = await connect(gw.url, 'gate-cs', { ...v5(3600), clean: true });
+    clients.push(first.client);
+    await first.client.subscribeAsync('devices/gate-cs/commands', { qos: 1 });
+    await produce(n.commands, [{ device: 'gate-cs', id: 'cs-1' }]);
+    await until('the command at the device', () => first.got.length === 1);
+    await until('delivered and acked', async () => (await status(port)).commands?.acked === 1);
+    expect((await status(port)).commands).toMatchObject({ delivered: 1, acked: 1 });
+    await first.client.endAsync();
+    const again = await connect(gw.url, 'gate-cs', { ...v5(3600), clean: true });
+    clients.push(again.client);
+    await again.client.subscribeAsync('devices/gate-cs/commands', { qos: 1 });
+    // a marker command behind it: once it is there, a redelivered first one would be too
+    await produce(n.commands, [{ device: 'gate-cs', id: 'cs-2' }]);
+    await until('the second command', () => again.got.length >= 1);
+    expect(again.got.map((p) => Buffer.from(p.properties!.correlationData!).toString())).toEqual(['cs-2']);
+    const acks = await consumeAll(kafkaBrokers(), n.acks, { expected: 2 });
+    expect(acks.map((a) => a.headers['correlation-id'])).toEqual(['cs-1', 'cs-2']);
+  });
+
   it('a command queued for an offline v5 persistent session survives a gateway SIGKILL with its properties', async () => {
     const n = names();
     const dir = tmp();

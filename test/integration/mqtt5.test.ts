@@ -306,11 +306,12 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     const { client: sender } = await connect5(gw.url, { clientId: 'sender' });
     cleanup(() => sender.end(true));
     await publishCode(sender, 'local/size', 'x'.repeat(500));
+    await publishCode(sender, 'local/size', 'small but big properties', { qos: 1, properties: { userProperties: { note: 'y'.repeat(400) } } });
     await publishCode(sender, 'local/size', 'small one');
     await until('the small one', () => seen.includes('small one'));
     expect(seen).toEqual(['small one']);
     expect(small.connected).toBe(true);
-    expect(gw.status().mqtt.forwardsTooLarge).toBe(1);
+    expect(gw.status().mqtt.forwardsTooLarge).toBe(2);
   });
 
   it("a persistent session's client id is its owner's until the session expires, then anyone's; an empty client id is assigned one", async () => {
@@ -374,6 +375,28 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     const records = await consumeAll(kafkaBrokers(), topic, { expected: 2 });
     expect(records.map((r) => r.value.toString())).toEqual(['online', 'offline']);
     expect(records[1]!.headers['content-type']).toBe('text/plain');
+  });
+
+  it("keeps to a client's own Receive Maximum, and disconnects (0x97) one that stops acknowledging rather than hold its messages without bound", async () => {
+    const { gw, port } = await gateway({ limits: { maxQueuedMessages: 20 } });
+    const slow = raw5(port);
+    cleanup(() => slow.socket.destroy());
+    slow.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, clientId: 'slow', keepalive: 30, properties: { receiveMaximum: 2 } });
+    await until('CONNACK', () => slow.packets.some((p) => p.cmd === 'connack'));
+    slow.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'local/flood', qos: 1 }] });
+    await until('SUBACK', () => slow.packets.some((p) => p.cmd === 'suback'));
+    const { client: sender } = await connect5(gw.url, { clientId: 'flooder' });
+    cleanup(() => sender.end(true));
+    for (let i = 1; i <= 10; i++) await publishCode(sender, 'local/flood', `m${i}`);
+    await until('two messages', () => slow.packets.filter((p) => p.cmd === 'publish').length === 2);
+    const first = slow.packets.find((p) => p.cmd === 'publish') as { messageId: number };
+    slow.send({ cmd: 'puback', messageId: first.messageId });
+    await until('a third once one is acknowledged', () => slow.packets.filter((p) => p.cmd === 'publish').length === 3);
+    expect(slow.packets.filter((p) => p.cmd === 'publish').map((p) => (p as { payload: Buffer }).payload.toString())).toEqual(['m1', 'm2', 'm3']);
+    for (let i = 11; i <= 40; i++) await publishCode(sender, 'local/flood', `m${i}`);
+    await until('DISCONNECT 0x97', () => slow.packets.some((p) => p.cmd === 'disconnect'));
+    expect(slow.packets.find((p) => p.cmd === 'disconnect')).toMatchObject({ reasonCode: 0x97 });
+    expect(await publishCode(sender, 'devices/flooder/telemetry', reading('flooder', 'b', 1))).toBe(0);
   });
 
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {

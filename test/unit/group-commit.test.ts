@@ -249,6 +249,35 @@ describe('group commit: dedup and storage limits', () => {
       ),
     );
 
+  it('while the log is full, a final-refusal owner is told a resend of a stored reading is a duplicate (not refused), and its QoS 0 readings are held, not dropped', async () => {
+    const dir = tmp();
+    const log = new CommitLog({ dir, synchronous: 'normal' });
+    const big = (i: number) => ({ ...entry('d', i), payload: Buffer.alloc(8000, i) });
+    const mark = (k: string) => ({ key: key(k), mode: 'check' as const, windowMs: 3_600_000 });
+    const stored = await appendAll(new GroupCommit(log), [{ ...big(1), dedup: mark('a') }, ...Array.from({ length: 40 }, (_, i) => big(100 + i))]);
+    expect(stored[0]).toBe(1);
+    let position = 0;
+    const gc = new GroupCommit(log, { holdRetryMs: 10, storage: { recordBytes: room(log, 100), overflow: 'backpressure', forwardPosition: () => position } });
+    const v5 = { closed: false, finalRefusals: true };
+    const outcome = (e: ReturnType<typeof entry>) =>
+      new Promise<string>((resolve) => gc.append(e, (err, r) => resolve(err ? ((err as { code?: string }).code ?? 'error') : String(r)), v5));
+    const qos0 = outcome({ ...big(7), qos: 0 }); // held
+    expect(await outcome({ ...big(2), dedup: mark('b') })).toBe('EB_ERR_LOG_FULL');
+    await vi.waitFor(() => expect(gc.holding).toBe(true));
+    expect(await outcome({ ...big(1), dedup: mark('a') })).toBe('duplicate'); // its PUBACK was lost: 0x00, not 0x97
+    expect(await outcome({ ...big(3), dedup: mark('c') })).toBe('EB_ERR_LOG_FULL');
+    expect(gc.waiting).toBe(1);
+    position = 41;
+    const reader = new LogReader({ dir, synchronous: 'normal' });
+    reader.removeThrough(41);
+    reader.close();
+    gc.release();
+    expect(await qos0).toMatch(/^\d+$/);
+    expect(log.readAfter(41, 10).map((r) => r.payload[0])).toEqual([7]);
+    gc.close();
+    log.close();
+  });
+
   it('drops a live duplicate (acknowledged, not stored) and stores it again once its window ended', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
     let now = 1_000_000;

@@ -206,25 +206,34 @@ describe('MQTT 5 session expiry in the session store', () => {
       await store.outgoingEnqueueCombi([{ clientId: dev }], { ...packet });
       return { seq: c!.seq, packet };
     };
+    // aedes passes the queued PUBLISH when it drops it, the device's PUBACK/PUBCOMP when it was acknowledged.
     // Sent (it has a packet id), then the client is gone: aedes's own expiry timer empties the queue.
     const sent = await command('dev-a', 0);
     await store.outgoingUpdate({ id: 'dev-a', clean: false } as Client, { ...sent.packet, messageId: 5 });
-    await store.outgoingClearMessageId({ id: 'dev-a', clean: false, connected: false } as unknown as Client, { topic: '', payload: Buffer.alloc(0), messageId: 5 });
+    await store.outgoingClearMessageId({ id: 'dev-a', clean: false, connected: false } as unknown as Client, { ...sent.packet, messageId: 5 });
     expect(tables.outbox.get(sent.seq)?.state).toBe(CommandState.Stored);
-    // A Clean Start with a non-zero expiry (client.clean false) discards the queue the same way.
+    // A Clean Start discards the queue the same way (client.clean false with a non-zero expiry).
     const second = await command('dev-b', 1);
     await store.outgoingUpdate({ id: 'dev-b', clean: false } as Client, { ...second.packet, messageId: 6 });
-    await store.outgoingClearMessageId({ id: 'dev-b', clean: false, connected: true, _cleanStart: true } as unknown as Client, { topic: '', payload: Buffer.alloc(0), messageId: 6 });
+    await store.outgoingClearMessageId({ id: 'dev-b', clean: false, connected: true, _cleanStart: true } as unknown as Client, { ...second.packet, messageId: 6 });
     expect(tables.outbox.get(second.seq)?.state).toBe(CommandState.Stored);
-    // A PUBACK while aedes still sends the queue of a reconnect (`connecting`, not yet `connected`) delivers.
-    const resent = await command('dev-d', 2);
-    await store.outgoingUpdate({ id: 'dev-d', clean: false } as Client, { ...resent.packet, messageId: 8 });
-    await store.outgoingClearMessageId({ id: 'dev-d', clean: false, connected: false, connecting: true } as unknown as Client, { topic: '', payload: Buffer.alloc(0), messageId: 8 });
-    expect(tables.outbox.get(resent.seq)?.state).toBe(CommandState.Delivered);
-    expect(delivered).toBe(1);
+    // A PUBACK delivers: while aedes still sends the queue of a reconnect (`connecting`), on a
+    // Clean Start connection with an expiry (its PUBACKs are the device's), after the client went.
+    const acks = [
+      { dev: 'dev-d', client: { connected: false, connecting: true } },
+      { dev: 'dev-e', client: { connected: true, _cleanStart: true } },
+      { dev: 'dev-f', client: { connected: false } },
+    ];
+    for (const [i, { dev, client }] of acks.entries()) {
+      const c = await command(dev, 2 + i);
+      await store.outgoingUpdate({ id: dev, clean: false } as Client, { ...c.packet, messageId: 8 });
+      await store.outgoingClearMessageId({ id: dev, clean: false, ...client } as unknown as Client, { cmd: 'puback', messageId: 8 } as never);
+      expect(tables.outbox.get(c.seq)?.state, dev).toBe(CommandState.Delivered);
+    }
+    expect(delivered).toBe(3);
     delivered = 0;
     // Never sent: the session ends by its expiry.
-    const queued = await command('dev-c', 3);
+    const queued = await command('dev-c', 9);
     await store.endSession('dev-c');
     expect(tables.outbox.get(queued.seq)?.state).toBe(CommandState.Stored);
     expect(rowsOf(dir, 'dev-c').queue).toBe(0);
