@@ -395,6 +395,7 @@ export class MqttIngress {
       topicAliasMaximum: limits.maxTopicAliases,
       // Messages waiting for room in a client's own Receive Maximum: as many as one may queue.
       maxOutboundWaiting: limits.maxQueuedMessages,
+      maxOutboundWaitingBytes: limits.maxSessionBytes,
       // MQTT 5 session expiry (the session store keeps it across restarts): bounded, in seconds.
       sessionExpiryIntervalLimit: Math.floor((limits.maxSessionExpiry ?? DEFAULT_MAX_SESSION_EXPIRY_MS) / 1000),
       pendingSessionsLimit: limits.maxPendingSessions ?? DEFAULT_MAX_PENDING_SESSIONS,

@@ -390,12 +390,19 @@ export class GroupCommit implements AppendSink {
   /**
    * Refuses a final-refusal owner's append for lack of room, unless it is a duplicate of a
    * stored reading (a resend whose acknowledgement was lost): that needs no room, and is
-   * acknowledged as the duplicate it is (the device must not be told it was not stored).
+   * acknowledged as the duplicate it is (the device must not be told it was not stored). Only
+   * once every earlier send of it is settled: a first send still waiting may yet be dropped, and
+   * an older reading with the same key must not stand in for it.
    */
   private refuseForRoom(p: Pending, code: 'EB_ERR_LOG_FULL' | 'EB_ERR_INGRESS_OVERLOADED', message: string): void {
     let duplicate = false;
+    const key = p.entry.dedup?.key;
     try {
-      duplicate = !this.unstored.holds(p.entry.dedup) && this.log.isDuplicate(p.entry.dedup, this.clock());
+      duplicate =
+        key !== undefined &&
+        !this.unstored.holds(p.entry.dedup) &&
+        !this.pending.some((q) => q !== p && q.entry.dedup?.key.equals(key)) &&
+        this.log.isDuplicate(p.entry.dedup, this.clock());
     } catch {
       // the index cannot be read: refused like the rest
     }

@@ -378,7 +378,7 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
   });
 
   it("keeps to a client's own Receive Maximum, and disconnects (0x97) one that stops acknowledging rather than hold its messages without bound", async () => {
-    const { gw, port } = await gateway({ limits: { maxQueuedMessages: 20 } });
+    const { gw, port } = await gateway({ limits: { maxQueuedMessages: 20, maxSessionBytes: '1MiB' } });
     const slow = raw5(port);
     cleanup(() => slow.socket.destroy());
     slow.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, clientId: 'slow', keepalive: 30, properties: { receiveMaximum: 2 } });
@@ -397,6 +397,18 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     await until('DISCONNECT 0x97', () => slow.packets.some((p) => p.cmd === 'disconnect'));
     expect(slow.packets.find((p) => p.cmd === 'disconnect')).toMatchObject({ reasonCode: 0x97 });
     expect(await publishCode(sender, 'devices/flooder/telemetry', reading('flooder', 'b', 1))).toBe(0);
+
+    // and by bytes, for all clients together (mqtt.limits.maxSessionBytes): a few large messages suffice
+    const big = raw5(port);
+    cleanup(() => big.socket.destroy());
+    big.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, clientId: 'slow-big', keepalive: 30, properties: { receiveMaximum: 1 } });
+    await until('CONNACK', () => big.packets.some((p) => p.cmd === 'connack'));
+    big.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'local/big', qos: 1 }] });
+    await until('SUBACK', () => big.packets.some((p) => p.cmd === 'suback'));
+    for (let i = 1; i <= 8; i++) await publishCode(sender, 'local/big', Buffer.alloc(200 * 1024, i));
+    await until('DISCONNECT 0x97 by bytes', () => big.packets.some((p) => p.cmd === 'disconnect'));
+    expect(big.packets.find((p) => p.cmd === 'disconnect')).toMatchObject({ reasonCode: 0x97 });
+    expect(big.packets.filter((p) => p.cmd === 'publish')).toHaveLength(1);
   });
 
   it("Debian's mosquitto_pub -V mqttv5: stored and forwarded; an ACL refusal is reason code 135 (0x87) to it", async () => {

@@ -278,6 +278,26 @@ describe('group commit: dedup and storage limits', () => {
     log.close();
   });
 
+  it('overloaded: a final-refusal resend whose first send still waits is not taken for an older stored reading with the same key (review)', async () => {
+    const log = new CommitLog({ dir: tmp(), synchronous: 'normal' });
+    const K = Buffer.alloc(20, 7);
+    const seed = new GroupCommit(log);
+    // an earlier reading with the same key (same client, packet id reused after a reconnect, same payload)
+    await appendAll(seed, [{ ...entry('d', 1), dedup: { key: K, mode: 'remember', windowMs: 3_600_000 } }]);
+    seed.close();
+    const gc = new GroupCommit(log, { maxPending: 1 });
+    const oldConn = { closed: false, finalRefusals: true };
+    const newConn = { closed: false, finalRefusals: true };
+    const outcome = (e: ReturnType<typeof entry>, o: object) =>
+      new Promise<string>((resolve) => gc.append(e, (err, r) => resolve(err ? ((err as { code?: string }).code ?? 'error') : String(r)), o as never));
+    const first = outcome({ ...entry('d', 2), dedup: { key: K, mode: 'remember', windowMs: 3_600_000 } }, oldConn); // waits
+    oldConn.closed = true; // its connection drops before the group commit: it will be dropped
+    const resend = outcome({ ...entry('d', 2), dedup: { key: K, mode: 'check', windowMs: 3_600_000 } }, newConn); // DUP on the new connection, over maxPending
+    expect({ first: await first, resend: await resend }).toEqual({ first: 'EB_ERR_LOG_WRITE', resend: 'EB_ERR_INGRESS_OVERLOADED' });
+    gc.close();
+    log.close();
+  });
+
   it('drops a live duplicate (acknowledged, not stored) and stores it again once its window ended', async () => {
     const log = new CommitLog({ dir: tmp(), synchronous: 'full' });
     let now = 1_000_000;
