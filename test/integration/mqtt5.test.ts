@@ -208,13 +208,13 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     // fill the log: the first refusal comes at once, not after a wait
     while (![...codes.values()].includes(0x97)) {
       seq++;
-      codes.set(seq, await publishCode(client, 'devices/filler/telemetry', reading('filler', 'b1', seq, { pad: 'p'.repeat(1000) })));
+      codes.set(seq, await publishCode(client, 'devices/filler/telemetry', reading('filler', 'b1', seq, { pad: 'p'.repeat(16_000) })));
       if (seq > 10_000) throw new Error('the log never filled');
     }
     // while full, each publish is refused with 0x97 (the device is told, nothing is held)
     for (let i = 0; i < 5; i++) {
       seq++;
-      codes.set(seq, await publishCode(client, 'devices/filler/telemetry', reading('filler', 'b1', seq, { pad: 'p'.repeat(1000) })));
+      codes.set(seq, await publishCode(client, 'devices/filler/telemetry', reading('filler', 'b1', seq, { pad: 'p'.repeat(16_000) })));
     }
     expect(offline.status().waiting).toBe(0); // nothing held
     expect(offline.status().refused).toBeGreaterThanOrEqual(6);
@@ -225,7 +225,7 @@ describe('MQTT 5 at the ingress: limits in CONNACK, reason codes that say what w
     const refused = [...codes].filter(([, code]) => code === 0x97).map(([s]) => s);
     expect(acked.length + refused.length).toBe(codes.size);
     expect(refused.length).toBeGreaterThanOrEqual(6);
-    expect(acked.length).toBeGreaterThan(100);
+    expect(acked.length).toBeGreaterThan(50);
 
     const online = await startTestGateway(config(kafkaBrokers()));
     cleanup(() => online.close());
