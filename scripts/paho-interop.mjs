@@ -175,6 +175,7 @@ async function startGateway(dir) {
   const log = openSync(join(dir, 'edgebridge.log'), 'w');
   const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], { stdio: ['ignore', log, log] });
   closeSync(log);
+  brokerProcesses.add(child); // stopped with the rest if another broker fails to start
   await waitForPort(port, child, 'the gateway');
   return { child, port, label: `edgebridge (${configFile})` };
 }
@@ -189,6 +190,7 @@ async function startMosquitto(dir) {
   const log = openSync(join(dir, 'mosquitto.log'), 'w');
   const child = spawn(MOSQUITTO, ['-c', configFile], { stdio: ['ignore', log, log] });
   closeSync(log);
+  brokerProcesses.add(child); // stopped with the rest if another broker fails to start
   await waitForPort(port, child, 'mosquitto');
   return { child, port, label: `mosquitto (${configFile})` };
 }
@@ -198,6 +200,7 @@ async function startAedes(dir) {
   const log = openSync(join(dir, 'aedes.log'), 'w');
   const child = spawn(process.execPath, [join(ROOT, 'scripts', 'paho-aedes-server.mjs'), String(port)], { stdio: ['ignore', log, log] });
   closeSync(log);
+  brokerProcesses.add(child); // stopped with the rest if another broker fails to start
   await waitForPort(port, child, 'aedes');
   return { child, port, label: 'plain aedes (default options)' };
 }
@@ -205,16 +208,19 @@ async function startAedes(dir) {
 // Ctrl-C: end the running tests (each in its own process group) and the brokers this run started.
 const running = new Set();
 const brokerProcesses = new Set();
+function stopEverything() {
+  for (const pid of running) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  for (const child of brokerProcesses) child.kill('SIGTERM');
+}
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.once(signal, () => {
-    for (const pid of running) {
-      try {
-        process.kill(-pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    for (const child of brokerProcesses) child.kill('SIGTERM');
+    stopEverything();
     process.exit(130);
   });
 }
@@ -284,6 +290,8 @@ try {
     ? Object.fromEntries(await Promise.all(brokers.map(async ([name, start]) => [name, await runBroker(name, start)])))
     : Object.fromEntries(await brokers.reduce(async (acc, [name, start]) => [...(await acc), [name, await runBroker(name, start)]], []));
 } catch (err) {
+  // one broker failed to start: the others (--parallel) and their running tests go too
+  stopEverything();
   fail(err instanceof Error ? err.message : String(err));
 }
 
