@@ -237,6 +237,8 @@ describe('kafka security: SASL_SSL, SCRAM, least-privilege ACLs', () => {
     // several attempts (kafkajs logs each at debug), still one line for the operator
     const attempts = () => lines.filter((l) => l.level === 20 && /SASL SCRAM SHA512 authentication failed/.test(l.msg)).length;
     await expect.poll(attempts, { timeout: 30_000, message: 'the gateway keeps retrying the login' }).toBeGreaterThanOrEqual(3);
+    // the state and the log line come from the forwarder thread separately: wait for the line too
+    await expect.poll(() => lines.filter((l) => l.code === 'EB_ERR_FORWARD_AUTHENTICATION').length, { timeout: 10_000 }).toBeGreaterThan(0);
     const errors = lines.filter((l) => l.code === 'EB_ERR_FORWARD_AUTHENTICATION');
     expect(errors).toHaveLength(1);
     expect(errors[0]!.level).toBe(50);
@@ -272,6 +274,8 @@ describe('kafka security: SASL_SSL, SCRAM, least-privilege ACLs', () => {
       const gateway = await start(secureConfig({ dir, topic, gatewayId }), logger);
       await publishAcked(gateway.url, 'dev-y', seqs(1, 20).map((s) => reading('dev-y', 'boot-1', s)));
       await expect.poll(() => gateway.status().forwarder, { timeout: 30_000, message: 'the forwarder sees the missing ACL' }).toBe('unauthorized');
+      // the state and the log line come from the forwarder thread separately: wait for the line too
+      await expect.poll(() => lines.filter((l) => l.code === 'EB_ERR_FORWARD_UNAUTHORIZED').length, { timeout: 10_000 }).toBeGreaterThan(0);
       const refused = lines.filter((l) => l.code === 'EB_ERR_FORWARD_UNAUTHORIZED');
       expect(refused).toHaveLength(1);
       const list = gatewayAclList(gatewayId, topic);
@@ -309,6 +313,9 @@ describe('kafka security: SASL_SSL, SCRAM, least-privilege ACLs', () => {
     const gateway = await start(secureConfig({ dir, topic, gatewayId }, { ssl: { caFile: wrongCa } }), logger);
     await publishAcked(gateway.url, 'dev-z', seqs(1, 10).map((s) => reading('dev-z', 'boot-1', s)));
     await expect.poll(() => gateway.status().forwarder, { timeout: 30_000, message: 'the forwarder sees the untrusted certificate' }).toBe('unauthenticated');
+    // the state and the log line come from the forwarder thread separately: wait for the line too
+    // (a clean-clone CI run saw the state first and no line yet)
+    await expect.poll(() => lines.filter((l) => l.code === 'EB_ERR_FORWARD_TLS').length, { timeout: 10_000 }).toBeGreaterThan(0);
     const errors = lines.filter((l) => l.code === 'EB_ERR_FORWARD_TLS');
     expect(errors).toHaveLength(1);
     expect(errors[0]!.msg).toContain("cannot verify the Kafka broker's certificate");
