@@ -74,6 +74,8 @@ export function forwardSettings(config: Config, log: CommitLog): ForwardSettings
     batchMaxRecords: config.forward.batchMaxRecords,
     batchMaxBytes: config.forward.batchMaxBytes,
     commitIntervalMs: config.forward.commitIntervalMs,
+    maxCommitDelayMs: config.forward.maxCommitDelayMs,
+    commitMinRecords: config.forward.commitMinRecords,
     retry: config.forward.retry,
     commands:
       config.commands === undefined

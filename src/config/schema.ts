@@ -253,9 +253,21 @@ export const configSchema = z.strictObject({
       batchMaxRecords: z.number().int().min(1).max(100000).default(5000),
       /** Most payload bytes in one Kafka transaction (keep below the broker's message.max.bytes). */
       batchMaxBytes: bytes(1024).default(900_000),
-      /** Longest a record waits for its transaction to fill before it is committed anyway. */
+      /** Shortest time between two transactions while records flow at rate (a full batch goes at once). */
       commitIntervalMs: duration(0).default(100),
-      /** Compacted topic holding each gateway's last committed log offset (KIP-618 style). */
+      /**
+       * Longest a record waits for its transaction while records trickle (fewer than
+       * commitMinRecords waiting): the latency bound of the adaptive commit interval. At least
+       * commitIntervalMs (a smaller value is raised to it).
+       */
+      maxCommitDelayMs: duration(0).default(1000),
+      /** Records waiting that make a transaction worth committing before maxCommitDelayMs. */
+      commitMinRecords: z.number().int().min(1).max(100000).default(100),
+      /**
+       * Names the checkpoint groups' offsets (each gateway's checkpoint is a transactional offset
+       * commit of its group edgebridge-checkpoint-<id>-offsets); earlier versions wrote checkpoint
+       * records here, read once on upgrade. Created if missing (compacted).
+       */
       checkpointTopic: kafkaTopicName.default('edgebridge.checkpoints'),
       /**
        * Where a record goes that Kafka refuses for good (MESSAGE_TOO_LARGE, INVALID_RECORD,

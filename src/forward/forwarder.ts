@@ -95,8 +95,18 @@ export function addCounters(a: ForwarderCounters, b: ForwarderCounters): Forward
 export interface ForwarderOptions {
   readonly batchMaxRecords: number;
   readonly batchMaxBytes: number;
-  /** Longest a record waits for its transaction to fill before it is committed anyway. */
+  /**
+   * Shortest time between the starts of two transactions while records flow at rate: the cost of
+   * a commit is amortised over at least this long (unless a full batch waits).
+   */
   readonly commitIntervalMs: number;
+  /**
+   * Longest a record waits for its transaction while records trickle (fewer than
+   * commitMinRecords waiting); at least commitIntervalMs. Default: commitIntervalMs.
+   */
+  readonly maxCommitDelayMs?: number;
+  /** Records waiting that make a transaction worth committing before maxCommitDelayMs. Default 0. */
+  readonly commitMinRecords?: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
   readonly logger: Logger;
   /** Records Kafka refuses for good go to the dead-letter topic (true) or are dropped (false). */
@@ -176,6 +186,8 @@ export class Forwarder {
   /** This forwarder has committed its claim at least once (see failed(): fences). */
   private claimed = false;
   private lastCommitAt = 0;
+  /** When the oldest record not yet in a transaction was announced (notify); undefined: none since the last one began. */
+  private backlogSince: number | undefined;
   /** Kafka has every record up to here (valid once connected). */
   private positionValue = 0;
   /** What the log has stored as the position (lags positionValue while storing fails). */
@@ -234,6 +246,7 @@ export class Forwarder {
   /** Tells the forwarder that records up to `lastOffset` were committed. Cheap; call it after every group commit. */
   notify(lastOffset = 0): void {
     if (lastOffset > this.knownEnd) this.knownEnd = lastOffset;
+    this.backlogSince ??= this.clock();
     this.wakePending = true;
     this.wake?.();
   }
@@ -254,7 +267,7 @@ export class Forwarder {
    */
   async connect(): Promise<boolean> {
     const hint = this.hint ?? this.fromLog(() => this.source.checkpointHint());
-    const { checkpoint, foreignClaim } = await this.sink.connect({ ...(hint > 0 ? { hint } : {}), checking: this.suspectTwin });
+    const { checkpoint, foreignClaim, legacy } = await this.sink.connect({ ...(hint > 0 ? { hint } : {}), checking: this.suspectTwin });
     // Evidence of a twin: since this gateway last wrote under its id, another one claimed it.
     // Only the order counts (not whose checkpoint is latest): of two twins checking on each
     // other, the one whose claim came last finds none after its own and goes on.
@@ -269,6 +282,12 @@ export class Forwarder {
     this.knownEnd = Math.max(this.knownEnd, end);
     const decision = resumePosition(checkpoint, { logId: this.source.logId, position: stored, epochs, end });
     this.explain(decision, checkpoint, stored, end);
+    if (legacy) {
+      this.options.logger.info(
+        { checkpoint: checkpoint?.offset, checkpointRecord: checkpoint?.kafkaOffset },
+        'read the checkpoint from a record in the checkpoint topic (written by an earlier version); from now on it is committed in the checkpoint group',
+      );
+    }
     this.positionValue = decision.position;
     this.history = checkpoint && checkpoint.logId === this.source.logId ? kafkaHistory(checkpoint, epochs) : [];
     this.counters.skippedByCheckpoint += decision.skipped;
@@ -430,6 +449,7 @@ export class Forwarder {
    */
   private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number, expired = 0): Promise<void> {
     this.lastCommitAt = this.clock();
+    this.backlogSince = undefined; // records announced from now on are for the next transaction
     const checkpoint = this.checkpointAt(last);
     let kafkaOffset: number | undefined;
     try {
@@ -705,17 +725,41 @@ export class Forwarder {
           return;
         case 'idle':
           if (!this.wakePending) await this.sleep(this.options.idlePollMs ?? 1000, true);
+          await this.linger();
           break;
         case 'retry':
           if (outcome.delayMs > 0) await this.sleep(outcome.delayMs, false);
           break;
-        default: {
-          // Amortise the transaction cost: unless a full batch is waiting, let records gather
-          // until commitIntervalMs after the previous transaction began.
-          const wait = this.lastCommitAt + this.options.commitIntervalMs - this.clock();
-          if (wait > 0 && this.backlog < this.options.batchMaxRecords) await this.sleep(wait, false);
-        }
+        default:
+          await this.linger();
       }
+    }
+  }
+
+  /**
+   * Waits until the next transaction is worth its cost (the adaptive commit interval). A full
+   * batch goes at once. Otherwise the next transaction starts commitIntervalMs after the previous
+   * one began at the earliest, and only once commitMinRecords records wait, or the oldest of them
+   * has waited maxCommitDelayMs. So a gateway whose records flow at rate commits every
+   * commitIntervalMs, and one whose records trickle commits about once per maxCommitDelayMs, not
+   * once per record: transactions per second follow the data, with a latency bound.
+   */
+  private async linger(): Promise<void> {
+    const { commitIntervalMs, batchMaxRecords } = this.options;
+    const maxDelay = Math.max(commitIntervalMs, this.options.maxCommitDelayMs ?? commitIntervalMs);
+    const minRecords = this.options.commitMinRecords ?? 0;
+    while (!this.stopping) {
+      const backlog = this.backlog;
+      if (backlog === 0 || backlog >= batchMaxRecords) return;
+      const now = this.clock();
+      const spacing = this.lastCommitAt + commitIntervalMs - now;
+      // Records left over from the last transaction (its batch was full by bytes) count from its start.
+      const trickle = backlog >= minRecords ? -1 : (this.backlogSince ?? this.lastCommitAt) + maxDelay - now;
+      const wait = Math.max(spacing, trickle);
+      if (wait <= 0) return;
+      // While records trickle, each group commit may bring the count to commitMinRecords: wake on them.
+      this.wakePending = false;
+      await this.sleep(wait, trickle > 0 && spacing < wait);
     }
   }
 
@@ -741,6 +785,7 @@ export class Forwarder {
 
   /** Sleeps up to `ms`; close() always ends it early, notify() only when `wakeOnRecords`. */
   private sleep(ms: number, wakeOnRecords: boolean): Promise<void> {
+    if (this.stopping) return Promise.resolve(); // close() came between its wake-up and this sleep
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);

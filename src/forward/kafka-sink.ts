@@ -1,11 +1,13 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { Partitioners, type Admin, type CompressionTypes, type Kafka, type Message, type PartitionMetadata, type Producer } from 'kafkajs';
+import { setTimeout as delay } from 'node:timers/promises';
+import { Partitioners, type Admin, type CompressionTypes, type Kafka, type Message, type PartitionMetadata, type Producer, type Transaction } from 'kafkajs';
 import type { LogRecord } from '../log/commit-log.js';
 import { useCompression, type Compression } from './compression.js';
 import {
   RecordRejectedError,
   authenticationFailure,
   authorizationFailure,
+  kafkaErrorTypes,
   rejectionType,
   type Checkpoint,
   type ConnectResult,
@@ -37,16 +39,67 @@ export interface KafkaSinkOptions {
   readonly checkpointReadTimeoutMs?: number;
 }
 
+/** Group coordinator answers that mean "ask again in a moment" (loading, or moving to another broker). */
+const COORDINATOR_MOVING: ReadonlySet<string> = new Set([
+  // kafkajs names Kafka's error codes 14, 15 and 16 by their old names
+  'GROUP_LOAD_IN_PROGRESS',
+  'GROUP_COORDINATOR_NOT_AVAILABLE',
+  'NOT_COORDINATOR_FOR_GROUP',
+  'COORDINATOR_LOAD_IN_PROGRESS',
+  'COORDINATOR_NOT_AVAILABLE',
+  'NOT_COORDINATOR',
+]);
+
+/**
+ * Runs `fn` again while the group coordinator answers that it is loading its __consumer_offsets
+ * partition or has moved (a broker just started, or took the partition over): for a moment, as a
+ * consumer would wait, rather than report Kafka as unreachable. About 15 s at most.
+ */
+async function whileCoordinatorMoves<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (attempt >= 20 || !kafkaErrorTypes(err).some((t) => COORDINATOR_MOVING.has(t))) throw err;
+      await delay(Math.min(100 * 2 ** attempt, 1000));
+    }
+  }
+}
+
+const TRANSACTION_BUSY: ReadonlySet<string> = new Set(['CONCURRENT_TRANSACTIONS', ...COORDINATOR_MOVING]);
+
+/** Runs `fn` again (briefly: 20 ms steps, about 5 s at most) while the transaction coordinator is busy or moving. */
+async function whileBusy<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (attempt >= 50 || !kafkaErrorTypes(err).some((t) => TRANSACTION_BUSY.has(t))) throw err;
+      await delay(Math.min(20 * (attempt + 1), 200));
+    }
+  }
+}
+
 /** Size-related rejections: the payload cannot go to the dead-letter topic either. */
 const SIZE_REJECTIONS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE']);
 
 /**
- * Forwards with a transactional producer: each batch is one Kafka transaction that also writes
- * the checkpoint record (key = gateway id, value = last log offset) to a compacted topic: the
- * pattern of Kafka Connect's exactly-once source support (KIP-618). A read_committed consumer
- * sees a batch's records exactly when the checkpoint covering them is visible, so resuming after
- * the checkpoint neither skips nor repeats a record. Partitioning is kafkajs's
- * DefaultPartitioner: the Java client's murmur2(key), so Java, Go and Streams apps co-partition.
+ * Forwards with a transactional producer: each batch is one Kafka transaction that also commits
+ * the checkpoint (the last log offset, its log and epoch history), so Kafka has a batch's records
+ * exactly when it has the checkpoint covering them, and resuming after the checkpoint neither
+ * skips nor repeats a record (the pattern of Kafka Connect's exactly-once sources, KIP-618).
+ *
+ * The checkpoint is a transactional offset commit (TxnOffsetCommit, as Kafka Streams commits its
+ * input positions) for this gateway's own offsets-only group, `edgebridge-checkpoint-<id>-offsets`:
+ * the log offset as the committed offset of the checkpoint topic's partition for this gateway, the
+ * rest in the commit's metadata. Kafka keeps it in `__consumer_offsets`, partitioned by group id
+ * over the brokers and compacted, and its group coordinator holds the latest one of each group in
+ * memory: a gateway's recovery read is one OffsetFetch, whatever the fleet writes and however long
+ * the gateway was away, and no group is ever joined. Checkpoints of earlier versions (records in
+ * the checkpoint topic) are read once, when the group has none yet (migration).
+ *
+ * Partitioning is kafkajs's DefaultPartitioner: the Java client's murmur2(key), so Java, Go and
+ * Streams apps co-partition.
  */
 export class KafkaSink implements RecordSink {
   private producer: Producer | undefined;
@@ -55,9 +108,12 @@ export class KafkaSink implements RecordSink {
   private readonly partitioner = Partitioners.DefaultPartitioner();
   private partitions = new Map<string, PartitionMetadata[]>();
   readonly transactionalId: string;
+  /** The offsets-only group whose committed offset is this gateway's checkpoint. */
+  readonly checkpointGroup: string;
 
   constructor(private readonly options: KafkaSinkOptions) {
     this.transactionalId = `edgebridge-${options.gatewayId}`;
+    this.checkpointGroup = checkpointGroupOf(options.gatewayId);
   }
 
   async connect({ hint, checking }: { hint?: number; checking: boolean }): Promise<ConnectResult> {
@@ -130,22 +186,100 @@ export class KafkaSink implements RecordSink {
   }
 
   /**
-   * Reads this gateway's latest committed checkpoint. The checkpoint partition is shared by every
-   * gateway, so its last stable offset can lag behind while another gateway's transaction is open:
-   * a read that stopped there could miss this gateway's newest checkpoint. So the read first
+   * Reads this gateway's latest committed checkpoint: one OffsetFetch of its checkpoint group.
+   * The fence before it (InitProducerId) has resolved this gateway's own open transaction, so
+   * the value read is final. Then commits a probe carrying the same checkpoint: it says which
+   * writer fenced, and that it claims the gateway id (unless it only checks for a twin), so a
+   * twin that is still forwarding sees the claim at once (see Forwarder.connect).
+   */
+  private async readCheckpoint(hint: number | undefined, checking: boolean): Promise<ConnectResult> {
+    const partition = this.partitionOf(this.options.checkpointTopic, this.options.gatewayId);
+    const stored = await this.fetchCheckpoint(partition);
+    let found: ConnectResult & { claimer?: string | undefined };
+    if (stored !== undefined) {
+      const me = this.options.writer;
+      // A claim by another writer since this one last wrote under the id: the value was written
+      // by someone else, and the last claim in it is not ours.
+      const foreignClaim = stored.writer !== me && stored.claimer !== undefined && stored.claimer !== me;
+      found = { checkpoint: stored.checkpoint, foreignClaim, claimer: stored.claimer };
+    } else {
+      // None in the group: a new gateway, or one whose checkpoints are still records in the
+      // checkpoint topic (written before this version). Read those once; from the first commit
+      // on, the group has the checkpoint.
+      const legacy = await this.readLegacyCheckpoint(hint, checking);
+      found = { ...legacy, claimer: undefined, ...(legacy.checkpoint === undefined ? {} : { legacy: true }) };
+    }
+    await whileCoordinatorMoves(() => this.commitOffsets(partition, undefined, found.checkpoint, checking ? found.claimer : this.options.writer));
+    return { checkpoint: found.checkpoint, foreignClaim: found.foreignClaim, ...(found.legacy ? { legacy: true } : {}) };
+  }
+
+  /** The checkpoint committed for this gateway's group; undefined when the group has none. */
+  private async fetchCheckpoint(partition: number): Promise<StoredCheckpoint | undefined> {
+    const admin: Admin = this.options.kafka.admin();
+    await admin.connect();
+    try {
+      const [topic] = await whileCoordinatorMoves(() => admin.fetchOffsets({ groupId: this.checkpointGroup, topics: [this.options.checkpointTopic] }));
+      const entry = topic?.partitions.find((p) => p.partition === partition);
+      if (!entry || Number(entry.offset) < 0) return undefined;
+      return parseStoredCheckpoint(Number(entry.offset), entry.metadata);
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Commits `checkpoint` as this gateway's group offset, in `txn` (with a batch) or in a
+   * transaction of its own (a probe). `claimer`: the writer whose claim on the gateway id the
+   * value carries.
+   */
+  private async commitOffsets(partition: number, txn: Transaction | undefined, checkpoint: Checkpoint | undefined, claimer: string | undefined): Promise<void> {
+    const own = txn ?? (await this.producerOrThrow().transaction());
+    try {
+      // AddOffsetsToTxn is answered CONCURRENT_TRANSACTIONS while the coordinator still writes the
+      // markers of the previous transaction (back-to-back commits); the Java client retries it
+      // and so does this (kafkajs does not).
+      await whileBusy(() => own.sendOffsets({
+        consumerGroupId: this.checkpointGroup,
+        topics: [
+          {
+            topic: this.options.checkpointTopic,
+            partitions: [{ partition, offset: String(checkpoint?.offset ?? 0), metadata: checkpointMetadata(checkpoint, this.options.writer, claimer) } as never],
+          },
+        ],
+      }));
+      if (!txn) await own.commit();
+    } catch (err) {
+      if (!txn && own.isActive()) await own.abort().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private producerOrThrow(): Producer {
+    if (!this.producer) throw new Error('kafka sink is not connected');
+    return this.producer;
+  }
+
+  /**
+   * Reads this gateway's latest checkpoint record from the checkpoint topic, where versions
+   * before the checkpoint group wrote it (migration). The partition is shared by many gateways,
+   * so its last stable offset can lag behind while another gateway's transaction is open: a read
+   * that stopped there could miss this gateway's newest checkpoint. So the read first
    * commits a probe record (key `<gateway.id>#probe`, so compaction never replaces a checkpoint
    * with it) into the same partition, then reads with read_committed until the probe is seen:
    * by then every transaction before it has been resolved, and the checkpoint found is the latest.
    */
-  private async readCheckpoint(hint: number | undefined, checking: boolean): Promise<ConnectResult> {
+  private async readLegacyCheckpoint(hint: number | undefined, checking: boolean): Promise<ConnectResult> {
     const { kafka, checkpointTopic, gatewayId } = this.options;
     const partition = this.partitionOf(checkpointTopic, gatewayId);
+    // Nothing was ever written there (a fleet that started with checkpoint groups): nothing to read.
+    if ((await this.checkpointPartitionEnd(partition)) === 0) return { checkpoint: undefined, foreignClaim: false };
     const probeOffset = await this.commitProbe(partition, checking);
 
+    // A fresh group per read: nothing is committed, and a stale member of a killed process can
+    // never delay the join. Deleted after the read (it is empty by then).
+    const groupId = `edgebridge-checkpoint-${gatewayId}-${randomUUID().slice(0, 8)}`;
     const consumer = kafka.consumer({
-      // A fresh group per read: nothing is committed, and a stale member of a killed process
-      // can never delay the join.
-      groupId: `edgebridge-checkpoint-${gatewayId}-${randomUUID().slice(0, 8)}`,
+      groupId,
       readUncommitted: false,
       maxWaitTimeInMs: 100,
       sessionTimeout: 10_000,
@@ -208,10 +342,36 @@ export class KafkaSink implements RecordSink {
       }
     } finally {
       await consumer.disconnect().catch(() => undefined);
+      await this.deleteGroup(groupId);
     }
     // Resuming goes by this log's own latest checkpoint: a twin's, written later, says nothing of
     // what this log has in Kafka (and would make it send its last batch again).
     return { checkpoint: latestOwn ?? latest, foreignClaim };
+  }
+
+  /** The high watermark of this gateway's partition of the checkpoint topic. */
+  private async checkpointPartitionEnd(partition: number): Promise<number> {
+    const admin: Admin = this.options.kafka.admin();
+    await admin.connect();
+    try {
+      const offsets = await admin.fetchTopicOffsets(this.options.checkpointTopic);
+      return Number(offsets.find((p) => p.partition === partition)?.high ?? 0);
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
+  }
+
+  /** Removes an empty consumer group; one that cannot be removed (no Delete ACL) is left to expire. */
+  private async deleteGroup(groupId: string): Promise<void> {
+    const admin: Admin = this.options.kafka.admin();
+    try {
+      await admin.connect();
+      await admin.deleteGroups([groupId]);
+    } catch {
+      // offsets.retention.minutes removes it in time
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
   }
 
   /** Commits the probe record in its own transaction; returns its offset. */
@@ -268,18 +428,6 @@ export class KafkaSink implements RecordSink {
     };
     for (const r of batch.records) add(r.kafkaTopic, toMessage(r, gatewayId));
     if (deadLetterTopic) for (const d of batch.deadLetters) add(deadLetterTopic, toDeadLetterMessage(d.record, d.reason, gatewayId));
-    const checkpointMessage: Message = {
-      key: gatewayId,
-      value: JSON.stringify({
-        logId: checkpoint.logId,
-        writer: this.options.writer,
-        offset: checkpoint.offset,
-        ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
-        records: batch.records.length,
-        at: Date.now(),
-      }),
-      partition: this.partitionOf(checkpointTopic, gatewayId),
-    };
     const txn = await this.producer.transaction();
     let sendingTopic = checkpointTopic;
     try {
@@ -288,9 +436,10 @@ export class KafkaSink implements RecordSink {
         await txn.sendBatch({ acks: -1, compression: this.compression, topicMessages: [{ topic, messages }] });
       }
       sendingTopic = checkpointTopic;
-      const [cp] = await txn.sendBatch({ acks: -1, topicMessages: [{ topic: checkpointTopic, messages: [checkpointMessage] }] });
+      // Sending a checkpoint claims the gateway id.
+      await this.commitOffsets(this.partitionOf(checkpointTopic, gatewayId), txn, checkpoint, this.options.writer);
       await txn.commit();
-      return cp?.baseOffset === undefined ? undefined : Number(cp.baseOffset);
+      return undefined;
     } catch (err) {
       const rejected = rejectionType(err);
       if (txn.isActive()) {
@@ -327,6 +476,56 @@ export class KafkaSink implements RecordSink {
   async close(): Promise<void> {
     await this.reset();
   }
+}
+
+/** The offsets-only group whose committed offset is `gatewayId`'s checkpoint (inside the ACL prefix `edgebridge-checkpoint-<id>-`). */
+export function checkpointGroupOf(gatewayId: string): string {
+  return `edgebridge-checkpoint-${gatewayId}-offsets`;
+}
+
+/** A checkpoint as committed in the checkpoint group, with who wrote it and who last claimed the id. */
+export interface StoredCheckpoint {
+  /** Undefined: a probe committed before this gateway id had any checkpoint. */
+  readonly checkpoint: Checkpoint | undefined;
+  /** The writer (log epoch of a process) that committed this value. */
+  readonly writer: string | undefined;
+  /** The writer whose claim on the gateway id is the latest (a probe that only checks passes the earlier one on). */
+  readonly claimer: string | undefined;
+}
+
+/**
+ * The commit metadata of a checkpoint (the offset itself is the committed offset). Kept well
+ * under the broker's offset.metadata.max.bytes (4096 by default): two ids, the log id, and at
+ * most HISTORY_LENGTH (16) epoch marks, about 1.2 KB at most.
+ */
+export function checkpointMetadata(checkpoint: Checkpoint | undefined, writer: string, claimer: string | undefined): string {
+  return JSON.stringify({
+    v: 2,
+    writer,
+    ...(claimer === undefined ? {} : { claimer }),
+    ...(checkpoint === undefined
+      ? {}
+      : {
+          logId: checkpoint.logId,
+          ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
+        }),
+    at: Date.now(),
+  });
+}
+
+/** A committed checkpoint group offset and its metadata; undefined when the metadata is not ours. */
+export function parseStoredCheckpoint(offset: number, metadata: string | null | undefined): StoredCheckpoint | undefined {
+  if (!metadata) return undefined;
+  let v: { v?: unknown; writer?: unknown; claimer?: unknown; logId?: unknown };
+  try {
+    v = JSON.parse(metadata) as typeof v;
+  } catch {
+    return undefined;
+  }
+  if (v === null || typeof v !== 'object' || v.v !== 2) return undefined;
+  const text = (x: unknown): string | undefined => (typeof x === 'string' ? x : undefined);
+  const checkpoint = typeof v.logId === 'string' ? parseCheckpoint(Buffer.from(JSON.stringify({ ...v, offset }))) : undefined;
+  return { checkpoint, writer: text(v.writer), claimer: text(v.claimer) };
 }
 
 /** The log that wrote a checkpoint or probe record, and whether the record claims the gateway id. */

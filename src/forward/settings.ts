@@ -36,6 +36,8 @@ export interface ForwardSettings {
   readonly batchMaxRecords: number;
   readonly batchMaxBytes: number;
   readonly commitIntervalMs: number;
+  readonly maxCommitDelayMs: number;
+  readonly commitMinRecords: number;
   readonly retry: { readonly initialMs: number; readonly maxMs: number };
   /** The command consumer (config `commands`); undefined: commands are off. */
   readonly commands: CommandConsumerSettings | undefined;
@@ -133,6 +135,8 @@ export function forwarderLimits(s: ForwardSettings) {
     batchMaxRecords: s.batchMaxRecords,
     batchMaxBytes: s.batchMaxBytes,
     commitIntervalMs: s.commitIntervalMs,
+    maxCommitDelayMs: s.maxCommitDelayMs,
+    commitMinRecords: s.commitMinRecords,
     retry: s.retry,
     deadLetter: s.deadLetterTopic !== undefined,
     requiredAcls: requiredAcls(s),

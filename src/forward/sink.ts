@@ -14,7 +14,7 @@ export interface Checkpoint {
   readonly epoch?: string;
   /** How far Kafka has the records of each epoch, newest first, `epoch` included (log/epochs.ts). */
   readonly history?: readonly EpochMark[];
-  /** Offset of the checkpoint record in the checkpoint topic partition. */
+  /** Offset of the checkpoint record in the checkpoint topic partition (checkpoints written as records, before the checkpoint group). */
   readonly kafkaOffset?: number;
 }
 
@@ -40,6 +40,8 @@ export interface ConnectResult {
    * (unless that connect was only checking for a twin). Evidence of a twin gateway.
    */
   readonly foreignClaim: boolean;
+  /** The checkpoint was read from records in the checkpoint topic (an earlier version's), not from the checkpoint group. */
+  readonly legacy?: boolean;
 }
 
 export interface RecordSink {
@@ -52,7 +54,8 @@ export interface RecordSink {
   connect(options: { hint?: number; checking: boolean }): Promise<ConnectResult>;
   /**
    * Writes the batch and the checkpoint in one Kafka transaction. Resolves once committed, with
-   * the checkpoint record's offset; rejects otherwise (the outcome of a failed commit is learned
+   * the checkpoint record's offset when the checkpoint is a record (undefined when it is not);
+   * rejects otherwise (the outcome of a failed commit is learned
    * from the checkpoint on the next connect). A RecordRejectedError means the transaction was
    * aborted because Kafka refuses a record of it for good; the producer stays usable.
    */

@@ -297,7 +297,8 @@ describe('kafka security: SASL_SSL, SCRAM, least-privilege ACLs', () => {
       await expect.poll(() => gateway.status().forwarded, { timeout: 30_000, message: 'forwarding resumes once the ACL is granted' }).toBe(30);
       expect(gateway.status().forwarder).toBe('forwarding');
       expect((await health(gateway)).code).toBe(200);
-      expect(lines.some((l) => l.msg === 'kafka accepts this gateway again: draining the backlog')).toBe(true);
+      // the line comes from the forwarder thread apart from the counters: wait for it
+      await expect.poll(() => lines.some((l) => l.msg === 'kafka accepts this gateway again: draining the backlog'), { timeout: 10_000 }).toBe(true);
       const records = await consumeAll(kafka.brokers, topic, { expected: 30, client: adminClient });
       expect(seqsByDevice(records)).toEqual({ 'dev-y': seqs(1, 30) });
     });

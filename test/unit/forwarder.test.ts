@@ -754,4 +754,77 @@ describe('forwarder after the log lost its tail (a restored backup)', () => {
       close();
     });
   });
+
+});
+
+describe('adaptive commit interval (issue 12)', () => {
+  const tmp = useTmpDirs();
+  const openLog = (dir = tmp()) => {
+    const log = new CommitLog({ dir, synchronous: 'full' });
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    return { log, reader, close: () => (reader.close(), log.close()) };
+  };
+  /**
+   * Appends `perTick` records every `tickMs` for `ticks` ticks (on fake timers, so the run is
+   * exact and instant) and returns how many transactions the forwarder committed and the
+   * longest a record waited between its append and the commit of its transaction.
+   */
+  async function trickle(tuning: Partial<ForwarderOptions>, perTick: number, tickMs: number, ticks: number) {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const { log, reader, close } = openLog();
+    const sink = new MemorySink();
+    const appendedAt = new Map<number, number>();
+    let longestWait = 0;
+    const send = sink.send.bind(sink);
+    sink.send = async (batch, checkpoint) => {
+      const result = await send(batch, checkpoint);
+      for (const r of batch.records) longestWait = Math.max(longestWait, Date.now() - appendedAt.get(r.offset)!);
+      return result;
+    };
+    const fwd = new Forwarder(reader, sink, { ...options, batchMaxRecords: 5000, idlePollMs: 60_000, ...tuning });
+    try {
+      fwd.start();
+      await vi.advanceTimersByTimeAsync(10);
+      let n = 0;
+      for (let t = 0; t < ticks; t++) {
+        const entries = Array.from({ length: perTick }, () => entry(`d${n % 7}`, ++n));
+        const results = log.append(entries) as number[]; // distinct dedup keys: every one an offset
+        for (const offset of results) appendedAt.set(offset, Date.now());
+        const lastOffset = results[results.length - 1]!;
+        fwd.notify(lastOffset);
+        await vi.advanceTimersByTimeAsync(tickMs);
+      }
+      await vi.advanceTimersByTimeAsync(5_000);
+      expect(sink.delivered).toHaveLength(perTick * ticks);
+      expect(offsets(sink.delivered)).toEqual(Array.from({ length: perTick * ticks }, (_, i) => i + 1));
+      return { transactions: sink.checkpointWrites, longestWait };
+    } finally {
+      await fwd.close();
+      close();
+      vi.useRealTimers();
+    }
+  }
+  const adaptive = { commitIntervalMs: 100, maxCommitDelayMs: 1000, commitMinRecords: 100 };
+
+  it('records that trickle (10/s) are committed about once per maxCommitDelayMs, not once each, and none waits longer than that', async () => {
+    const before = await trickle({ commitIntervalMs: 100 }, 1, 100, 100); // earlier versions: commitIntervalMs only
+    const after = await trickle(adaptive, 1, 100, 100);
+    expect(before.transactions).toBeGreaterThanOrEqual(90);
+    expect(after.transactions).toBeLessThanOrEqual(12);
+    expect(after.longestWait).toBeLessThanOrEqual(1000 + 100); // the bound, plus the tick that announced it
+  });
+
+  it('records that flow at rate (1,000/s) are committed every commitIntervalMs, as before', async () => {
+    const { transactions, longestWait } = await trickle(adaptive, 100, 100, 50);
+    expect(transactions).toBeGreaterThanOrEqual(45);
+    expect(transactions).toBeLessThanOrEqual(52);
+    expect(longestWait).toBeLessThanOrEqual(200);
+  });
+
+  it('in between (300/s), a transaction goes as soon as commitMinRecords wait', async () => {
+    const { transactions, longestWait } = await trickle(adaptive, 30, 100, 50); // 1,500 records in 5 s
+    expect(transactions).toBeGreaterThanOrEqual(12);
+    expect(transactions).toBeLessThanOrEqual(17); // about 1,500 / 100 (a tick's 30 may bring it past 100)
+    expect(longestWait).toBeLessThanOrEqual(1000 + 100); // the last few, fewer than commitMinRecords
+  });
 });

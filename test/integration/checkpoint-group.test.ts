@@ -1,0 +1,157 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { checkpointGroupOf } from '../../src/forward/kafka-sink.js';
+import { Gateway } from '../../src/gateway.js';
+import { LogReader } from '../../src/log/log-reader.js';
+import { kafkaBrokers, testConfig, uniqueName } from '../helpers/gateway.js';
+import { consumeAll, testKafka } from '../helpers/kafka.js';
+import { publishAcked, reading, seqs } from '../helpers/publish.js';
+import { useTmpDirs } from '../helpers/tmp.js';
+import { pino } from 'pino';
+
+interface Line {
+  msg?: string;
+  [k: string]: unknown;
+}
+
+/** A gateway in-process whose log lines the test can read. */
+async function start(config: ReturnType<typeof parseConfig>): Promise<{ gw: Gateway; url: string; lines: Line[] }> {
+  const lines: Line[] = [];
+  const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as Line) });
+  const gw = await Gateway.start(config, { logger, statusIntervalMs: 0 });
+  return { gw, url: `mqtt://127.0.0.1:${gw.mqttAddress.port}`, lines };
+}
+
+describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
+  const tmp = useTmpDirs();
+  const brokers = kafkaBrokers();
+  const kafka = testKafka(brokers);
+  const admin = kafka.admin();
+  beforeAll(async () => {
+    await admin.connect();
+  });
+  afterAll(async () => {
+    await admin.disconnect();
+  });
+
+  const endOffsets = async (topic: string): Promise<number> =>
+    (await admin.fetchTopicOffsets(topic)).reduce((sum, p) => sum + Number(p.high), 0);
+  const groupCheckpoint = async (gatewayId: string, topic: string) => {
+    const [t] = await admin.fetchOffsets({ groupId: checkpointGroupOf(gatewayId), topics: [topic] });
+    const p = t!.partitions.find((x) => Number(x.offset) >= 0);
+    return p === undefined ? undefined : { offset: Number(p.offset), metadata: JSON.parse(p.metadata ?? '{}') as { logId?: string; writer?: string } };
+  };
+
+  it('every transaction commits the checkpoint as the group offset: nothing is written to the checkpoint topic, and a restart resumes from it', async () => {
+    const dir = tmp();
+    const topic = uniqueName('iot.cpgroup');
+    const checkpointTopic = uniqueName('cp.group');
+    const gatewayId = uniqueName('gw-cpgroup');
+    const config = parseConfig({ ...testConfig({ dir, topic, gatewayId }), forward: { checkpointTopic, retry: { initialMs: 100, maxMs: 1000 } } });
+    let { gw, url, lines } = await start(config);
+    try {
+      for (const wave of [seqs(1, 20), seqs(21, 40), seqs(41, 60)]) {
+        await publishAcked(url, 'd1', wave.map((s) => reading('d1', 'b1', s)));
+        await expect.poll(() => gw.status().forwardPosition, { timeout: 60_000 }).toBe(wave[wave.length - 1]);
+      }
+      // A backlog forwarded back to back (the forwarder starts its next transaction as soon as
+      // the last commit returns, while Kafka still writes its markers): no transaction fails.
+      const burst = Array.from({ length: 10 }, (_, i) => publishAcked(url, `burst-${i}`, seqs(1, 200).map((s) => reading(`burst-${i}`, 'b1', s))));
+      await Promise.all(burst);
+      await expect.poll(() => gw.status().forwardPosition, { timeout: 60_000 }).toBe(2060);
+      expect(gw.status().transactions).toBeGreaterThanOrEqual(4);
+      expect(gw.status().transactionsFailed).toBe(0);
+      // Nor does a connect (its probe and its claim are two transactions back to back).
+      expect(lines.filter((l) => l.level === 40 || l.level === 50).map((l) => l.msg)).toEqual([]);
+      const cp = await groupCheckpoint(gatewayId, checkpointTopic);
+      expect(cp?.offset).toBe(2060);
+      expect(cp?.metadata.logId).toEqual(expect.any(String));
+      // Checkpoints, probes and claims alike go to the group: the topic stays empty.
+      expect(await endOffsets(checkpointTopic)).toBe(0);
+    } finally {
+      await gw.close();
+    }
+    ({ gw, url, lines } = await start(config));
+    try {
+      await publishAcked(url, 'd1', seqs(61, 70).map((s) => reading('d1', 'b1', s)));
+      await expect.poll(() => gw.status().forwardPosition, { timeout: 60_000 }).toBe(2070);
+      const records = await consumeAll(brokers, topic, { expected: 2070 });
+      expect(records.filter((r) => r.key === 'd1').map((r) => (JSON.parse(r.value.toString()) as { seq: number }).seq)).toEqual(seqs(1, 70));
+      expect(records).toHaveLength(2070);
+      expect((await groupCheckpoint(gatewayId, checkpointTopic))?.offset).toBe(2070);
+      expect(lines.filter((l) => l.level === 40 || l.level === 50).map((l) => l.msg)).toEqual([]);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('migration: a checkpoint an earlier version wrote as a record in the checkpoint topic is read once, and what it covers is not sent again', async () => {
+    const dir = tmp();
+    const topic = uniqueName('iot.cpmigrate');
+    const checkpointTopic = uniqueName('cp.legacy');
+    const gatewayId = uniqueName('gw-cpmigrate');
+    const overrides = { forward: { checkpointTopic, retry: { initialMs: 100, maxMs: 1000 } } };
+    // The earlier version stored 10 readings; Kafka is out of reach (nothing is forwarded yet).
+    const offline = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId, brokers: ['127.0.0.1:1'] }), ...overrides }));
+    try {
+      await publishAcked(offline.url, 'd1', seqs(1, 10).map((s) => reading('d1', 'b1', s)));
+    } finally {
+      await offline.gw.close();
+    }
+    // What the earlier version had committed before it stopped without storing its position (a
+    // crash between Kafka's commit and the local store): readings 1-6 and, in the same
+    // transaction, its checkpoint record (key = gateway id) in the 1-partition checkpoint topic.
+    const reader = new LogReader({ dir, synchronous: 'full' });
+    const { records } = reader.readBatch(0, 100, 10_000_000);
+    const epoch = reader.epochs().at(-1)!; // the epoch of the process that stored them
+    const logId = reader.logId;
+    reader.close();
+    expect(records).toHaveLength(10);
+    const through = records[5]!.offset;
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        { topic: checkpointTopic, numPartitions: 1, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+        { topic, numPartitions: 3 },
+      ],
+    });
+    const producer = kafka.producer({ transactionalId: uniqueName('old-version'), idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const txn = await producer.transaction();
+    await txn.send({ topic, messages: records.slice(0, 6).map((r) => ({ key: r.deviceId, value: r.payload })) });
+    await txn.send({
+      topic: checkpointTopic,
+      messages: [
+        { key: `${gatewayId}#probe`, value: JSON.stringify({ probe: 1, logId, writer: epoch.id, claim: true }) },
+        { key: gatewayId, value: JSON.stringify({ logId, writer: epoch.id, offset: through, epoch: epoch.id, history: [[epoch.id, through]], records: 6, at: 1 }) },
+      ],
+    });
+    await txn.commit();
+    await producer.disconnect();
+    const legacyRecords = await endOffsets(checkpointTopic);
+
+    // This version starts on that log: no checkpoint in the group, so it reads the record once.
+    let { gw, lines } = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId }), ...overrides }));
+    try {
+      await expect.poll(() => gw.status().forwardPosition, { timeout: 60_000 }).toBe(records[9]!.offset);
+      expect(lines.filter((l) => String(l.msg).includes('read the checkpoint from a record in the checkpoint topic'))).toHaveLength(1);
+      expect((await groupCheckpoint(gatewayId, checkpointTopic))?.offset).toBe(records[9]!.offset);
+    } finally {
+      await gw.close();
+    }
+    const consumed = await consumeAll(brokers, topic, { expected: 10 });
+    expect(consumed.map((r) => (JSON.parse(r.value.toString()) as { seq: number }).seq).sort((a, b) => a - b)).toEqual(seqs(1, 10));
+
+    // Migrated: the next start reads the group only (no probe record in the topic, no line).
+    const before = await endOffsets(checkpointTopic);
+    expect(before).toBe(legacyRecords + 1 + 1); // the one migration read's probe record and its commit marker
+    ({ gw, lines } = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId }), ...overrides })));
+    try {
+      await expect.poll(() => gw.status().forwarder, { timeout: 60_000 }).toBe('forwarding');
+      expect(lines.some((l) => String(l.msg).includes('read the checkpoint from a record'))).toBe(false);
+      expect(await endOffsets(checkpointTopic)).toBe(before);
+    } finally {
+      await gw.close();
+    }
+  });
+});
