@@ -449,7 +449,6 @@ export class Forwarder {
    */
   private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number, expired = 0): Promise<void> {
     this.lastCommitAt = this.clock();
-    this.backlogSince = undefined; // records announced from now on are for the next transaction
     const checkpoint = this.checkpointAt(last);
     let kafkaOffset: number | undefined;
     try {
@@ -461,6 +460,9 @@ export class Forwarder {
     }
     // The transaction (records + checkpoint) is committed: only now may the position move.
     this.positionValue = last;
+    // What waits now arrived after this transaction began (it counts from then, see linger());
+    // after a failed one, records keep the time they were first announced.
+    this.backlogSince = undefined;
     if (checkpoint.history) this.history = [...checkpoint.history];
     if (kafkaOffset !== undefined) this.hint = kafkaOffset;
     const delta = zeroCounters();
@@ -753,7 +755,8 @@ export class Forwarder {
       if (backlog === 0 || backlog >= batchMaxRecords) return;
       const now = this.clock();
       const spacing = this.lastCommitAt + commitIntervalMs - now;
-      // Records left over from the last transaction (its batch was full by bytes) count from its start.
+      // Records announced while the last transaction was in flight, or left over from it (its
+      // batch was full by bytes), count from its start.
       const trickle = backlog >= minRecords ? -1 : (this.backlogSince ?? this.lastCommitAt) + maxDelay - now;
       const wait = Math.max(spacing, trickle);
       if (wait <= 0) return;

@@ -234,6 +234,7 @@ export class KafkaSink implements RecordSink {
    */
   private async commitOffsets(partition: number, txn: Transaction | undefined, checkpoint: Checkpoint | undefined, claimer: string | undefined): Promise<void> {
     const own = txn ?? (await this.producerOrThrow().transaction());
+    const metadata = checkpointMetadata(checkpoint, this.options.writer, claimer);
     try {
       // AddOffsetsToTxn is answered CONCURRENT_TRANSACTIONS while the coordinator still writes the
       // markers of the previous transaction (back-to-back commits); the Java client retries it
@@ -243,13 +244,19 @@ export class KafkaSink implements RecordSink {
         topics: [
           {
             topic: this.options.checkpointTopic,
-            partitions: [{ partition, offset: String(checkpoint?.offset ?? 0), metadata: checkpointMetadata(checkpoint, this.options.writer, claimer) } as never],
+            partitions: [{ partition, offset: String(checkpoint?.offset ?? 0), metadata } as never],
           },
         ],
       }));
       if (!txn) await own.commit();
     } catch (err) {
       if (!txn && own.isActive()) await own.abort().catch(() => undefined);
+      if (kafkaErrorTypes(err).includes('OFFSET_METADATA_TOO_LARGE')) {
+        throw new Error(
+          `kafka refuses the checkpoint's ${Buffer.byteLength(metadata)} bytes of commit metadata: the brokers' offset.metadata.max.bytes is set below it; raise it (default 4096)`,
+          { cause: err },
+        );
+      }
       throw err;
     }
   }

@@ -44,8 +44,6 @@ interface Subscriber {
   readonly bytes: Map<string, number>;
   readonly byId: Map<number, string>;
   readonly idOf: Map<string, number>;
-  /** The topic of each queued command (clearing one decides by it, before memory changes). */
-  readonly commandTopics: Map<string, string>;
 }
 
 /**
@@ -543,7 +541,6 @@ export class SessionStore extends MemoryPersistence {
     if (!mine || bytes === undefined) return;
     this.heldBytes -= bytes;
     mine.bytes.delete(key);
-    mine.commandTopics.delete(key);
     const id = mine.idOf.get(key);
     if (id !== undefined && mine.byId.get(id) === key) mine.byId.delete(id);
     mine.idOf.delete(key);
@@ -616,13 +613,12 @@ export class SessionStore extends MemoryPersistence {
     // A command is kept for its device's own sessions only: another subscriber of its topic (a
     // console on devices/+/commands/#) gets it live, as a copy, and nothing waits on its PUBACK.
     if (command && !this.isDevice(clientId, command.deviceId)) return false;
-    const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>(), commandTopics: new Map<string, string>() };
+    const mine = this.queued.get(clientId) ?? { bytes: new Map<string, number>(), byId: new Map<number, string>(), idOf: new Map<string, number>() };
     // Queued already (a command handed again after a restart): one copy.
     if (mine.bytes.has(key)) return false;
     const bytes = sizeOf(packet);
     // Commands are bounded by commands.maxPending instead: one the device's session refused
     // could still be sent to it online, unqueued, and its acknowledgement would then be lost.
-    if (command) mine.commandTopics.set(key, packet.topic);
     if (!command && (mine.bytes.size >= this.limits.maxQueuedMessages || this.heldBytes + bytes > this.limits.maxSessionBytes)) {
       this.counters.queueDropped++;
       return false;

@@ -401,8 +401,9 @@ export class GroupCommit implements AppendSink {
       duplicate =
         key !== undefined &&
         !this.unstored.holds(p.entry.dedup) &&
-        !this.pending.some((q) => q !== p && q.entry.dedup?.key.equals(key)) &&
-        this.log.isDuplicate(p.entry.dedup, this.clock());
+        // the index lookup before the scan of what waits (up to maxQueuedRecords under overload)
+        this.log.isDuplicate(p.entry.dedup, this.clock()) &&
+        !this.pending.some((q) => q !== p && q.entry.dedup?.key.equals(key));
     } catch {
       // the index cannot be read: refused like the rest
     }

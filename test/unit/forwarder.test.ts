@@ -821,6 +821,34 @@ describe('adaptive commit interval (issue 12)', () => {
     expect(longestWait).toBeLessThanOrEqual(200);
   });
 
+  it('a few records kept back by failed transactions go as soon as Kafka takes them again: they have waited already', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const { log, reader, close } = openLog();
+    const sink = new MemorySink();
+    const fwd = new Forwarder(reader, sink, { ...options, ...adaptive, batchMaxRecords: 5000, idlePollMs: 60_000, retry: { initialMs: 50, maxMs: 50 } });
+    try {
+      fwd.start();
+      await vi.advanceTimersByTimeAsync(10);
+      const sendTimes: number[] = [];
+      const send = sink.send.bind(sink);
+      sink.send = (batch, checkpoint) => (sendTimes.push(Date.now()), send(batch, checkpoint));
+      sink.failNext = 10;
+      const results = log.append([entry('d', 1), entry('d', 2), entry('d', 3)]) as number[];
+      fwd.notify(results[2]);
+      // Ten failed attempts, each after a 50 ms backoff (jittered): well under a second.
+      for (let i = 0; i < 200 && sink.delivered.length === 0; i++) await vi.advanceTimersByTimeAsync(10);
+      expect(sink.failNext).toBe(0);
+      expect(sink.delivered).toHaveLength(3);
+      // Sent again one backoff after the last failure, not held for another maxCommitDelayMs.
+      const [lastFailed, delivered] = sendTimes.slice(-2);
+      expect(delivered! - lastFailed!).toBeLessThan(200);
+    } finally {
+      await fwd.close();
+      close();
+      vi.useRealTimers();
+    }
+  });
+
   it('in between (300/s), a transaction goes as soon as commitMinRecords wait', async () => {
     const { transactions, longestWait } = await trickle(adaptive, 30, 100, 50); // 1,500 records in 5 s
     expect(transactions).toBeGreaterThanOrEqual(12);
