@@ -31,6 +31,11 @@ export class FaultKafka {
     return [`127.0.0.1:${this.port}`];
   }
 
+  /** Started (and neither stopped nor killed since). */
+  get started(): boolean {
+    return this.running !== undefined;
+  }
+
   async start(): Promise<void> {
     this.running = (await startKafka({
       dataDir: this.dataDir,
@@ -51,8 +56,9 @@ export class FaultKafka {
     this.running = undefined;
   }
 
+  /** The end of the suite: its data is deleted, so no clean shutdown is waited for. */
   async destroy(): Promise<void> {
-    await this.stop();
+    await this.kill();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }

@@ -26,7 +26,8 @@ describe('broker failover: a 3-node Kafka cluster loses brokers under load', () 
     cluster = (await startKafkaCluster({ baseDir, size: 3 })) as Cluster;
   });
   afterAll(async () => {
-    await cluster?.stop();
+    // Its data is deleted next: SIGKILL, no clean shutdown waited for.
+    if (cluster) await Promise.all(cluster.nodeIds.map((id) => cluster.kill(id)));
     rmSync(baseDir, { recursive: true, force: true });
   });
 
@@ -65,9 +66,13 @@ describe('broker failover: a 3-node Kafka cluster loses brokers under load', () 
       expect(result.acked).toBe(result.published);
       // Judged by Kafka's own Java consumer (read_committed), independent of the kafkajs code
       // the gateway produces with; kafkajs's consumer view is reported beside it.
-      const records = await consumeWithJava(cluster.brokers, topic);
+      // The two readers are independent: they read at the same time.
+      const [records, kafkajsRecords] = await Promise.all([
+        consumeWithJava(cluster.brokers, topic),
+        consumeAll(cluster.brokers, topic, { expected: result.acked, timeoutMs: 120_000 }),
+      ]);
       const report = verifyExactlyOnce(records, result);
-      const kafkajsView = verifyExactlyOnce(await consumeAll(cluster.brokers, topic, { expected: result.acked, timeoutMs: 120_000 }), result);
+      const kafkajsView = verifyExactlyOnce(kafkajsRecords, result);
       if (kafkajsView.duplicates > 0 || kafkajsView.ackedMissing > 0) console.info(`broker-failover: kafkajs consumer view differs: ${JSON.stringify(kafkajsView)}`);
       expectExactlyOnce(report);
       expect(records).toHaveLength(result.published);
@@ -75,5 +80,8 @@ describe('broker failover: a 3-node Kafka cluster loses brokers under load', () 
     } finally {
       await gw.close();
     }
-  });
+    // Each phase waits with a deadline of its own (the first forward, forwarding with each broker
+    // down, each restart, the drain, the reads); the suite's 120 s for a whole test is too short
+    // for their sum on a loaded machine (109 s seen with nothing else of this run beside it).
+  }, 300_000);
 });

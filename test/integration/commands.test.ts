@@ -117,6 +117,20 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
     }
   }
 
+  /** Waits until the gateway's command consumer has joined its group (a member, the group stable). */
+  async function untilConsuming(groupId: string): Promise<void> {
+    const admin = testKafka(kafkaBrokers()).admin();
+    await admin.connect();
+    try {
+      await until(`the command consumer in group ${groupId}`, async () => {
+        const { groups } = await admin.describeGroups([groupId]);
+        return groups[0]?.state === 'Stable' && groups[0].members.length > 0;
+      });
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
   it('a command reaches a connected device on its topic, and its ack record is in Kafka once, with the correlation id', async () => {
     const n = names();
     const dir = tmp();
@@ -267,10 +281,17 @@ describe('commands: Kafka -> device -> ack record in Kafka', () => {
     const n = names();
     const dir = tmp();
     await createTopic(n.commands, 1);
-    gw = await spawnGateway(config(dir, n, { ttl: '2s' }), dir);
+    // The ttl is a deadline for reading and delivering the fresh commands below: 2 s was missed
+    // on a loaded machine (load average 40); the late one takes that long to expire.
+    const cfg = config(dir, n, { ttl: '6s' });
+    gw = await spawnGateway(cfg, dir);
     const port = await adminPort(gw);
     const sleeper = await device(gw.url, 'sensor-3');
     await sleeper.client.endAsync();
+    // A command counts as expired when it is read more than the ttl after it was written: the
+    // gateway's consumer must be in its group before they are written, or a slow join (a loaded
+    // machine) expires all three (seen: expired 3, notServed 0).
+    await untilConsuming(`edgebridge-commands-${cfg.gateway.id}`);
 
     // One expires in the device's session queue, one was expired before it was read; one is for
     // a device that never connected here.

@@ -93,7 +93,9 @@ describe('crash recovery: the gateway SIGKILLed again and again', () => {
       gw.child.kill('SIGTERM');
       await gw.exited;
     }
-  });
+    // Ten restarts, each waited for with a deadline of its own: 81 s in a serial run at load
+    // average 10-15, over the suite's 120 s per test in a two-worker run at load 30-40.
+  }, 300_000);
 
   it('the forwarder thread dying is survived: a new one resumes from the checkpoint, exactly once', async () => {
     const topic = uniqueName('iot.workercrash');

@@ -120,7 +120,7 @@ describe('kafka security: SASL_SSL, SCRAM, least-privilege ACLs', () => {
 
   afterAll(async () => {
     await admin?.disconnect();
-    await kafka?.stop(5000);
+    await kafka?.stop(0); // SIGKILL: its data is deleted next
     if (baseDir) rmSync(baseDir, { recursive: true, force: true });
   });
 
