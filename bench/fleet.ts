@@ -1,4 +1,4 @@
-// npm run bench:fleet [-- --brokers=h:p,...] [--seconds=12] [--rates=1,10,100,1000] [--gateways=20]
+// npm run bench:fleet [-- --brokers=h:p,...] [--seconds=10] [--rates=1,10,100,1000] [--gateways=20]
 //                     [--outages=30,120] [--legacy-records=114000] [--legacy-per-txn=10]
 //                     [--only=tx,outage,legacy,cost] [--quick]
 //
@@ -61,7 +61,7 @@ function parseArgs(argv: string[]): Args {
   const a: Args = {
     brokers: undefined,
     clusterDir: undefined,
-    seconds: 12,
+    seconds: 10,
     rates: [1, 10, 100, 1000],
     gateways: 20,
     outages: [30, 120],
@@ -93,7 +93,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--only') a.only = new Set(v.split(','));
     else if (k === '--quick') ((a.seconds = 5), (a.rates = [1, 100]), (a.outages = [5, 10]), (a.legacyRecords = 5000), (a.legacySample = 200), (legacySet = true));
     else if (k === '--help' || k === '-h') {
-      process.stdout.write('usage: npm run bench:fleet [-- --brokers=h:p,...] [--seconds=12] [--rates=1,10,100,1000] [--gateways=20] [--outages=30,120] [--outage-rate=100] [--legacy-records=N] [--legacy-per-txn=10] [--only=tx,outage,legacy,cost] [--out=latest] [--quick]\n');
+      process.stdout.write('usage: npm run bench:fleet [-- --brokers=h:p,...] [--seconds=10] [--rates=1,10,100,1000] [--gateways=20] [--outages=30,120] [--outage-rate=100] [--legacy-records=N] [--legacy-per-txn=10] [--only=tx,outage,legacy,cost] [--out=latest] [--quick]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${arg}`);
   }
@@ -436,10 +436,16 @@ interface TxRow {
 
 async function measureTx(args: Args, brokers: string[]): Promise<TxRow[]> {
   const rows: TxRow[] = [];
-  for (const mode of ['adaptive', 'old'] as const) {
-    const gws = await startFleet(args.gateways, brokers, `fleet-${mode}`, mode === 'adaptive' ? 1000 : 100);
-    try {
-      for (const rate of args.rates) {
+  // Both fleets up at once, driven in turn at each rate (adaptive, then old, then the next rate):
+  // the machine's load drifts, and back-to-back pairs compare under about the same load.
+  const fleets = {
+    adaptive: await startFleet(args.gateways, brokers, 'fleet-adaptive', 1000),
+    old: await startFleet(args.gateways, brokers, 'fleet-old', 100),
+  };
+  try {
+    for (const rate of args.rates) {
+      for (const mode of ['adaptive', 'old'] as const) {
+        const gws = fleets[mode];
         log(`tx: ${mode}, ${rate} msg/s per gateway x ${gws.length}`);
         const d = drive(gws, () => rate);
         await delay(3000); // warm up
@@ -486,9 +492,9 @@ async function measureTx(args: Args, brokers: string[]): Promise<TxRow[]> {
         log(`   ${JSON.stringify(row)}`);
         rows.push(row);
       }
-    } finally {
-      await Promise.all(gws.map((g) => g.close()));
     }
+  } finally {
+    await Promise.all([...fleets.adaptive, ...fleets.old].map((g) => g.close()));
   }
   return rows;
 }
@@ -894,7 +900,7 @@ async function measureCost(args: Args, brokers: string[], dataDirs: string[] | u
 
 function markdown(report: Record<string, unknown> & { tx?: TxRow[]; outage?: OutageRow[]; legacy?: LegacyResult; cost?: CostResult }): string {
   const out: string[] = [];
-  out.push(`# Fleet measurements (issue 12)`, '', `${String(report.when)}; ${String(report.machine)}; Kafka: ${String(report.kafka)}. One process runs every simulated gateway (real CommitLog, LogReader, KafkaSink, Forwarder each). Noisy shared machine: read the figures as orders of magnitude.`, '');
+  out.push(`# Fleet measurements (issue 12)`, '', `${String(report.when)}; ${String(report.machine)}; Kafka: ${String(report.kafka)}; brokers idle: ${String(report.idleBrokerCores ?? '?')} cores. One process runs every simulated gateway (real CommitLog, LogReader, KafkaSink, Forwarder each). Noisy shared machine: read the figures as orders of magnitude.`, '');
   if (report.tx) {
     out.push('## Transactions per gateway vs ingest rate', '', '| commit interval | msg/s per gateway | gateways | records/s per gw | tx/s per gw | records/tx | latency median ms | p99 ms | tx median ms | requests/tx | CPU cores bench / brokers | load | upstream B/record | Produce B/record | failed tx |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const r of report.tx)
@@ -969,6 +975,13 @@ async function main(): Promise<void> {
       args: { ...args, only: [...args.only] },
     };
     brokerPids = findBrokerPids(baseDir);
+    if (brokerPids.length > 0) {
+      // what the brokers use with no client at all: subtract it from a phase's broker CPU
+      const idle0 = cpuNow();
+      await delay(10_000);
+      report.idleBrokerCores = coresSince(idle0, 10).brokers;
+      log(`brokers idle: ${String(report.idleBrokerCores)} cores`);
+    }
     if (args.only.has('tx')) report.tx = await measureTx(args, brokers);
     if (args.only.has('outage')) report.outage = await measureOutage(args, brokers);
     if (args.only.has('legacy')) report.legacy = await measureLegacy(args, brokers, dataDirs);
