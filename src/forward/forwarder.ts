@@ -7,6 +7,7 @@ import type { LogBatch } from '../log/log-reader.js';
 import { backoffDelay } from './backoff.js';
 import { kafkaHistory, resumePosition, type ResumeDecision } from './resume.js';
 import {
+  CHECKPOINT_IN_GROUP,
   RecordRejectedError,
   authenticationFailure,
   authorizationFailure,
@@ -267,7 +268,11 @@ export class Forwarder {
    */
   async connect(): Promise<boolean> {
     const hint = this.hint ?? this.fromLog(() => this.source.checkpointHint());
-    const { checkpoint, foreignClaim, legacy } = await this.sink.connect({ ...(hint > 0 ? { hint } : {}), checking: this.suspectTwin });
+    const { checkpoint, foreignClaim, legacy, groupLost } = await this.sink.connect({
+      ...(hint > 0 ? { hint } : {}),
+      checking: this.suspectTwin,
+      migrated: hint === CHECKPOINT_IN_GROUP,
+    });
     // Evidence of a twin: since this gateway last wrote under its id, another one claimed it.
     // Only the order counts (not whose checkpoint is latest): of two twins checking on each
     // other, the one whose claim came last finds none after its own and goes on.
@@ -282,6 +287,12 @@ export class Forwarder {
     this.knownEnd = Math.max(this.knownEnd, end);
     const decision = resumePosition(checkpoint, { logId: this.source.logId, position: stored, epochs, end });
     this.explain(decision, checkpoint, stored, end);
+    if (groupLost) {
+      this.options.logger.warn(
+        { position: decision.position, code: 'EB_ERR_CHECKPOINT_GROUP_EMPTY' },
+        "the gateway's checkpoint group has no offset in Kafka (it expired after the brokers' offsets.retention.minutes, or the group or the checkpoint topic was deleted): resuming from the local position; a transaction in doubt when the checkpoint was lost may reach Kafka twice",
+      );
+    }
     if (legacy) {
       this.options.logger.info(
         { checkpoint: checkpoint?.offset, checkpointRecord: checkpoint?.kafkaOffset },
@@ -449,6 +460,7 @@ export class Forwarder {
    */
   private async commit(batch: ForwardBatch, last: number, dropsRefused = false, readAt?: number, expired = 0): Promise<void> {
     this.lastCommitAt = this.clock();
+    const announcedAtStart = this.knownEnd;
     const checkpoint = this.checkpointAt(last);
     let kafkaOffset: number | undefined;
     try {
@@ -460,9 +472,11 @@ export class Forwarder {
     }
     // The transaction (records + checkpoint) is committed: only now may the position move.
     this.positionValue = last;
-    // What waits now arrived after this transaction began (it counts from then, see linger());
-    // after a failed one, records keep the time they were first announced.
-    this.backlogSince = undefined;
+    // Records announced while it was in flight count from its start (linger()); records it left
+    // out (its batch was full by bytes, or cut down to isolate a refused record) keep the time
+    // they were first announced, as they do after a failed transaction.
+    if (last >= announcedAtStart) this.backlogSince = undefined;
+    else this.backlogSince ??= this.lastCommitAt;
     if (checkpoint.history) this.history = [...checkpoint.history];
     if (kafkaOffset !== undefined) this.hint = kafkaOffset;
     const delta = zeroCounters();
@@ -754,9 +768,11 @@ export class Forwarder {
       const backlog = this.backlog;
       if (backlog === 0 || backlog >= batchMaxRecords) return;
       const now = this.clock();
+      // A wall clock set back must not hold records back by as much.
+      if (this.lastCommitAt > now) this.lastCommitAt = now;
+      if (this.backlogSince !== undefined && this.backlogSince > now) this.backlogSince = now;
       const spacing = this.lastCommitAt + commitIntervalMs - now;
-      // Records announced while the last transaction was in flight, or left over from it (its
-      // batch was full by bytes), count from its start.
+      // Records announced while the last transaction was in flight count from its start.
       const trickle = backlog >= minRecords ? -1 : (this.backlogSince ?? this.lastCommitAt) + maxDelay - now;
       const wait = Math.max(spacing, trickle);
       if (wait <= 0) return;

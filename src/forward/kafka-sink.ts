@@ -9,6 +9,7 @@ import {
   authorizationFailure,
   kafkaErrorTypes,
   rejectionType,
+  CHECKPOINT_IN_GROUP,
   type Checkpoint,
   type ConnectResult,
   type ForwardBatch,
@@ -116,7 +117,7 @@ export class KafkaSink implements RecordSink {
     this.checkpointGroup = checkpointGroupOf(options.gatewayId);
   }
 
-  async connect({ hint, checking }: { hint?: number; checking: boolean }): Promise<ConnectResult> {
+  async connect({ hint, checking, migrated = false }: { hint?: number; checking: boolean; migrated?: boolean }): Promise<ConnectResult> {
     this.compression ??= await useCompression(this.options.compression ?? 'none');
     if (!this.topicsReady) {
       const internal = [this.options.checkpointTopic, ...(this.options.deadLetterTopic ? [this.options.deadLetterTopic] : [])];
@@ -144,7 +145,7 @@ export class KafkaSink implements RecordSink {
       }
       this.producer = producer;
     }
-    return this.readCheckpoint(hint, checking);
+    return this.readCheckpoint(hint, checking, migrated);
   }
 
   /** Creates the missing ones of `topics` and learns the partitions of all of them. */
@@ -188,40 +189,71 @@ export class KafkaSink implements RecordSink {
   /**
    * Reads this gateway's latest committed checkpoint: one OffsetFetch of its checkpoint group.
    * The fence before it (InitProducerId) has resolved this gateway's own open transaction, so
-   * the value read is final. Then commits a probe carrying the same checkpoint: it says which
-   * writer fenced, and that it claims the gateway id (unless it only checks for a twin), so a
-   * twin that is still forwarding sees the claim at once (see Forwarder.connect).
+   * the value read is final (on Kafka 4.0 and later: KAFKA-17507). Then commits a probe carrying
+   * the same checkpoint: it says which writer fenced, and that it claims the gateway id (unless it
+   * only checks for a twin), so a twin that is still forwarding sees the claim at once (see
+   * Forwarder.connect).
    */
-  private async readCheckpoint(hint: number | undefined, checking: boolean): Promise<ConnectResult> {
-    const partition = this.partitionOf(this.options.checkpointTopic, this.options.gatewayId);
-    const stored = await this.fetchCheckpoint(partition);
-    let found: ConnectResult & { claimer?: string | undefined };
+  private async readCheckpoint(hint: number | undefined, checking: boolean, migrated: boolean): Promise<ConnectResult> {
+    const stored = await this.fetchCheckpoint();
+    const mine = (c: Checkpoint | undefined): boolean => c?.logId === this.options.logId;
+    let latest: Checkpoint | undefined;
+    let prior: Checkpoint | undefined;
+    let foreignClaim = false;
+    let claimer: string | undefined;
+    let source: 'group' | 'legacy' | 'lost' = 'group';
     if (stored !== undefined) {
       const me = this.options.writer;
       // A claim by another writer since this one last wrote under the id: the value was written
       // by someone else, and the last claim in it is not ours.
-      const foreignClaim = stored.writer !== me && stored.claimer !== undefined && stored.claimer !== me;
-      found = { checkpoint: stored.checkpoint, foreignClaim, claimer: stored.claimer };
+      foreignClaim = stored.writer !== me && stored.claimer !== undefined && stored.claimer !== me;
+      ({ checkpoint: latest, prior, claimer } = stored);
+    } else if (migrated) {
+      // This log's checkpoints were in the group: it expired or was deleted. The checkpoint
+      // records of the earlier version are older than what the group had: not read again.
+      source = 'lost';
     } else {
       // None in the group: a new gateway, or one whose checkpoints are still records in the
       // checkpoint topic (written before this version). Read those once; from the first commit
       // on, the group has the checkpoint.
       const legacy = await this.readLegacyCheckpoint(hint, checking);
-      found = { ...legacy, claimer: undefined, ...(legacy.checkpoint === undefined ? {} : { legacy: true }) };
+      latest = legacy.checkpoint;
+      foreignClaim = legacy.foreignClaim;
+      if (latest !== undefined) source = 'legacy';
     }
-    await whileCoordinatorMoves(() => this.commitOffsets(partition, undefined, found.checkpoint, checking ? found.claimer : this.options.writer));
-    return { checkpoint: found.checkpoint, foreignClaim: found.foreignClaim, ...(found.legacy ? { legacy: true } : {}) };
+    // The group holds one value: the latest checkpoint of the latest log to write under this id,
+    // with the latest one of the log before it. Of twins (two logs), each finds its own there.
+    this.otherLog = mine(latest) ? prior : latest;
+    await this.commitOffsets(undefined, latest, checking ? claimer : this.options.writer, prior);
+    const own = mine(latest) ? latest : mine(prior) ? prior : undefined;
+    return {
+      // Resuming goes by this log's own latest checkpoint: a twin's, written later, says nothing
+      // of what this log has in Kafka (and would make it send its last batch again).
+      checkpoint: own ?? latest,
+      foreignClaim,
+      ...(source === 'legacy' ? { legacy: true } : {}),
+      ...(source === 'lost' ? { groupLost: true } : {}),
+    };
   }
 
+  /** The latest checkpoint of another log under this gateway id (a twin's), carried in each commit; see readCheckpoint. */
+  private otherLog: Checkpoint | undefined;
+
   /** The checkpoint committed for this gateway's group; undefined when the group has none. */
-  private async fetchCheckpoint(partition: number): Promise<StoredCheckpoint | undefined> {
+  private async fetchCheckpoint(): Promise<StoredCheckpoint | undefined> {
     const admin: Admin = this.options.kafka.admin();
     await admin.connect();
     try {
       const [topic] = await whileCoordinatorMoves(() => admin.fetchOffsets({ groupId: this.checkpointGroup, topics: [this.options.checkpointTopic] }));
-      const entry = topic?.partitions.find((p) => p.partition === partition);
+      const entry = topic?.partitions.find((p) => p.partition === CHECKPOINT_PARTITION);
       if (!entry || Number(entry.offset) < 0) return undefined;
-      return parseStoredCheckpoint(Number(entry.offset), entry.metadata);
+      const stored = parseStoredCheckpoint(Number(entry.offset), entry.metadata);
+      if (stored === 'newer') {
+        throw new Error(
+          `the checkpoint in group ${this.checkpointGroup} was written by a newer edgebridge version: this one cannot read it and will not overwrite it (run the newer version)`,
+        );
+      }
+      return stored;
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
@@ -230,11 +262,11 @@ export class KafkaSink implements RecordSink {
   /**
    * Commits `checkpoint` as this gateway's group offset, in `txn` (with a batch) or in a
    * transaction of its own (a probe). `claimer`: the writer whose claim on the gateway id the
-   * value carries.
+   * value carries; `prior`: the latest checkpoint of another log, carried along.
    */
-  private async commitOffsets(partition: number, txn: Transaction | undefined, checkpoint: Checkpoint | undefined, claimer: string | undefined): Promise<void> {
+  private async commitOffsets(txn: Transaction | undefined, checkpoint: Checkpoint | undefined, claimer: string | undefined, prior: Checkpoint | undefined): Promise<void> {
     const own = txn ?? (await this.producerOrThrow().transaction());
-    const metadata = checkpointMetadata(checkpoint, this.options.writer, claimer);
+    const metadata = checkpointMetadata(checkpoint, this.options.writer, claimer, prior);
     try {
       // AddOffsetsToTxn is answered CONCURRENT_TRANSACTIONS while the coordinator still writes the
       // markers of the previous transaction (back-to-back commits); the Java client retries it
@@ -244,7 +276,7 @@ export class KafkaSink implements RecordSink {
         topics: [
           {
             topic: this.options.checkpointTopic,
-            partitions: [{ partition, offset: String(checkpoint?.offset ?? 0), metadata } as never],
+            partitions: [{ partition: CHECKPOINT_PARTITION, offset: String(checkpoint?.offset ?? 0), metadata } as never],
           },
         ],
       }));
@@ -444,9 +476,9 @@ export class KafkaSink implements RecordSink {
       }
       sendingTopic = checkpointTopic;
       // Sending a checkpoint claims the gateway id.
-      await this.commitOffsets(this.partitionOf(checkpointTopic, gatewayId), txn, checkpoint, this.options.writer);
+      await this.commitOffsets(txn, checkpoint, this.options.writer, this.otherLog);
       await txn.commit();
-      return undefined;
+      return CHECKPOINT_IN_GROUP;
     } catch (err) {
       const rejected = rejectionType(err);
       if (txn.isActive()) {
@@ -498,6 +530,8 @@ export interface StoredCheckpoint {
   readonly writer: string | undefined;
   /** The writer whose claim on the gateway id is the latest (a probe that only checks passes the earlier one on). */
   readonly claimer: string | undefined;
+  /** The latest checkpoint of the log that wrote under this id before `checkpoint`'s (twins). */
+  readonly prior?: Checkpoint;
 }
 
 /**
@@ -505,34 +539,48 @@ export interface StoredCheckpoint {
  * under the broker's offset.metadata.max.bytes (4096 by default): two ids, the log id, and at
  * most HISTORY_LENGTH (16) epoch marks, about 1.2 KB at most.
  */
-export function checkpointMetadata(checkpoint: Checkpoint | undefined, writer: string, claimer: string | undefined): string {
+export function checkpointMetadata(checkpoint: Checkpoint | undefined, writer: string, claimer: string | undefined, prior?: Checkpoint): string {
   return JSON.stringify({
-    v: 2,
+    v: METADATA_VERSION,
     writer,
     ...(claimer === undefined ? {} : { claimer }),
-    ...(checkpoint === undefined
-      ? {}
-      : {
-          logId: checkpoint.logId,
-          ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
-        }),
+    ...(checkpoint === undefined ? {} : checkpointFields(checkpoint)),
+    ...(prior === undefined ? {} : { prior: { offset: prior.offset, ...checkpointFields(prior) } }),
     at: Date.now(),
   });
 }
 
-/** A committed checkpoint group offset and its metadata; undefined when the metadata is not ours. */
-export function parseStoredCheckpoint(offset: number, metadata: string | null | undefined): StoredCheckpoint | undefined {
+function checkpointFields(checkpoint: Checkpoint): Record<string, unknown> {
+  return {
+    logId: checkpoint.logId,
+    ...(checkpoint.epoch === undefined ? {} : { epoch: checkpoint.epoch, history: (checkpoint.history ?? []).map((m) => [m.epoch, m.through]) }),
+  };
+}
+
+const METADATA_VERSION = 2;
+
+/** The checkpoint topic's partition the group commits against (the group id alone places it in __consumer_offsets). */
+const CHECKPOINT_PARTITION = 0;
+
+/**
+ * A committed checkpoint group offset and its metadata; undefined when the metadata is not
+ * ours, 'newer' when a later version wrote it (it must not be overwritten).
+ */
+export function parseStoredCheckpoint(offset: number, metadata: string | null | undefined): StoredCheckpoint | 'newer' | undefined {
   if (!metadata) return undefined;
-  let v: { v?: unknown; writer?: unknown; claimer?: unknown; logId?: unknown };
+  let v: { v?: unknown; writer?: unknown; claimer?: unknown; logId?: unknown; prior?: unknown };
   try {
     v = JSON.parse(metadata) as typeof v;
   } catch {
     return undefined;
   }
-  if (v === null || typeof v !== 'object' || v.v !== 2) return undefined;
+  if (v === null || typeof v !== 'object' || typeof v.v !== 'number') return undefined;
+  if (v.v > METADATA_VERSION) return 'newer';
+  if (v.v !== METADATA_VERSION) return undefined;
   const text = (x: unknown): string | undefined => (typeof x === 'string' ? x : undefined);
   const checkpoint = typeof v.logId === 'string' ? parseCheckpoint(Buffer.from(JSON.stringify({ ...v, offset }))) : undefined;
-  return { checkpoint, writer: text(v.writer), claimer: text(v.claimer) };
+  const prior = v.prior !== null && typeof v.prior === 'object' ? parseCheckpoint(Buffer.from(JSON.stringify(v.prior))) : undefined;
+  return { checkpoint, writer: text(v.writer), claimer: text(v.claimer), ...(prior === undefined ? {} : { prior }) };
 }
 
 /** The log that wrote a checkpoint or probe record, and whether the record claims the gateway id. */

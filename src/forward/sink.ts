@@ -42,20 +42,28 @@ export interface ConnectResult {
   readonly foreignClaim: boolean;
   /** The checkpoint was read from records in the checkpoint topic (an earlier version's), not from the checkpoint group. */
   readonly legacy?: boolean;
+  /** `migrated` was set, yet the checkpoint group had no offset (expired, or deleted). */
+  readonly groupLost?: boolean;
 }
+
+/** What `send` resolves with when the checkpoint went to the checkpoint group (no record): stored as the hint, it marks the log migrated. */
+export const CHECKPOINT_IN_GROUP = -1;
 
 export interface RecordSink {
   /**
    * Connects, fences any earlier producer with this gateway's transactional id (aborting its open
    * transaction), makes sure the topics exist, and reads this gateway's checkpoint partition.
    * `hint` is where a recent checkpoint record was, to read from there. `checking`: this connect
-   * only checks for a twin (after a fence), and its probe claims nothing.
+   * only checks for a twin (after a fence), and its probe claims nothing. `migrated`: this log's
+   * checkpoints have been in the checkpoint group already (CHECKPOINT_IN_GROUP was stored as
+   * the hint): a group without an offset then means it expired or was deleted, and checkpoint
+   * records (an earlier version's) are not read again.
    */
-  connect(options: { hint?: number; checking: boolean }): Promise<ConnectResult>;
+  connect(options: { hint?: number; checking: boolean; migrated?: boolean }): Promise<ConnectResult>;
   /**
    * Writes the batch and the checkpoint in one Kafka transaction. Resolves once committed, with
-   * the checkpoint record's offset when the checkpoint is a record (undefined when it is not);
-   * rejects otherwise (the outcome of a failed commit is learned
+   * the checkpoint record's offset when the checkpoint is a record (CHECKPOINT_IN_GROUP when it
+   * went to the checkpoint group); rejects otherwise (the outcome of a failed commit is learned
    * from the checkpoint on the next connect). A RecordRejectedError means the transaction was
    * aborted because Kafka refuses a record of it for good; the producer stays usable.
    */

@@ -8,6 +8,11 @@ import { consumeAll, testKafka } from '../helpers/kafka.js';
 import { publishAcked, reading, seqs } from '../helpers/publish.js';
 import { useTmpDirs } from '../helpers/tmp.js';
 import { pino } from 'pino';
+import { Forwarder, type StepOutcome } from '../../src/forward/forwarder.js';
+import { KafkaSink } from '../../src/forward/kafka-sink.js';
+import type { Checkpoint, ForwardBatch, RecordSink } from '../../src/forward/sink.js';
+import { CommitLog } from '../../src/log/commit-log.js';
+import { entry } from '../helpers/entries.js';
 
 interface Line {
   msg?: string;
@@ -83,6 +88,23 @@ describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
     } finally {
       await gw.close();
     }
+    // The group deleted (or expired after offsets.retention.minutes): one clear warning, the
+    // local position, nothing sent again, and the group has the checkpoint again.
+    await admin.deleteGroups([checkpointGroupOf(gatewayId)]);
+    expect(await groupCheckpoint(gatewayId, checkpointTopic)).toBeUndefined();
+    ({ gw, url, lines } = await start(config));
+    try {
+      await publishAcked(url, 'd1', seqs(71, 75).map((s) => reading('d1', 'b1', s)));
+      await expect.poll(() => gw.status().forwardPosition, { timeout: 60_000 }).toBe(2075);
+      const warnings = lines.filter((l) => l.level === 40 || l.level === 50);
+      expect(warnings.map((l) => l.code)).toEqual(['EB_ERR_CHECKPOINT_GROUP_EMPTY']);
+      expect(lines.some((l) => String(l.msg).includes('read the checkpoint from a record'))).toBe(false);
+      expect((await groupCheckpoint(gatewayId, checkpointTopic))?.offset).toBe(2075);
+      const records = await consumeAll(brokers, topic, { expected: 2075 });
+      expect(records).toHaveLength(2075);
+    } finally {
+      await gw.close();
+    }
   });
 
   it('migration: a checkpoint an earlier version wrote as a record in the checkpoint topic is read once, and what it covers is not sent again', async () => {
@@ -152,6 +174,66 @@ describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
       expect(await endOffsets(checkpointTopic)).toBe(before);
     } finally {
       await gw.close();
+    }
+  });
+
+  it("twins (two logs, one gateway.id): a batch committed just before the twin's checkpoint, its response lost, is not sent again", async () => {
+    // The group holds one value, the latest log's checkpoint: it carries the other log's latest
+    // along, so each twin still finds its own (review of d9a04b2: a:2 reached Kafka twice).
+    const topic = uniqueName('iot.cptwin');
+    const gatewayId = uniqueName('gw-cptwin');
+    const checkpointTopic = uniqueName('cp.twin');
+    /** The real sink; `loseAckNext`: the next send with records commits in Kafka, and its response is lost. */
+    class LossySink implements RecordSink {
+      loseAckNext = false;
+      constructor(readonly inner: KafkaSink) {}
+      connect(o: { hint?: number; checking: boolean; migrated?: boolean }) {
+        return this.inner.connect(o);
+      }
+      async send(batch: ForwardBatch, checkpoint: Checkpoint) {
+        const result = await this.inner.send(batch, checkpoint);
+        if (this.loseAckNext && batch.records.length > 0) {
+          this.loseAckNext = false;
+          throw new Error('request timed out (the commit response was lost)');
+        }
+        return result;
+      }
+      reset() {
+        return this.inner.reset();
+      }
+      close() {
+        return this.inner.close();
+      }
+    }
+    const gateway = () => {
+      const dir = tmp();
+      const log = new CommitLog({ dir, synchronous: 'full' });
+      const reader = new LogReader({ dir, synchronous: 'full' });
+      const sink = new LossySink(
+        new KafkaSink({ kafka, gatewayId, logId: log.logId, writer: log.epoch.id, topics: [topic], checkpointTopic, topicDefaults: { partitions: 1, replicationFactor: 1 }, transactionTimeoutMs: 30_000 }),
+      );
+      const fwd = new Forwarder(reader, sink, { batchMaxRecords: 100, batchMaxBytes: 1_000_000, commitIntervalMs: 0, retry: { initialMs: 5, maxMs: 20 }, logger: pino({ level: 'silent' }), deadLetter: false });
+      return { log, sink, fwd, close: async () => (await fwd.close(), reader.close(), log.close()) };
+    };
+    const on = (e: ReturnType<typeof entry>) => ({ ...e, kafkaTopic: topic });
+    const older = gateway();
+    const newer = gateway();
+    try {
+      older.log.append([on(entry('a', 1))]);
+      expect(await older.fwd.step()).toEqual({ kind: 'forwarded', records: 1 });
+      older.log.append([on(entry('a', 2))]);
+      older.sink.loseAckNext = true;
+      expect((await older.fwd.step()).kind).toBe('retry'); // a:2 is in Kafka; the older one does not know
+      newer.log.append([on(entry('b', 1))]);
+      expect(await newer.fwd.step()).toEqual({ kind: 'forwarded', records: 1 }); // the twin's checkpoint is the latest now
+      let outcome: StepOutcome = await older.fwd.step(); // reconnects: reads the group
+      for (let i = 0; i < 20 && outcome.kind === 'retry'; i++) outcome = await older.fwd.step();
+      expect(older.fwd.position).toBe(2); // its own checkpoint, carried in the twin's value
+      const records = await consumeAll(brokers, topic, { expected: 3 });
+      expect(records.filter((r) => r.key === 'a').map((r) => r.value.toString())).toEqual([entry('a', 1).payload.toString(), entry('a', 2).payload.toString()]);
+    } finally {
+      await older.close();
+      await newer.close();
     }
   });
 });

@@ -849,6 +849,30 @@ describe('adaptive commit interval (issue 12)', () => {
     }
   });
 
+  it('records a transaction left out (its batch full by bytes) do not wait maxCommitDelayMs again per batch (review of d9a04b2)', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const { log, reader, close } = openLog();
+    const sink = new MemorySink();
+    // 10 records of 1 KB; a batch holds one (batchMaxBytes), and 10 are fewer than commitMinRecords
+    const fwd = new Forwarder(reader, sink, { ...options, ...adaptive, batchMaxRecords: 5000, batchMaxBytes: 1000, idlePollMs: 60_000 });
+    try {
+      fwd.start();
+      await vi.advanceTimersByTimeAsync(10);
+      const t0 = Date.now();
+      const big = (n: number) => ({ ...entry('d', n), payload: Buffer.alloc(1000, n) });
+      const results = log.append(Array.from({ length: 10 }, (_, i) => big(i + 1))) as number[];
+      fwd.notify(results[9]);
+      for (let i = 0; i < 300 && sink.delivered.length < 10; i++) await vi.advanceTimersByTimeAsync(10);
+      expect(offsets(sink.delivered)).toEqual(results);
+      // the first after maxCommitDelayMs (they trickle), the other nine one commitIntervalMs apart: not 10 × 1 s
+      expect(Date.now() - t0).toBeLessThanOrEqual(1000 + 9 * 100 + 100);
+    } finally {
+      await fwd.close();
+      close();
+      vi.useRealTimers();
+    }
+  });
+
   it('in between (300/s), a transaction goes as soon as commitMinRecords wait', async () => {
     const { transactions, longestWait } = await trickle(adaptive, 30, 100, 50); // 1,500 records in 5 s
     expect(transactions).toBeGreaterThanOrEqual(12);

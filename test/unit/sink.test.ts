@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Message } from 'kafkajs';
-import { parseCheckpoint, toDeadLetterMessage, toMessage } from '../../src/forward/kafka-sink.js';
+import { checkpointMetadata, parseCheckpoint, parseStoredCheckpoint, toDeadLetterMessage, toMessage } from '../../src/forward/kafka-sink.js';
 import {
   authenticationFailure,
   authorizationFailure,
@@ -87,6 +87,37 @@ describe('kafka errors, told apart', () => {
     expect(rejectionType(wrapped('MESSAGE_TOO_LARGE'))).toBe('MESSAGE_TOO_LARGE');
     expect(rejectionType({ errors: [wrapped('INVALID_RECORD')] })).toBe('INVALID_RECORD');
     expect(rejectionType(wrapped('NOT_LEADER_FOR_PARTITION'))).toBeUndefined();
+  });
+});
+
+describe('checkpoints in the checkpoint group (commit metadata)', () => {
+  const uuid = (i: number) => `${String(i).padStart(8, '0')}-0000-4000-8000-000000000000`;
+  const full = (logId: string, offset: number) => ({
+    logId,
+    offset,
+    epoch: uuid(0),
+    history: Array.from({ length: 16 }, (_, i) => ({ epoch: uuid(i), through: Number.MAX_SAFE_INTEGER - i })),
+  });
+
+  it('round-trips the checkpoint, its writer and claimer, and the other log\'s latest (twins)', () => {
+    const mine = full(uuid(100), 42);
+    const other = full(uuid(200), 7);
+    const meta = checkpointMetadata(mine, uuid(300), uuid(301), other);
+    expect(parseStoredCheckpoint(42, meta)).toEqual({ checkpoint: mine, writer: uuid(300), claimer: uuid(301), prior: other });
+    // a probe of a gateway id without any checkpoint yet
+    expect(parseStoredCheckpoint(0, checkpointMetadata(undefined, 'w', undefined))).toEqual({ checkpoint: undefined, writer: 'w', claimer: undefined });
+  });
+
+  it('stays under the brokers\' default offset.metadata.max.bytes (4096) at its largest: 16 epochs, twice', () => {
+    const meta = checkpointMetadata(full(uuid(100), Number.MAX_SAFE_INTEGER), uuid(300), uuid(301), full(uuid(200), Number.MAX_SAFE_INTEGER));
+    expect(Buffer.byteLength(meta)).toBeLessThan(4096);
+  });
+
+  it('a value written by a newer version is told apart (never overwritten); one that is not ours is no checkpoint', () => {
+    expect(parseStoredCheckpoint(5, JSON.stringify({ v: 3, writer: 'w', logId: 'L' }))).toBe('newer');
+    expect(parseStoredCheckpoint(5, 'consumer metadata')).toBeUndefined();
+    expect(parseStoredCheckpoint(5, '')).toBeUndefined();
+    expect(parseStoredCheckpoint(5, JSON.stringify({ v: 1 }))).toBeUndefined();
   });
 });
 
