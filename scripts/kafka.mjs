@@ -276,14 +276,57 @@ export async function startKafkaCluster({ baseDir, size = 3, heap = '384m' }) {
     brokers,
     nodeIds: [...nodes.keys()],
     kill: (id) => nodes.get(id).kill(),
+    /** Clean stop of one node (SIGTERM: a controlled shutdown moves its leaderships away first). */
+    stopNode: (id, graceMs = 30_000) => nodes.get(id).stop(graceMs),
+    /** Starts a node again with its data (killing it first if it still runs); resolves once it answers. */
     async restart(id) {
       const v = voters.find((x) => x.nodeId === id);
       await nodes.get(id).kill();
       nodes.set(id, launchNode(spec(v)));
       await waitAll([id]);
     },
+    /**
+     * Resolves once every partition of every topic (the internal ones too) has all its replicas in
+     * the ISR: a restarted node has caught up. Answering metadata requests comes well before that.
+     */
+    waitInSync: (timeoutMs = 120_000) => waitInSync(brokers, timeoutMs),
     stop: () => Promise.all([...nodes.values()].map((n) => n.stop(5000))),
   };
+}
+
+/** Partitions (topic:partition) whose ISR lacks one of their replicas, as the cluster reports them. */
+async function outOfSync(brokers) {
+  const { Kafka, logLevel } = kafkajs;
+  const admin = new Kafka({ brokers, clientId: 'edgebridge-kafka-isr', logLevel: logLevel.NOTHING, retry: { retries: 0 } }).admin();
+  await admin.connect();
+  try {
+    const { topics } = await admin.fetchTopicMetadata();
+    const lagging = [];
+    for (const t of topics) {
+      for (const p of t.partitions) {
+        if (p.leader < 0 || p.replicas.some((r) => !p.isr.includes(r))) lagging.push(`${t.name}:${p.partitionId}`);
+      }
+    }
+    return lagging;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+async function waitInSync(brokers, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'no answer yet';
+  while (Date.now() < deadline) {
+    try {
+      const lagging = await outOfSync(brokers);
+      if (lagging.length === 0) return;
+      last = `out of sync: ${lagging.slice(0, 10).join(', ')}${lagging.length > 10 ? ` and ${lagging.length - 10} more` : ''}`;
+    } catch (err) {
+      last = err.message;
+    }
+    await sleep(500);
+  }
+  throw new KafkaSetupError(`the cluster's replicas did not all rejoin the ISR in ${timeoutMs} ms (${last})`);
 }
 
 // --- A secured broker: SASL_SSL, SCRAM and PLAIN users, ACLs enforced --------------------------
