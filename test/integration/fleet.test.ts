@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runFleet, type FleetResult, type FleetStats, type Reading } from '../../firmware-sim/fleet.js';
 // @ts-expect-error plain ESM script
 import { freePort, startKafkaCluster } from '../../scripts/kafka.mjs';
@@ -54,6 +54,19 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
   afterAll(async () => {
     await cluster?.stop();
     rmSync(baseDir, { recursive: true, force: true });
+  });
+  // Nodes a test took down come back even when it failed: the next test needs the whole cluster.
+  const down = new Set<number>();
+  const takeDown = async (ids: number[], how: 'kill' | 'stop') => {
+    for (const id of ids) down.add(id);
+    await Promise.all(ids.map((id) => (how === 'kill' ? cluster.kill(id) : cluster.stopNode(id))));
+  };
+  const bringBack = async (ids: number[]) => {
+    await Promise.all(ids.map((id) => cluster.restart(id)));
+    for (const id of ids) down.delete(id);
+  };
+  afterEach(async () => {
+    if (down.size > 0) await bringBack([...down]);
   });
 
   async function siteGateway(name: string, topic: string): Promise<SiteGateway> {
@@ -191,7 +204,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     expect(moverVia(siteA)).toEqual(seqs(1, 30));
     expect(moverVia(siteB)).toEqual(seqs(31, 60));
     console.info(`fleet: 5 gateways, 1 SIGKILLed and restarted, ${published} fleet readings + 60 of a device that changed sites, ${all.length} records in Kafka, 0 lost, 0 duplicated`);
-  });
+  }, 300_000);
 
   it('quorum loss: 2 of 3 nodes killed, forwarding stops, ingest goes on acknowledging, one line says why; all delivered once the nodes return', async () => {
     const topic = uniqueName('iot.quorum');
@@ -205,7 +218,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       .toBeGreaterThan(0);
 
     const linesBefore = gws.map((g) => g.proc.lines.length);
-    await Promise.all([cluster.kill(2), cluster.kill(3)]);
+    await takeDown([2, 3], 'kill');
     // Forwarding stops: each gateway leaves the forwarding state...
     await expect
       .poll(async () => (await Promise.all(gws.map((g) => g.status()))).map((s) => s.forwarder), {
@@ -229,8 +242,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     expect(await forwarded(gws)).toEqual(stalled);
     const outage = gws.map((g, i) => g.proc.lines.slice(linesBefore[i]));
 
-    await cluster.restart(2);
-    await cluster.restart(3);
+    await bringBack([2, 3]);
     await expect
       .poll(async () => (await Promise.all(gws.map((g) => g.status()))).map((s) => s.forwarder), {
         timeout: 120_000,
@@ -252,7 +264,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       expect(problems.length).toBeLessThanOrEqual(2);
     }
     console.info(`quorum loss: ${published} published across the outage, backlog held locally, 0 lost, 0 duplicated`);
-  });
+  }, 300_000);
 
   it('rolling restart of all three nodes under load: nothing lost or duplicated', async () => {
     const topic = uniqueName('iot.rolling');
@@ -267,7 +279,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     // otherwise stopping it would leave some partition below min.insync.replicas.
     await cluster.waitInSync();
     for (const id of cluster.nodeIds) {
-      await cluster.stopNode(id);
+      await takeDown([id], 'stop');
       const before = await forwarded(gws);
       await expect
         .poll(async () => (await forwarded(gws)).map((n, i) => n - before[i]!).every((d) => d >= 50), {
@@ -276,7 +288,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
           message: `every gateway forwards while node ${id} is down`,
         })
         .toBe(true);
-      await cluster.restart(id);
+      await bringBack([id]);
       await cluster.waitInSync();
     }
     stop.abort();
@@ -284,5 +296,5 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     await drained(gws);
     const { published } = await expectFleetsDelivered(topic, results);
     console.info(`rolling restart: 3 nodes stopped and restarted in turn, ${published} published, 0 lost, 0 duplicated`);
-  });
+  }, 300_000);
 });
