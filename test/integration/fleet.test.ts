@@ -278,8 +278,13 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     // The previous test's restarts must have caught up before a node is taken out again:
     // otherwise stopping it would leave some partition below min.insync.replicas.
     await cluster.waitInSync();
+    const took: string[] = [];
+    const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)}s`;
     for (const id of cluster.nodeIds) {
+      let t = Date.now();
       await takeDown([id], 'stop');
+      took.push(`node ${id}: stop ${since(t)}`);
+      t = Date.now();
       const before = await forwarded(gws);
       await expect
         .poll(async () => (await forwarded(gws)).map((n, i) => n - before[i]!).every((d) => d >= 50), {
@@ -288,13 +293,18 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
           message: `every gateway forwards while node ${id} is down`,
         })
         .toBe(true);
+      took.push(`progress ${since(t)}`);
+      t = Date.now();
       await bringBack([id]);
+      took.push(`restart ${since(t)}`);
+      t = Date.now();
       await cluster.waitInSync();
+      took.push(`in sync ${since(t)}`);
     }
     stop.abort();
     const results = await fleets;
     await drained(gws);
     const { published } = await expectFleetsDelivered(topic, results);
-    console.info(`rolling restart: 3 nodes stopped and restarted in turn, ${published} published, 0 lost, 0 duplicated`);
+    console.info(`rolling restart: 3 nodes stopped and restarted in turn (${took.join(', ')}), ${published} published, 0 lost, 0 duplicated`);
   }, 300_000);
 });
