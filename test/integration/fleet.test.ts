@@ -204,7 +204,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     expect(moverVia(siteA)).toEqual(seqs(1, 30));
     expect(moverVia(siteB)).toEqual(seqs(31, 60));
     console.info(`fleet: 5 gateways, 1 SIGKILLed and restarted, ${published} fleet readings + 60 of a device that changed sites, ${all.length} records in Kafka, 0 lost, 0 duplicated`);
-  }, 300_000);
+  }, 420_000);
 
   it('quorum loss: 2 of 3 nodes killed, forwarding stops, ingest goes on acknowledging, one line says why; all delivered once the nodes return', async () => {
     const topic = uniqueName('iot.quorum');
@@ -218,6 +218,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       .toBeGreaterThan(0);
 
     const linesBefore = gws.map((g) => g.proc.lines.length);
+    const killedAt = Date.now();
     await takeDown([2, 3], 'kill');
     // Forwarding stops: each gateway leaves the forwarding state...
     await expect
@@ -241,6 +242,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       .toEqual({ backlogs: gws.map(() => true), acknowledged: true });
     expect(await forwarded(gws)).toEqual(stalled);
     const outage = gws.map((g, i) => g.proc.lines.slice(linesBefore[i]));
+    const outageMs = Date.now() - killedAt;
 
     await bringBack([2, 3]);
     await expect
@@ -255,16 +257,17 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     await drained(gws);
     const { published } = await expectFleetsDelivered(topic, results);
 
-    // One line each says why (not a flood): the state change, with the error behind it.
+    // One line each says why (not a flood): the state change, with the error behind it; beside
+    // it only the summary the forwarder logs once a minute while not forwarding.
     for (const lines of outage) {
       const problems = lines.filter((l) => (l.level as number) >= 40);
       const why = problems.filter((l) => l.code === 'EB_ERR_FORWARD_KAFKA');
-      console.info(`quorum loss: a gateway's warnings and errors during the outage: ${JSON.stringify(problems.map((l) => ({ msg: l.msg, err: l.err })))}`);
+      console.info(`quorum loss: a gateway's warnings and errors in ${outageMs} ms of outage: ${JSON.stringify(problems.map((l) => ({ msg: l.msg, err: l.err })))}`);
       expect(why).toHaveLength(1);
-      expect(problems.length).toBeLessThanOrEqual(2);
+      expect(problems.length - why.length).toBeLessThanOrEqual(Math.floor(outageMs / 60_000));
     }
     console.info(`quorum loss: ${published} published across the outage, backlog held locally, 0 lost, 0 duplicated`);
-  }, 300_000);
+  }, 420_000);
 
   it('rolling restart of all three nodes under load: nothing lost or duplicated', async () => {
     const topic = uniqueName('iot.rolling');
@@ -306,5 +309,5 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     await drained(gws);
     const { published } = await expectFleetsDelivered(topic, results);
     console.info(`rolling restart: 3 nodes stopped and restarted in turn (${took.join(', ')}), ${published} published, 0 lost, 0 duplicated`);
-  }, 300_000);
+  }, 420_000);
 });
