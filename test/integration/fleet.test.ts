@@ -124,6 +124,21 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     });
   }
 
+  /** Where a test's time goes, for its summary line: `lap('x')` records the time since the previous lap. */
+  function stopwatch(): { lap(name: string): void; readonly laps: string } {
+    let at = Date.now();
+    const laps: string[] = [];
+    return {
+      lap(name) {
+        laps.push(`${name} ${((Date.now() - at) / 1000).toFixed(1)}s`);
+        at = Date.now();
+      },
+      get laps() {
+        return laps.join(', ');
+      },
+    };
+  }
+
   const forwarded = async (gws: readonly SiteGateway[]) => Promise.all(gws.map(async (g) => (await g.status()).forwarded));
 
   /** Waits until every gateway has forwarded all it acknowledged (nothing left for Kafka to get). */
@@ -148,7 +163,9 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
 
   it('5 gateway processes into one topic: one SIGKILLed and restarted affects nobody else, a device moving between sites keeps exactly-once', async () => {
     const topic = uniqueName('iot.fleet');
+    const time = stopwatch();
     const gws = await Promise.all([1, 2, 3, 4, 5].map((n) => siteGateway(`gw-site${n}`, topic)));
+    time.lap('gateways started');
     const stop = new AbortController();
     const live = new Map<string, Readonly<FleetStats>>();
     const fleets = Promise.all(gws.map((g) => fleetOn(g, stop.signal, live)));
@@ -158,6 +175,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     await expect
       .poll(async () => Math.min(...(await forwarded(gws))), { timeout: 90_000, interval: 500, message: 'every gateway forwards' })
       .toBeGreaterThan(0);
+    time.lap('all forwarding');
 
     await victim.kill();
     // The others go on forwarding, each of them, while the victim is down.
@@ -176,16 +194,20 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     const moverReadings = (from: number, to: number) => seqs(from, to).map((s) => reading(mover, moverBoot, s, { v: s }));
     await publishAcked(siteA.url, mover, moverReadings(1, 30));
     await publishAcked(siteB.url, mover, moverReadings(31, 60));
+    time.lap('others forward while one is down, device moved');
 
     await victim.start();
     await expect
       .poll(async () => (await victim.status()).forwarded, { timeout: 90_000, interval: 500, message: 'the restarted gateway forwards again' })
       .toBeGreaterThan(0);
+    time.lap('restarted and forwarding');
     stop.abort();
     const results = await fleets;
     await drained(gws);
+    time.lap('drained');
 
     const { all, published } = await expectFleetsDelivered(topic, results, (r) => r.key === mover);
+    time.lap('Java consumer');
     // the mover's 60 readings: each exactly once (whichever gateway forwarded it)
     const moverSeqs = all.filter((r) => r.key === mover).map((r) => (JSON.parse(r.value.toString('utf8')) as Reading).seq);
     expect([...moverSeqs].sort((a, b) => a - b)).toEqual(seqs(1, 60));
@@ -203,11 +225,13 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       withHeaders.filter((r) => r.key === mover && r.headers['gateway-id'] === gw.id).map((r) => (JSON.parse(r.value.toString('utf8')) as Reading).seq);
     expect(moverVia(siteA)).toEqual(seqs(1, 30));
     expect(moverVia(siteB)).toEqual(seqs(31, 60));
-    console.info(`fleet: 5 gateways, 1 SIGKILLed and restarted, ${published} fleet readings + 60 of a device that changed sites, ${all.length} records in Kafka, 0 lost, 0 duplicated`);
+    time.lap('kafkajs consumer');
+    console.info(`fleet: 5 gateways, 1 SIGKILLed and restarted, ${published} fleet readings + 60 of a device that changed sites, ${all.length} records in Kafka, 0 lost, 0 duplicated (${time.laps})`);
   }, 420_000);
 
   it('quorum loss: 2 of 3 nodes killed, forwarding stops, ingest goes on acknowledging, one line says why; all delivered once the nodes return', async () => {
     const topic = uniqueName('iot.quorum');
+    const time = stopwatch();
     const gws = await Promise.all([1, 2].map((n) => siteGateway(`gw-quorum${n}`, topic)));
     const stop = new AbortController();
     const live = new Map<string, Readonly<FleetStats>>();
@@ -217,6 +241,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       .poll(async () => Math.min(...(await forwarded(gws))), { timeout: 90_000, interval: 500, message: 'every gateway forwards' })
       .toBeGreaterThan(0);
 
+    time.lap('forwarding');
     const linesBefore = gws.map((g) => g.proc.lines.length);
     const killedAt = Date.now();
     await takeDown([2, 3], 'kill');
@@ -228,6 +253,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
         message: 'the gateways stop forwarding without a quorum',
       })
       .toEqual(gws.map(() => 'retrying'));
+    time.lap('stopped forwarding');
     // ...and ingest goes on acknowledging into the local log meanwhile; nothing more is forwarded.
     const stalled = await forwarded(gws);
     const ackedAtStall = acked();
@@ -241,10 +267,12 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       )
       .toEqual({ backlogs: gws.map(() => true), acknowledged: true });
     expect(await forwarded(gws)).toEqual(stalled);
+    time.lap('acknowledged into the log');
     const outage = gws.map((g, i) => g.proc.lines.slice(linesBefore[i]));
     const outageMs = Date.now() - killedAt;
 
     await bringBack([2, 3]);
+    time.lap('nodes back');
     await expect
       .poll(async () => (await Promise.all(gws.map((g) => g.status()))).map((s) => s.forwarder), {
         timeout: 120_000,
@@ -255,7 +283,9 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     stop.abort();
     const results = await fleets;
     await drained(gws);
+    time.lap('drained');
     const { published } = await expectFleetsDelivered(topic, results);
+    time.lap('Java consumer');
 
     // One line each says why (not a flood): the state change, with the error behind it; beside
     // it only the summary the forwarder logs once a minute while not forwarding.
@@ -266,7 +296,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       expect(why).toHaveLength(1);
       expect(problems.length - why.length).toBeLessThanOrEqual(Math.floor(outageMs / 60_000));
     }
-    console.info(`quorum loss: ${published} published across the outage, backlog held locally, 0 lost, 0 duplicated`);
+    console.info(`quorum loss: ${published} published across the outage, backlog held locally, 0 lost, 0 duplicated (${time.laps})`);
   }, 420_000);
 
   it('rolling restart of all three nodes under load: nothing lost or duplicated', async () => {
@@ -281,13 +311,10 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     // The previous test's restarts must have caught up before a node is taken out again:
     // otherwise stopping it would leave some partition below min.insync.replicas.
     await cluster.waitInSync();
-    const took: string[] = [];
-    const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)}s`;
+    const time = stopwatch();
     for (const id of cluster.nodeIds) {
-      let t = Date.now();
       await takeDown([id], 'stop');
-      took.push(`node ${id}: stop ${since(t)}`);
-      t = Date.now();
+      time.lap(`node ${id}: stop`);
       const before = await forwarded(gws);
       await expect
         .poll(async () => (await forwarded(gws)).map((n, i) => n - before[i]!).every((d) => d >= 50), {
@@ -296,18 +323,16 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
           message: `every gateway forwards while node ${id} is down`,
         })
         .toBe(true);
-      took.push(`progress ${since(t)}`);
-      t = Date.now();
+      time.lap('progress');
       await bringBack([id]);
-      took.push(`restart ${since(t)}`);
-      t = Date.now();
+      time.lap('restart');
       await cluster.waitInSync();
-      took.push(`in sync ${since(t)}`);
+      time.lap('in sync');
     }
     stop.abort();
     const results = await fleets;
     await drained(gws);
     const { published } = await expectFleetsDelivered(topic, results);
-    console.info(`rolling restart: 3 nodes stopped and restarted in turn (${took.join(', ')}), ${published} published, 0 lost, 0 duplicated`);
+    console.info(`rolling restart: 3 nodes stopped and restarted in turn (${time.laps}), ${published} published, 0 lost, 0 duplicated`);
   }, 420_000);
 });
