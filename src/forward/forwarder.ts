@@ -14,6 +14,7 @@ import {
   deniedTopics,
   explainAuthenticationFailure,
   isFencedError,
+  kafkaErrorTypes,
   rejectionType,
   type Checkpoint,
   type DeadLetter,
@@ -93,6 +94,34 @@ export function addCounters(a: ForwarderCounters, b: ForwarderCounters): Forward
   return sum;
 }
 
+/**
+ * Kafka error types of a cluster that answers but cannot take writes now: a partition without a
+ * leader, fewer in-sync replicas than min.insync.replicas, no transaction coordinator. Brokers
+ * down, or a cluster without its controller quorum (it cannot elect leaders or shrink an ISR).
+ */
+const UNAVAILABLE_TYPES: ReadonlySet<string> = new Set([
+  'LEADER_NOT_AVAILABLE',
+  'NOT_LEADER_OR_FOLLOWER',
+  'NOT_LEADER_FOR_PARTITION',
+  'NOT_ENOUGH_REPLICAS',
+  'NOT_ENOUGH_REPLICAS_AFTER_APPEND',
+  'COORDINATOR_NOT_AVAILABLE',
+  'GROUP_COORDINATOR_NOT_AVAILABLE',
+  'COORDINATOR_LOAD_IN_PROGRESS',
+  'GROUP_LOAD_IN_PROGRESS',
+  'NOT_COORDINATOR',
+  'NOT_COORDINATOR_FOR_GROUP',
+  'REQUEST_TIMED_OUT',
+]);
+
+const CANNOT_WRITE =
+  'kafka answers but cannot take writes (a partition without a leader, too few in-sync replicas, or no coordinator: brokers down, or the cluster without its controller quorum)';
+
+/** What a failed Kafka step says of the cluster, for the `retrying` line and its summaries. */
+function kafkaTrouble(err: unknown): string {
+  return kafkaErrorTypes(err).some((t) => UNAVAILABLE_TYPES.has(t)) ? CANNOT_WRITE : 'kafka unreachable';
+}
+
 export interface ForwarderOptions {
   readonly batchMaxRecords: number;
   readonly batchMaxBytes: number;
@@ -131,6 +160,12 @@ export interface ForwarderOptions {
   readonly summaryIntervalMs?: number;
   /** Idle poll, a safety net in case a wake-up is missed. */
   readonly idlePollMs?: number;
+  /**
+   * A connect or transaction still not done after this long is reported (state `retrying`, one
+   * line) while kafkajs goes on retrying it: a cluster that lost its quorum may leave a request
+   * unanswered for several request timeouts. Default 30 s.
+   */
+  readonly stallMs?: number;
   readonly clock?: () => number;
   /** Backoff jitter; the fault simulator passes its seeded generator. */
   readonly random?: () => number;
@@ -369,6 +404,8 @@ export class Forwarder {
    */
   async step(): Promise<StepOutcome> {
     if (this.stateValue === 'stopped') this.setState('connecting');
+    const stalled = setTimeout(() => this.stalled(), this.options.stallMs ?? 30_000);
+    stalled.unref();
     try {
       if (!this.connected) {
         if (!(await this.connect())) {
@@ -382,7 +419,18 @@ export class Forwarder {
       return outcome;
     } catch (err) {
       return this.failed(err);
+    } finally {
+      clearTimeout(stalled);
     }
+  }
+
+  /** A step has gone on for stallMs: Kafka takes the requests but completes none. Said once. */
+  private stalled(): void {
+    if (this.stopping || this.stateValue === 'retrying' || this.stateValue === 'fenced') return;
+    if (this.stateValue !== 'forwarding' && this.stateValue !== 'connecting') return; // already reported as what it is
+    this.counters.failures++;
+    this.lastError = `no answer from kafka for ${this.options.stallMs ?? 30_000} ms (still waiting)`;
+    this.trouble('retrying', { err: this.lastError, why: CANNOT_WRITE }, 'kafka still cannot take writes');
   }
 
   private async forwardOnce(): Promise<StepOutcome> {
@@ -636,7 +684,8 @@ export class Forwarder {
     // Kafka refusing the timestamps of the gateway's own records (the checkpoint, the probe): the
     // clock of this gateway is off, which no retry fixes; say so.
     const clock = rejectionType(err) === 'INVALID_TIMESTAMP' ? { hint: CLOCK_HINT } : {};
-    this.trouble('retrying', { err: this.lastError, ...clock }, 'kafka still unreachable');
+    const why = kafkaTrouble(err);
+    this.trouble('retrying', { err: this.lastError, why, ...clock }, why === CANNOT_WRITE ? 'kafka still cannot take writes' : 'kafka still unreachable');
     return this.backoff();
   }
 
@@ -684,9 +733,11 @@ export class Forwarder {
     const { logger } = this.options;
     const since = { downForMs: this.clock() - this.troubleSince, backlog: this.backlog };
     switch (next) {
-      case 'retrying':
-        logger.warn({ ...fields, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog }, 'kafka unreachable: buffering in the commit log and retrying');
+      case 'retrying': {
+        const { why = 'kafka unreachable', ...rest } = fields;
+        logger.warn({ ...rest, code: 'EB_ERR_FORWARD_KAFKA', backlog: this.backlog }, `${String(why)}: buffering in the commit log and retrying`);
         break;
+      }
       case 'unauthenticated':
         // fields.code says which: EB_ERR_FORWARD_AUTHENTICATION (SASL) or EB_ERR_FORWARD_TLS
         logger.error({ ...fields, backlog: this.backlog }, `${this.lastError}. Buffering in the commit log and retrying`);

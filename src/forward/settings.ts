@@ -137,6 +137,8 @@ export function forwarderLimits(s: ForwardSettings) {
     commitIntervalMs: s.commitIntervalMs,
     maxCommitDelayMs: s.maxCommitDelayMs,
     commitMinRecords: s.commitMinRecords,
+    // a request kafkajs cannot complete is retried several times over: say so after the first timeout
+    stallMs: s.kafka.requestTimeoutMs,
     retry: s.retry,
     deadLetter: s.deadLetterTopic !== undefined,
     requiredAcls: requiredAcls(s),

@@ -24,6 +24,7 @@ export const LONG_FILES: readonly (readonly [file: string, seconds: number])[] =
   ['test/integration/kafka-security.test.ts', 51], // a secured Kafka node of its own
   ['test/integration/reload.test.ts', 32],
   ['test/integration/mqtt-security.test.ts', 25],
+  ['test/integration/checkpoint-group.test.ts', 35],
 ];
 
 const rank = new Map(LONG_FILES.map(([file], i) => [file, i]));

@@ -375,6 +375,38 @@ describe('forwarder', () => {
     close();
   });
 
+  it('a transaction Kafka takes but does not complete (a cluster without its quorum) is reported once after stallMs, while kafkajs still waits', async () => {
+    const { log, reader, close } = openLog();
+    log.append([entry('d', 1)]);
+    const sink = new MemorySink();
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    const send = sink.send.bind(sink);
+    let hold = false;
+    sink.send = async (batch, checkpoint) => {
+      if (hold) await held;
+      return send(batch, checkpoint);
+    };
+    const lines: { msg: string; code?: string; level: number }[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string; code?: string; level: number }) });
+    const fwd = new Forwarder(reader, sink, { ...options, logger, stallMs: 100 });
+    fwd.start();
+    await until(() => sink.delivered.length === 1, 'the first record forwarded');
+    hold = true;
+    log.append([entry('d', 2)]);
+    fwd.notify(2);
+    await until(() => fwd.state === 'retrying', 'the stalled transaction reported');
+    const stalled = lines.filter((l) => l.code === 'EB_ERR_FORWARD_KAFKA');
+    expect(stalled).toHaveLength(1);
+    expect(stalled[0]!.msg).toMatch(/^kafka answers but cannot take writes/);
+    release();
+    await until(() => sink.delivered.length === 2 && fwd.state === 'forwarding', 'the transaction completes');
+    expect(lines.filter((l) => l.code === 'EB_ERR_FORWARD_KAFKA')).toHaveLength(1);
+    expect(lines.some((l) => l.msg === 'kafka reachable again: draining the backlog')).toBe(true);
+    await fwd.close();
+    close();
+  });
+
   it('a failing log is a log error: the Kafka producer is left alone and forwarding resumes when the log does', async () => {
     const { log, reader, close } = openLog();
     log.append([entry('a', 1), entry('a', 2)]);
