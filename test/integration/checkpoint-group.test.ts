@@ -150,7 +150,9 @@ describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
     });
     await txn.commit();
     await producer.disconnect();
-    const legacyRecords = await endOffsets(checkpointTopic);
+    // the probe, the checkpoint and the commit marker (written just after the commit returns)
+    await expect.poll(() => endOffsets(checkpointTopic), { timeout: 30_000 }).toBe(3);
+    const legacyRecords = 3;
 
     // This version starts on that log: no checkpoint in the group, so it reads the record once.
     let { gw, lines } = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId }), ...overrides }));
@@ -165,8 +167,9 @@ describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
     expect(consumed.map((r) => (JSON.parse(r.value.toString()) as { seq: number }).seq).sort((a, b) => a - b)).toEqual(seqs(1, 10));
 
     // Migrated: the next start reads the group only (no probe record in the topic, no line).
-    const before = await endOffsets(checkpointTopic);
-    expect(before).toBe(legacyRecords + 1 + 1); // the one migration read's probe record and its commit marker
+    // the one migration read's probe record and its commit marker; nothing else
+    await expect.poll(() => endOffsets(checkpointTopic), { timeout: 30_000 }).toBe(legacyRecords + 1 + 1);
+    const before = legacyRecords + 1 + 1;
     ({ gw, lines } = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId }), ...overrides })));
     try {
       await expect.poll(() => gw.status().forwarder, { timeout: 60_000 }).toBe('forwarding');
