@@ -117,6 +117,8 @@ const UNAVAILABLE_TYPES: ReadonlySet<string> = new Set([
 const CANNOT_WRITE =
   'kafka answers but cannot take writes (a partition without a leader, too few in-sync replicas, or no coordinator: brokers down, or the cluster without its controller quorum)';
 
+const STALLED = 'kafka takes requests but completes none (the network to it is cut, or the cluster cannot take writes: brokers down, or no controller quorum)';
+
 /** What a failed Kafka step says of the cluster, for the `retrying` line and its summaries. */
 function kafkaTrouble(err: unknown): string {
   return kafkaErrorTypes(err).some((t) => UNAVAILABLE_TYPES.has(t)) ? CANNOT_WRITE : 'kafka unreachable';
@@ -163,7 +165,8 @@ export interface ForwarderOptions {
   /**
    * A connect or transaction still not done after this long is reported (state `retrying`, one
    * line) while kafkajs goes on retrying it: a cluster that lost its quorum may leave a request
-   * unanswered for several request timeouts. Default 30 s.
+   * unanswered for several request timeouts. Default 60 s (the gateway: twice kafka.requestTimeoutMs,
+   * as a step is several requests in a row).
    */
   readonly stallMs?: number;
   readonly clock?: () => number;
@@ -325,7 +328,7 @@ export class Forwarder {
     if (groupLost) {
       this.options.logger.warn(
         { position: decision.position, code: 'EB_ERR_CHECKPOINT_GROUP_EMPTY' },
-        "the gateway's checkpoint group has no offset in Kafka (it expired after the brokers' offsets.retention.minutes, or the group or the checkpoint topic was deleted): resuming from the local position; a transaction in doubt when the checkpoint was lost may reach Kafka twice",
+        "the gateway's checkpoint group has no offset in Kafka (it expired after the brokers' offsets.retention.minutes, the group or the checkpoint topic was deleted, or gateway.id changed): resuming from the local position; a transaction in doubt when the checkpoint was lost may reach Kafka twice",
       );
     }
     if (legacy) {
@@ -404,7 +407,7 @@ export class Forwarder {
    */
   async step(): Promise<StepOutcome> {
     if (this.stateValue === 'stopped') this.setState('connecting');
-    const stalled = setTimeout(() => this.stalled(), this.options.stallMs ?? 30_000);
+    const stalled = setTimeout(() => this.stalled(), this.options.stallMs ?? 60_000);
     stalled.unref();
     try {
       if (!this.connected) {
@@ -424,13 +427,16 @@ export class Forwarder {
     }
   }
 
-  /** A step has gone on for stallMs: Kafka takes the requests but completes none. Said once. */
+  /**
+   * A step has gone on for stallMs without completing: said once, while kafkajs goes on waiting.
+   * The cause cannot be told from here (a network cut and a cluster without its quorum look
+   * alike to a client), so the line names both; the error that ends the step goes into the
+   * summaries. Not counted as a failure: the step may yet succeed.
+   */
   private stalled(): void {
-    if (this.stopping || this.stateValue === 'retrying' || this.stateValue === 'fenced') return;
-    if (this.stateValue !== 'forwarding' && this.stateValue !== 'connecting') return; // already reported as what it is
-    this.counters.failures++;
-    this.lastError = `no answer from kafka for ${this.options.stallMs ?? 30_000} ms (still waiting)`;
-    this.trouble('retrying', { err: this.lastError, why: CANNOT_WRITE }, 'kafka still cannot take writes');
+    if (this.stopping || (this.stateValue !== 'forwarding' && this.stateValue !== 'connecting')) return; // else already reported as what it is
+    this.lastError = `kafka has completed no request of this ${this.connected ? 'transaction' : 'connect'} for ${this.options.stallMs ?? 60_000} ms (still waiting)`;
+    this.trouble('retrying', { err: this.lastError, why: STALLED }, 'kafka still unreachable');
   }
 
   private async forwardOnce(): Promise<StepOutcome> {

@@ -137,8 +137,8 @@ export function forwarderLimits(s: ForwardSettings) {
     commitIntervalMs: s.commitIntervalMs,
     maxCommitDelayMs: s.maxCommitDelayMs,
     commitMinRecords: s.commitMinRecords,
-    // a request kafkajs cannot complete is retried several times over: say so after the first timeout
-    stallMs: s.kafka.requestTimeoutMs,
+    // a request kafkajs cannot complete is retried several times over; a step is several requests
+    stallMs: 2 * s.kafka.requestTimeoutMs,
     retry: s.retry,
     deadLetter: s.deadLetterTopic !== undefined,
     requiredAcls: requiredAcls(s),

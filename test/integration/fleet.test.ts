@@ -235,8 +235,8 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
     // A request the one node left cannot complete (acks=all with its ISR frozen: no controller to
     // shrink it) is failed by the client only after kafka.requestTimeoutMs, and kafkajs retries it
     // 3 times: a gateway showed `forwarding`, and logged nothing, for more than 2 minutes after
-    // the kill. The forwarder now reports a step that has not completed in requestTimeoutMs (its
-    // default, 30 s, here).
+    // the kill. The forwarder now reports a step that has not completed in twice
+    // kafka.requestTimeoutMs (its default, 30 s, here).
     const gws = await Promise.all([1, 2].map((n) => siteGateway(`gw-quorum${n}`, topic)));
     const stop = new AbortController();
     const live = new Map<string, Readonly<FleetStats>>();
@@ -299,7 +299,7 @@ describe('a fleet of gateways on one 3-node Kafka cluster', () => {
       const why = problems.filter((l) => l.code === 'EB_ERR_FORWARD_KAFKA');
       console.info(`quorum loss: a gateway's warnings and errors in ${outageMs} ms of outage: ${JSON.stringify(problems.map((l) => ({ msg: l.msg, err: l.err })))}`);
       expect(why).toHaveLength(1);
-      expect(String(why[0]!.msg)).toMatch(/^kafka (answers but cannot take writes|unreachable)/);
+      expect(String(why[0]!.msg)).toMatch(/^kafka (answers but cannot take writes|takes requests but completes none|unreachable)/);
       expect(problems.length - why.length).toBeLessThanOrEqual(Math.floor(outageMs / 60_000));
     }
     console.info(`quorum loss: ${published} published across the outage, backlog held locally, 0 lost, 0 duplicated (${time.laps})`);
