@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   EB_ERR_LOG_READ: { retryable: true, summary: 'the forwarder could not read or update the commit log (I/O error, busy); forwarding pauses and retries, Kafka is not reset' },
   EB_ERR_LOG_CLOSED: { retryable: false, summary: 'the commit log is closed (the gateway is shutting down)' },
   EB_ERR_LOG_TAIL_LOST: { retryable: false, summary: 'the commit log lost records after they were forwarded (a restored backup); new records are forwarded under a new epoch, nothing is skipped' },
+  EB_ERR_CHECKPOINT_NEWER: { retryable: true, summary: "the gateway's checkpoint in Kafka was written by a newer edgebridge version; this one does not forward (it would not read it right) and leaves it alone" },
   EB_ERR_CHECKPOINT_GROUP_EMPTY: { retryable: false, summary: "the gateway's checkpoint group had no offset in Kafka (expired or deleted); forwarding resumes from the local position" },
   EB_ERR_LOG_DIVERGED: { retryable: false, summary: 'the commit log shares no epoch with its checkpoint in Kafka; forwarding resumes from the local position and records may reach Kafka twice' },
   EB_ERR_LOG_FULL: { retryable: true, summary: 'storage.maxBytes is reached; acknowledgements are held (backpressure) or the oldest unforwarded records dropped' },

@@ -121,6 +121,7 @@ const STALLED = 'kafka takes requests but completes none (the network to it is c
 
 /** What a failed Kafka step says of the cluster, for the `retrying` line and its summaries. */
 function kafkaTrouble(err: unknown): string {
+  if (err instanceof EdgebridgeError && err.code === 'EB_ERR_CHECKPOINT_NEWER') return err.message;
   return kafkaErrorTypes(err).some((t) => UNAVAILABLE_TYPES.has(t)) ? CANNOT_WRITE : 'kafka unreachable';
 }
 

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Partitioners, type Admin, type CompressionTypes, type Kafka, type Message, type PartitionMetadata, type Producer, type Transaction } from 'kafkajs';
+import { EdgebridgeError } from '../errors.js';
 import type { LogRecord } from '../log/commit-log.js';
 import { useCompression, type Compression } from './compression.js';
 import {
@@ -125,6 +126,8 @@ export class KafkaSink implements RecordSink {
       this.topicsReady = true;
     }
     if (!this.producer) {
+      // Before fencing: a checkpoint of a newer version is refused without fencing it each retry.
+      await this.fetchCheckpoint();
       const producer = this.options.kafka.producer({
         transactionalId: this.transactionalId,
         idempotent: true,
@@ -249,8 +252,9 @@ export class KafkaSink implements RecordSink {
       if (!entry || Number(entry.offset) < 0) return undefined;
       const stored = parseStoredCheckpoint(Number(entry.offset), entry.metadata);
       if (stored === 'newer') {
-        throw new Error(
-          `the checkpoint in group ${this.checkpointGroup} was written by a newer edgebridge version: this one cannot read it and will not overwrite it (run the newer version)`,
+        throw new EdgebridgeError(
+          'EB_ERR_CHECKPOINT_NEWER',
+          `the checkpoint in group ${this.checkpointGroup} was written by a newer edgebridge version: this one cannot read it right, and neither fences that gateway nor overwrites it (run the newer version)`,
         );
       }
       return stored;

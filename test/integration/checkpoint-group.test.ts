@@ -239,4 +239,31 @@ describe('checkpoints in the gateway\'s checkpoint group (issue 12)', () => {
       await newer.close();
     }
   });
+
+  it('a checkpoint written by a newer version is neither read nor overwritten: one clear line, nothing forwarded, the log keeps the readings', async () => {
+    const dir = tmp();
+    const topic = uniqueName('iot.cpnewer');
+    const checkpointTopic = uniqueName('cp.newer');
+    const gatewayId = uniqueName('gw-cpnewer');
+    await admin.createTopics({ waitForLeaders: true, topics: [{ topic: checkpointTopic, numPartitions: 1 }] });
+    const newer = JSON.stringify({ v: 3, writer: 'a newer gateway', logId: 'L', at: 1 });
+    const producer = kafka.producer({ transactionalId: uniqueName('newer-version'), idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const txn = await producer.transaction();
+    await txn.sendOffsets({ consumerGroupId: checkpointGroupOf(gatewayId), topics: [{ topic: checkpointTopic, partitions: [{ partition: 0, offset: '500', metadata: newer } as never] }] });
+    await txn.commit();
+    await producer.disconnect();
+    const { gw, url, lines } = await start(parseConfig({ ...testConfig({ dir, topic, gatewayId }), forward: { checkpointTopic, retry: { initialMs: 100, maxMs: 1000 } } }));
+    try {
+      await publishAcked(url, 'd1', seqs(1, 5).map((s) => reading('d1', 'b1', s)));
+      await expect.poll(() => lines.filter((l) => l.code === 'EB_ERR_FORWARD_KAFKA').length, { timeout: 60_000 }).toBe(1);
+      const line = lines.find((l) => l.code === 'EB_ERR_FORWARD_KAFKA')!;
+      expect(String(line.msg)).toContain('was written by a newer edgebridge version');
+      expect(gw.status()).toMatchObject({ forwarder: 'retrying', forwarded: 0, backlog: 5 });
+      const [t] = await admin.fetchOffsets({ groupId: checkpointGroupOf(gatewayId), topics: [checkpointTopic] });
+      expect(t!.partitions[0]).toMatchObject({ offset: '500', metadata: newer });
+    } finally {
+      await gw.close();
+    }
+  });
 });
