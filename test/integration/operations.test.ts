@@ -58,7 +58,7 @@ describe('operations: admin endpoints and the status page through a Kafka outage
       dir,
       topic,
       brokers: kafka.brokers,
-      overrides: { forward: { retry: { initialMs: 100, maxMs: 1000 } }, admin: { host: '127.0.0.1', port: 0, silentAfter: '3s' } } as never,
+      overrides: { forward: { retry: { initialMs: 100, maxMs: 1000 } }, admin: { host: '127.0.0.1', port: 0, silentAfter: '10s' } } as never,
     });
     const gw: GatewayProcess = await spawnGateway(config, dir);
     cleanup(async () => {
